@@ -1,0 +1,117 @@
+"""Conjugate gradient for symmetric positive-definite operators, several right-hand sides.
+
+The solver knows nothing of RL or of the trust-region problem: it solves
+``H X = R`` column by column (each column is an independent CG run, vectorised),
+given only ``matvec: (n, k) -> (n, k)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["CGResult", "conjugate_gradient"]
+
+
+@dataclass
+class CGResult:
+    """Result of :func:`conjugate_gradient`.
+
+    Attributes:
+        x: The solution, same shape as the right-hand side.
+        residuals: Relative residual norm ``||r_k|| / ||b_k||`` of each column, shape ``(k,)``
+            (``0`` for a zero right-hand side).
+        iterations: Number of iterations run (the slowest column).
+    """
+
+    x: Tensor
+    residuals: Tensor
+    iterations: int
+
+
+def conjugate_gradient(
+    matvec: Callable[[Tensor], Tensor],
+    rhs: Tensor,
+    *,
+    max_iter: int = 10,
+    tol: float = 1e-10,
+    x0: Tensor | None = None,
+) -> CGResult:
+    """Solve ``H x = rhs`` by conjugate gradient, for one or several right-hand sides.
+
+    Each column of ``rhs`` is solved by its own CG recurrence (its own step sizes), all
+    columns sharing one ``matvec`` call per iteration. A column stops once its relative
+    residual ``||r|| / ||rhs||`` is at most ``tol``.
+
+    Args:
+        matvec: ``V -> H V`` for ``V`` of shape ``(n, k)``; ``H`` must be symmetric positive
+            definite.
+        rhs: Right-hand side(s), shape ``(n,)`` or ``(n, k)``.
+        max_iter: Maximum number of iterations (>= 1).
+        tol: Relative residual tolerance (>= 0).
+        x0: Optional initial guess, same shape as ``rhs``.
+
+    Returns:
+        A :class:`CGResult`.
+
+    Raises:
+        ValueError: For bad arguments, or when CG meets non-positive curvature
+            (``p'Hp <= 0``), i.e. the operator is not positive definite.
+
+    Example:
+        >>> H = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> res = conjugate_gradient(lambda v: H @ v, torch.tensor([1.0, 2.0], dtype=torch.float64))
+        >>> torch.allclose(H @ res.x, torch.tensor([1.0, 2.0], dtype=torch.float64))
+        True
+    """
+    if not isinstance(rhs, Tensor):
+        raise TypeError(f"rhs must be a torch.Tensor, got {type(rhs).__name__}")
+    if rhs.dim() not in (1, 2):
+        raise ValueError(f"rhs must have shape (n,) or (n, k), got {tuple(rhs.shape)}")
+    if not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
+    if not (tol >= 0):
+        raise ValueError(f"tol must be >= 0, got {tol!r}")
+    vector = rhs.dim() == 1
+    B = rhs.unsqueeze(1) if vector else rhs
+    if x0 is None:
+        X = torch.zeros_like(B)
+        R = B.clone()
+    else:
+        if x0.shape != rhs.shape:
+            raise ValueError(f"x0 must have the shape of rhs {tuple(rhs.shape)}, got {tuple(x0.shape)}")
+        X = (x0.unsqueeze(1) if vector else x0).clone()
+        R = B - matvec(X)
+    bnorm = B.norm(dim=0)
+    scale = torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))
+    Pd = R.clone()
+    rr = (R * R).sum(0)
+    it = 0
+    for it in range(1, max_iter + 1):
+        active = rr.sqrt() > tol * scale
+        if not bool(active.any()):
+            it -= 1
+            break
+        HP = matvec(Pd)
+        pHp = (Pd * HP).sum(0)
+        bad = active & (pHp <= 0)
+        if bool(bad.any()):
+            j = int(bad.nonzero()[0])
+            raise ValueError(
+                "metric is not positive definite: conjugate gradient met non-positive "
+                f"curvature p'Hp = {float(pHp[j]):.3e} in column {j} at iteration {it}; "
+                "expected a symmetric positive-definite metric (add damping?)"
+            )
+        safe = torch.where(active, pHp, torch.ones_like(pHp))
+        alpha = torch.where(active, rr / safe, torch.zeros_like(rr))
+        X = X + alpha * Pd
+        R = R - alpha * HP
+        rr_new = (R * R).sum(0)
+        beta = torch.where(active, rr_new / torch.where(rr > 0, rr, torch.ones_like(rr)), 0.0)
+        Pd = torch.where(active, R + beta * Pd, Pd)
+        rr = torch.where(active, rr_new, rr)
+    residuals = rr.sqrt() / scale
+    return CGResult(X.squeeze(1) if vector else X, residuals, it)
