@@ -65,7 +65,7 @@ _LOAD_ERRORS = (
 
 def _check_plain(obj: Any, where: str) -> None:
     """Raise TypeError if ``obj`` would not load with ``weights_only=True``."""
-    if isinstance(obj, torch.Tensor | _PLAIN):
+    if isinstance(obj, (torch.Tensor, *_PLAIN)):
         return
     if isinstance(obj, list | tuple):
         for i, v in enumerate(obj):
