@@ -132,7 +132,7 @@ def solve_closed_form(K: Tensor, b: Tensor, delta: Tensor) -> ReducedSolution:
 
     A = q - r * r / s
     B = 2 * delta - c * c / s  # > 0 here
-    Af, Bf = max(float(A), 0.0), float(B)
+    Af, Bf = max(float(A.detach()), 0.0), float(B.detach())
     if Af <= _PARALLEL_TOL * qf:
         Af = 0.0
 

@@ -271,8 +271,8 @@ def _normalise_metric(
         if tuple(H.shape) != expected:
             raise ValueError(f"a dense metric must have shape {expected}, got {tuple(H.shape)}")
         H3 = H if batched else H.unsqueeze(0)
-        asym = (H3 - H3.transpose(1, 2)).abs().amax()
-        tol = 100 * torch.finfo(H.dtype).eps * max(1.0, float(H3.abs().amax()))
+        asym = (H3 - H3.transpose(1, 2)).detach().abs().amax()
+        tol = 100 * torch.finfo(H.dtype).eps * max(1.0, float(H3.detach().abs().amax()))
         if float(asym) > tol:
             raise ValueError(
                 f"metric must be symmetric: max |H - H'| = {float(asym):.3e} > {tol:.1e}; "
