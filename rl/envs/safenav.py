@@ -642,6 +642,31 @@ class SafeNavVecEnv:
 
     # ---------------------------------------------------------------- public API
 
+    @property
+    def robot_positions(self) -> np.ndarray:
+        """World-frame robot centres, ``(N, 2)`` (a copy)."""
+        return self._pos.copy()
+
+    @property
+    def robot_headings(self) -> np.ndarray:
+        """Robot headings in radians, ``(N,)`` (a copy)."""
+        return self._heading.copy()
+
+    @property
+    def goal_positions(self) -> np.ndarray:
+        """Current goal centres (goal button centres in the button family), ``(N, 2)``."""
+        return self._goal.copy()
+
+    @property
+    def goal_buttons(self) -> np.ndarray:
+        """Current goal button indices, ``(N,)`` (button family; zeros otherwise)."""
+        return self._goal_index.copy()
+
+    @property
+    def episode_steps(self) -> np.ndarray:
+        """Steps taken in the current episode of each sub-environment, ``(N,)``."""
+        return self._t.copy()
+
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
         """Reset every sub-environment (sub-env ``i`` reseeded with ``seed + i``).
 
