@@ -14,6 +14,8 @@ from typing import Literal
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rl.runtime import (
     ConfigError,
@@ -516,3 +518,29 @@ def test_plot_adaptation(tmp_path: Path) -> None:
     (tmp_path / "bad.csv").write_text("method,seed\nx,0\n")
     with pytest.raises(ValueError, match=r"misses columns \['task_id', 'adapt_step'"):
         plot_adaptation(tmp_path / "bad.csv", tmp_path / "bad.png")
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    warmup=st.integers(0, 5),
+    cost_limit=st.one_of(
+        st.floats(0, 1e6, allow_nan=False), st.lists(st.floats(0, 1e6), min_size=1, max_size=3)
+    ),
+    hidden=st.lists(st.integers(1, 512), min_size=1, max_size=4),
+)
+def test_config_round_trip_and_rng_restore_properties(
+    seed: int, warmup: int, cost_limit: float | list[float], hidden: list[int]
+) -> None:
+    cfg = load_config(SampleConfig, {"seed": seed, "cost_limit": cost_limit, "hidden": hidden})
+    assert load_config(SampleConfig, json.loads(json.dumps(config_to_dict(cfg)))) == cfg
+    gens = _gens(seed)
+    for _ in range(warmup):
+        _draw(gens)
+    state = rng_state(gens)
+    expected = _draw(gens)
+    set_rng_state(state, gens)
+    assert _draw(gens) == expected
