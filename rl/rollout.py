@@ -1,0 +1,349 @@
+"""Sampling a vectorised environment and generalised advantage estimation (GAE).
+
+:func:`collect` runs a policy on a :class:`rl.envs.base.VecEnv` and returns a
+:class:`Batch`: normalised observations, actions, behaviour log-probabilities, reward
+and per-channel cost advantages, critic targets and per-episode figures.
+
+Units (they matter for CPO, DESIGN.md section 2). The constraint value is measured
+per *episode*: ``b_j = J_Cj - limit_j`` with ``J_Cj`` the mean undiscounted cost of an
+episode in channel ``j`` (``Batch.ep_cost``, the "EpCost" that OmniSafe and the
+Meta-CPO paper report). The cost surrogate is therefore put in the same units::
+
+    L_C(phi) = ep_len * mean_t(ratio_t * adv_c_t),   ratio_t = exp(logp_phi(a_t|s_t) - logp_beh_t)
+
+a first-order estimate of the change of EpCost when the policy moves from the
+behaviour policy to ``phi`` (an episode has ``ep_len`` steps, each contributing its
+expected advantage), so ``a = grad L_C`` and ``b`` share units. The reward surrogate
+``L_R(phi) = mean_t(ratio_t * adv_r_t)`` is left per step with normalised advantages:
+the CPO step is invariant to the scale of ``g`` (only ``lam`` and ``nu`` rescale).
+The behaviour log-probabilities are constants of the data: the dependence of the
+sampling distribution on the parameters is not differentiated (the MAML-TRPO
+estimator; see :mod:`rl.cpo` and :mod:`rl.meta_cpo`).
+
+Episode boundaries. GAE never runs across an episode boundary. At *termination* the
+value of the next state is 0; at *truncation* (time limit) and at the end of the
+batch the critic's value of the last observation (``info["final_obs"]``) is the
+bootstrap. Every call to :func:`collect` starts fresh episodes (``env.reset`` with a
+seed drawn from ``generator``), so a batch holds data of one policy only.
+
+>>> import torch
+>>> from rl.envs import make
+>>> from rl.policy import Critic, GaussianPolicy, ObsNormalizer
+>>> env = make("safenav-goal", num_envs=2, seed=0)
+>>> pi = GaussianPolicy(env.obs_dim, env.act_dim, hidden=(16,))
+>>> gen = torch.Generator().manual_seed(0)
+>>> params = pi.init_params(gen)
+>>> batch = collect(env, pi, params, 400, ObsNormalizer(env.obs_dim),
+...                 Critic(env.obs_dim), Critic(env.obs_dim, 1), generator=gen)
+>>> batch.obs.shape[0], batch.num_episodes, batch.ep_len
+(400, 2, 200.0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rl.envs.base import VecEnv
+from rl.policy import Critic, GaussianPolicy, ObsNormalizer
+
+__all__ = ["Batch", "collect", "discounted_cumsum", "gae"]
+
+
+@dataclass
+class Batch:
+    """One batch of on-policy data (``T`` = number of env steps, ``C`` = cost channels).
+
+    Attributes:
+        obs: ``(T, obs_dim)`` observations, normalised with the statistics frozen at
+            the start of the batch (the ones the policy acted on).
+        act: ``(T, act_dim)`` actions as sampled (before the environment clips them).
+        logp: ``(T,)`` behaviour log-probabilities of ``act`` (constants of the data).
+        adv_r: ``(T,)`` reward GAE advantages, normalised to mean 0 and std 1.
+        adv_c: ``(T, C)`` cost GAE advantages per channel, centred (mean 0), not scaled.
+        ret_r: ``(T,)`` reward critic targets (TD(lambda) returns, ``adv + value``).
+        ret_c: ``(T, C)`` cost critic targets.
+        ep_ret: Mean undiscounted return of the episodes finished in the batch.
+        ep_cost: ``(C,)`` mean undiscounted per-episode cost per channel.
+        ep_len: Mean episode length.
+        num_episodes: Episodes finished in the batch (0: the figures above are
+            extrapolated from the unfinished ones, see :func:`collect`).
+        env_steps: Environment steps in the batch (``T``).
+        cost_channels: Names of the cost channels.
+    """
+
+    obs: Tensor
+    act: Tensor
+    logp: Tensor
+    adv_r: Tensor
+    adv_c: Tensor
+    ret_r: Tensor
+    ret_c: Tensor
+    ep_ret: float
+    ep_cost: np.ndarray
+    ep_len: float
+    num_episodes: int
+    env_steps: int
+    cost_channels: tuple[str, ...]
+
+    _TENSORS = ("obs", "act", "logp", "adv_r", "adv_c", "ret_r", "ret_c")
+
+    def to(self, dtype: torch.dtype) -> Batch:
+        """A copy whose tensors have floating dtype ``dtype``."""
+        return replace(self, **{name: getattr(self, name).to(dtype) for name in self._TENSORS})
+
+    @property
+    def ep_cost_total(self) -> float:
+        """Per-episode cost summed over channels."""
+        return float(np.sum(self.ep_cost))
+
+    def __len__(self) -> int:
+        return int(self.obs.shape[0])
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(
+            f"{f.name}={tuple(getattr(self, f.name).shape)}" for f in fields(self) if f.name in self._TENSORS
+        )
+        return (
+            f"Batch({shapes}, ep_ret={self.ep_ret:.4g}, ep_cost={np.round(self.ep_cost, 4).tolist()}, "
+            f"ep_len={self.ep_len:.4g}, num_episodes={self.num_episodes}, env_steps={self.env_steps})"
+        )
+
+
+def discounted_cumsum(x: np.ndarray, discount: float) -> np.ndarray:
+    """``y[t] = sum_k discount^k x[t+k]`` along axis 0 (reference helper for tests)."""
+    y = np.zeros_like(np.asarray(x, dtype=np.float64))
+    acc = np.zeros_like(y[0]) if y.ndim > 1 else 0.0
+    for t in range(len(y) - 1, -1, -1):
+        acc = x[t] + discount * acc
+        y[t] = acc
+    return y
+
+
+def gae(
+    rewards: np.ndarray,
+    values: np.ndarray,
+    next_values: np.ndarray,
+    terminated: np.ndarray,
+    done: np.ndarray,
+    gamma: float,
+    lam: float,
+) -> np.ndarray:
+    """Generalised advantage estimation over time-major arrays ``(S, N, ...)``.
+
+    ``delta_t = r_t + gamma * (1 - terminated_t) * V(s'_t) - V(s_t)`` with ``s'_t`` the
+    observation that followed step ``t`` (``info["final_obs"]``: the last observation
+    of a truncated episode, not the first of the next one), and
+    ``A_t = delta_t + gamma * lam * (1 - done_t) * A_{t+1}`` with ``done = terminated |
+    truncated`` and ``A_S = 0``: the recursion stops at every episode end, and
+    truncated episodes and the batch end are bootstrapped through ``V(s'_t)``.
+
+    Args:
+        rewards: ``(S, N)`` or ``(S, N, C)`` per-step rewards (or costs).
+        values: ``V(s_t)``, same shape.
+        next_values: ``V(s'_t)``, same shape.
+        terminated: ``(S, N)`` bool.
+        done: ``(S, N)`` bool, ``terminated | truncated``.
+        gamma: Discount.
+        lam: GAE lambda.
+
+    Returns:
+        Advantages, same shape as ``rewards``.
+    """
+    extra = (None,) * (rewards.ndim - 2)
+    not_term = (~terminated).astype(np.float64)[(..., *extra)]
+    cont = (~done).astype(np.float64)[(..., *extra)]
+    deltas = rewards + gamma * not_term * next_values - values
+    adv = np.zeros_like(deltas)
+    acc = np.zeros_like(deltas[0])
+    for t in range(deltas.shape[0] - 1, -1, -1):
+        acc = deltas[t] + gamma * lam * cont[t] * acc
+        adv[t] = acc
+    return adv
+
+
+def _check_unit_interval(name: str, value: float) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return value
+
+
+@torch.no_grad()
+def collect(
+    env: VecEnv,
+    policy: GaussianPolicy,
+    params: Tensor,
+    num_steps: int,
+    normalizer: ObsNormalizer,
+    reward_critic: Critic,
+    cost_critic: Critic,
+    *,
+    gamma: float = 0.99,
+    lam: float = 0.95,
+    cost_gamma: float = 0.99,
+    cost_lam: float = 0.95,
+    generator: torch.Generator,
+    update_normalizer: bool = True,
+) -> Batch:
+    """Run ``policy`` with ``params`` on ``env`` for ``num_steps`` steps in total.
+
+    Each of the ``N = env.num_envs`` sub-environments runs ``num_steps // N`` steps
+    (so ``env_steps = N * (num_steps // N)``) from a fresh ``env.reset(seed=s)``, ``s``
+    drawn from ``generator``; actions are drawn from ``generator`` too, so equal
+    generator states give identical batches. One policy forward per vector step.
+
+    Observations are normalised with ``normalizer``'s statistics as they are at the
+    call (frozen for the whole batch, so the stored ``obs`` and ``logp`` are exactly
+    what the policy saw); with ``update_normalizer`` the raw observations of the
+    batch are merged into the statistics at the end.
+
+    Per-episode figures come from the episodes that finished inside the batch. If
+    none finished (a batch shorter than an episode), they are extrapolated from the
+    unfinished ones: per-step mean reward and cost over the batch times
+    ``env.horizon``, with ``ep_len = env.horizon`` (exact for time-limited tasks
+    without termination, an upper bound otherwise) and ``num_episodes = 0``.
+
+    Args:
+        env: A vectorised environment (:mod:`rl.envs.base`).
+        policy: The policy architecture.
+        params: Its flat parameters (no gradient is taken here).
+        num_steps: Total env steps across sub-environments (``>= env.num_envs``).
+        normalizer: Observation normaliser.
+        reward_critic: ``obs -> (T, 1)`` value.
+        cost_critic: ``obs -> (T, C)`` values, one per cost channel.
+        gamma, lam: Reward discount and GAE lambda.
+        cost_gamma, cost_lam: The same for the costs.
+        generator: Source of the reset seed and the action noise.
+        update_normalizer: Merge this batch's observations into ``normalizer``.
+
+    Returns:
+        A :class:`Batch` (tensors in the policy's dtype).
+    """
+    n_envs = int(env.num_envs)
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < n_envs:
+        raise ValueError(f"num_steps must be an int >= num_envs = {n_envs}, got {num_steps!r}")
+    if env.obs_dim != policy.obs_dim or env.act_dim != policy.act_dim:
+        raise ValueError(
+            f"policy has obs_dim={policy.obs_dim}, act_dim={policy.act_dim} but the environment has "
+            f"obs_dim={env.obs_dim}, act_dim={env.act_dim}"
+        )
+    channels = tuple(env.cost_channels)
+    n_cost = len(channels)
+    if cost_critic.out_dim != n_cost or reward_critic.out_dim != 1:
+        raise ValueError(
+            f"reward_critic must have out_dim 1 and cost_critic out_dim {n_cost} (channels {channels}); "
+            f"got {reward_critic.out_dim} and {cost_critic.out_dim}"
+        )
+    gamma, lam = _check_unit_interval("gamma", gamma), _check_unit_interval("lam", lam)
+    cost_gamma = _check_unit_interval("cost_gamma", cost_gamma)
+    cost_lam = _check_unit_interval("cost_lam", cost_lam)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+
+    dtype = params.dtype
+    params = params.detach()
+    steps = num_steps // n_envs
+    obs_dim, act_dim = env.obs_dim, env.act_dim
+
+    raw_obs = np.empty((steps, n_envs, obs_dim))
+    raw_next = np.empty((steps, n_envs, obs_dim))
+    acts = torch.empty(steps, n_envs, act_dim, dtype=dtype)
+    logps = torch.empty(steps, n_envs, dtype=dtype)
+    rewards = np.empty((steps, n_envs))
+    costs = np.empty((steps, n_envs, n_cost))
+    terminated = np.empty((steps, n_envs), dtype=bool)
+    done = np.empty((steps, n_envs), dtype=bool)
+
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    obs, _ = env.reset(seed=seed)
+    ep_ret = np.zeros(n_envs)
+    ep_cost = np.zeros((n_envs, n_cost))
+    ep_len = np.zeros(n_envs, dtype=np.int64)
+    finished_ret: list[float] = []
+    finished_cost: list[np.ndarray] = []
+    finished_len: list[int] = []
+
+    for t in range(steps):
+        raw_obs[t] = obs
+        o = normalizer.normalize(obs, dtype=dtype)
+        mean, log_std = policy.mean_log_std(params, o)
+        std = torch.exp(log_std)
+        noise = torch.randn(mean.shape, generator=generator, dtype=dtype)
+        act = mean + std * noise
+        acts[t] = act
+        logps[t] = -0.5 * (noise * noise).sum(-1) - log_std.sum() - 0.5 * act_dim * np.log(2 * np.pi)
+        obs, reward, _cost, term, trunc, info = env.step(act.numpy().astype(np.float64))
+        info_costs = info["costs"]
+        c = np.stack([np.asarray(info_costs[ch], dtype=np.float64) for ch in channels], axis=-1)
+        raw_next[t] = info.get("final_obs", obs)
+        rewards[t] = reward
+        costs[t] = c
+        terminated[t] = term
+        d = np.asarray(term, dtype=bool) | np.asarray(trunc, dtype=bool)
+        done[t] = d
+        ep_ret += reward
+        ep_cost += c
+        ep_len += 1
+        for i in np.flatnonzero(d):
+            finished_ret.append(float(ep_ret[i]))
+            finished_cost.append(ep_cost[i].copy())
+            finished_len.append(int(ep_len[i]))
+            ep_ret[i] = 0.0
+            ep_cost[i] = 0.0
+            ep_len[i] = 0
+
+    # Values of every visited state and of every successor state, one pass each.
+    flat_obs = normalizer.normalize(raw_obs.reshape(-1, obs_dim), dtype=dtype)
+    flat_next = normalizer.normalize(raw_next.reshape(-1, obs_dim), dtype=dtype)
+    shape_r, shape_c = (steps, n_envs), (steps, n_envs, n_cost)
+    v_r = reward_critic(flat_obs).reshape(shape_r).double().numpy()
+    nv_r = reward_critic(flat_next).reshape(shape_r).double().numpy()
+    v_c = cost_critic(flat_obs).reshape(shape_c).double().numpy()
+    nv_c = cost_critic(flat_next).reshape(shape_c).double().numpy()
+
+    adv_r = gae(rewards, v_r, nv_r, terminated, done, gamma, lam)
+    adv_c = gae(costs, v_c, nv_c, terminated, done, cost_gamma, cost_lam)
+    ret_r = adv_r + v_r
+    ret_c = adv_c + v_c
+
+    if update_normalizer:
+        normalizer.update(raw_obs.reshape(-1, obs_dim))
+
+    if finished_len:
+        ep_ret_mean = float(np.mean(finished_ret))
+        ep_cost_mean = np.mean(np.stack(finished_cost), axis=0)
+        ep_len_mean = float(np.mean(finished_len))
+    else:
+        horizon = float(env.horizon)
+        ep_ret_mean = float(rewards.mean() * horizon)
+        ep_cost_mean = costs.reshape(-1, n_cost).mean(0) * horizon
+        ep_len_mean = horizon
+
+    adv_r_flat = adv_r.reshape(-1)
+    std_r = adv_r_flat.std()
+    adv_r_flat = (adv_r_flat - adv_r_flat.mean()) / (std_r + 1e-8)
+    adv_c_flat = adv_c.reshape(-1, n_cost)
+    adv_c_flat = adv_c_flat - adv_c_flat.mean(0)
+
+    def as_tensor(x: np.ndarray) -> Tensor:
+        return torch.as_tensor(np.ascontiguousarray(x), dtype=dtype)
+
+    return Batch(
+        obs=flat_obs,
+        act=acts.reshape(-1, act_dim),
+        logp=logps.reshape(-1),
+        adv_r=as_tensor(adv_r_flat),
+        adv_c=as_tensor(adv_c_flat),
+        ret_r=as_tensor(ret_r.reshape(-1)),
+        ret_c=as_tensor(ret_c.reshape(-1, n_cost)),
+        ep_ret=ep_ret_mean,
+        ep_cost=np.asarray(ep_cost_mean, dtype=np.float64),
+        ep_len=ep_len_mean,
+        num_episodes=len(finished_len),
+        env_steps=steps * n_envs,
+        cost_channels=channels,
+    )
