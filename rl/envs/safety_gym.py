@@ -1,0 +1,641 @@
+"""Safety-Gymnasium 1.0.0 (MuJoCo) behind the :mod:`rl.envs.base` VecEnv contract.
+
+Three things this adapter does on top of the installed package:
+
+1. Imports it on Python 3.11 through :func:`import_safety_gymnasium` (see
+   :mod:`rl.envs.safety_gym_import`), and passes actions as float64 arrays (the
+   package calls ``np.array(a, copy=False)``, which fails on numpy 2 whenever a
+   copy would be needed).
+2. Fast resets. The package rebuilds its world from XML on every reset, and the
+   XML names six 3,259 x 3,259 skybox PNGs that MuJoCo decodes each time
+   (0.8-0.9 s per reset) although only rendering ever uses them. Our sub-
+   environments compile the same XML without the skybox texture (a subclass of
+   the package's ``World`` drops it from the string handed to MuJoCo), so a
+   reset costs about 10 ms. Observations, rewards and costs are bit-identical to
+   the package's for equal seeds and actions (``tests/test_safety_gym.py``
+   checks it). Rendering still works, with a plain background.
+3. The Meta-CPO task families of :mod:`rl.envs.safety_gym_tasks`, built as
+   subclasses of the package's own level classes:
+
+   * ``safety-button``: Point robot, ``ButtonLevel0`` plus hazards (keep-out
+     0.18, as in ``ButtonLevel1``), wrong-button presses cost; no gremlins. The
+     arena half-size sets the placement extents; buttons, goal slot and hazards
+     are pinned at the task's locations; the agent starts in the task's free
+     region. Cost channels ``("buttons", "hazards")``, obs_dim 60.
+   * ``safety-circle``: Car robot, ``CircleLevel1`` with the task's circle radius
+     and the two walls at ``x = +-wall_distance``; the start square scales with
+     the radius so no episode starts outside the walls. Cost channel
+     ``("out_of_boundary",)``, obs_dim 40.
+
+Horizon: 500 steps for both families (the published Meta-CPO setting); a raw
+registered id keeps the package's own ``max_episode_steps`` (1,000 for
+Goal/Button/Push, 500 for Circle/Run). Either can be overridden with ``horizon=``.
+
+Cost: each channel is the package's per-source cost (``info["cost_<source>"]``,
+an indicator per step under the package's default ``constrain_indicator``), and
+the scalar ``cost`` is their sum, per the VecEnv contract. The package's own
+scalar (``cost_sum``, itself an indicator: 1 when any source is active) is in
+``info["package_cost"]``; the two differ only on steps where two sources are
+active at once.
+
+Raw registered navigation ids (``"SafetyPointGoal1-v0"``, ...) keep the package's
+semantics (a new random layout every reset) and get the same reset speed-up.
+Vision and Debug ids and the velocity (non-navigation) tasks are not supported.
+
+>>> from rl.envs.safety_gym import make, task_distribution
+>>> task = task_distribution("safety-circle").sample(1, split="train", seed=0)[0]
+>>> env = make("safety-circle", task=task, num_envs=2, seed=0)
+>>> obs, info = env.reset(seed=0)
+>>> obs.shape, env.cost_channels
+((2, 40), ('out_of_boundary',))
+>>> env.close()
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing as mp
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rl.envs.safety_gym_import import import_safety_gymnasium
+from rl.envs.safety_gym_tasks import (
+    HAZARD_KEEPOUT,
+    TASK_FAMILIES,
+    ButtonTask,
+    CircleTask,
+    SafetyTaskDistribution,
+)
+from rl.envs.safety_gym_tasks import task_distribution as _task_distribution
+
+__all__ = [
+    "DEFAULT_HORIZON",
+    "FAMILY_ROBOTS",
+    "SafetyGymVecEnv",
+    "import_safety_gymnasium",
+    "make",
+    "raw_env_ids",
+    "task_distribution",
+]
+
+DEFAULT_HORIZON = 500
+FAMILY_ROBOTS = {"safety-button": "Point", "safety-circle": "Car"}
+_TASK_TYPES = {"safety-button": ButtonTask, "safety-circle": CircleTask}
+_MAKE_KWARGS = ("horizon", "num_workers", "fast_reset", "start_method")
+
+
+def task_distribution(name: str) -> SafetyTaskDistribution:
+    """The task distribution of ``"safety-button"`` or ``"safety-circle"``.
+
+    Raises:
+        ValueError: for any other name (the valid ones are listed).
+    """
+    return _task_distribution(name)
+
+
+# --------------------------------------------------------------------------- package glue
+# Classes deriving from the package's own are created on first use, after the
+# import shim has run.
+
+
+@functools.cache
+def _renderless_world_class() -> type:
+    """A ``World`` whose compiled XML omits the skybox texture (rendering only)."""
+    import_safety_gymnasium()
+    import xmltodict
+    from safety_gymnasium.world import World
+
+    class RenderlessWorld(World):
+        """``safety_gymnasium.world.World`` without the skybox.
+
+        ``World.build`` stores the generated XML in ``self.xml_string`` and compiles
+        that attribute; this property setter removes the skybox from the XML
+        tree before it is stored. Nothing else in the model changes.
+        """
+
+        @property
+        def xml_string(self) -> str | None:
+            return self._renderless_xml
+
+        @xml_string.setter
+        def xml_string(self, value: str | None) -> None:
+            if value is not None:
+                asset = self.xml["mujoco"].get("asset") or {}
+                textures = asset.get("texture")
+                if isinstance(textures, list) and any(t.get("@type") == "skybox" for t in textures):
+                    asset["texture"] = [t for t in textures if t.get("@type") != "skybox"]
+                    value = xmltodict.unparse(self.xml)
+            self._renderless_xml = value
+
+    return RenderlessWorld
+
+
+@functools.cache
+def _task_classes() -> dict[str, type]:
+    """The package level classes specialised to our two families."""
+    import_safety_gymnasium()
+    from safety_gymnasium.assets.geoms import Hazards
+    from safety_gymnasium.tasks.safe_navigation.button.button_level0 import ButtonLevel0
+    from safety_gymnasium.tasks.safe_navigation.circle.circle_level1 import CircleLevel1
+
+    class StochasticButton(ButtonLevel0):
+        """``ButtonLevel0`` with a pinned layout, hazards and constrained buttons."""
+
+        def __init__(self, config: dict, task: ButtonTask) -> None:
+            super().__init__(config=config)
+            s = task.half_size
+            self.placements_conf.extents = [-s, -s, s, s]
+            self.agent.placements = [list(r) for r in task.agent_placements]
+            self.buttons.num = task.num_buttons
+            self.buttons.locations = [list(p) for p in task.button_locations]
+            self.buttons.is_constrained = True
+            self.goal.locations = [list(task.goal_location)]
+            self._add_geoms(
+                Hazards(
+                    num=task.num_hazards,
+                    keepout=HAZARD_KEEPOUT,
+                    locations=[list(p) for p in task.hazard_locations],
+                )
+            )
+
+    class StochasticCircle(CircleLevel1):
+        """``CircleLevel1`` with the task's radius and wall distance."""
+
+        def __init__(self, config: dict, task: CircleTask) -> None:
+            super().__init__(config=config)
+            b = task.agent_half_width
+            self.agent.placements = [(-b, -b, b, b)]
+            self.circle.radius = task.radius
+            walls = self.sigwalls
+            walls.locate_factor = task.wall_distance
+            walls.locations = [
+                (task.wall_distance, 0.0),
+                (-task.wall_distance, 0.0),
+                (0.0, task.wall_distance),
+                (0.0, -task.wall_distance),
+            ]
+
+    return {"safety-button": StochasticButton, "safety-circle": StochasticCircle}
+
+
+@functools.cache
+def _family_builder_class() -> type:
+    import_safety_gymnasium()
+    from safety_gymnasium.builder import Builder
+
+    class FamilyBuilder(Builder):
+        """The package's ``Builder`` instantiating one of our task classes."""
+
+        def __init__(self, task_cls: type, task: Any, task_id: str, config: dict) -> None:
+            self._family_task_cls = task_cls
+            self._family_task = task
+            super().__init__(task_id=task_id, config=config)
+
+        def _get_task(self):
+            task = self._family_task_cls(config=self.config, task=self._family_task)
+            task.build_observation_space()
+            return task
+
+    return FamilyBuilder
+
+
+@functools.cache
+def raw_env_ids() -> tuple[str, ...]:
+    """Registered Safety-Gymnasium navigation ids accepted by :func:`make` (sorted)."""
+    import_safety_gymnasium()
+    import gymnasium
+    from safety_gymnasium.utils.registration import safe_registry
+
+    ids = []
+    for env_id in safe_registry:
+        spec = gymnasium.spec(env_id)
+        if spec.entry_point != "safety_gymnasium.builder:Builder":
+            continue
+        if "Vision" in env_id or "Debug" in env_id:
+            continue
+        ids.append(env_id)
+    return tuple(sorted(ids))
+
+
+@dataclass(frozen=True)
+class _EnvSpec:
+    """Everything a (possibly remote) process needs to build one sub-environment."""
+
+    name: str
+    task: Any
+    horizon: int
+    fast_reset: bool
+
+    def build(self):
+        """A fresh package ``Builder`` (its world is compiled at the first reset)."""
+        sg = import_safety_gymnasium()
+        if self.task is not None:
+            robot = FAMILY_ROBOTS[self.name]
+            family = "StochasticButton" if self.name == "safety-button" else "StochasticCircle"
+            env = _family_builder_class()(
+                task_cls=_task_classes()[self.name],
+                task=self.task,
+                task_id=f"Safety{robot}{family}-v0",
+                config={"agent_name": robot},
+            )
+        else:
+            env = sg.make(self.name).unwrapped
+        env.task.num_steps = self.horizon
+        if self.fast_reset:
+            task = env.task
+            task.world = _renderless_world_class()(task.agent, task._obstacles)
+        return env
+
+
+def _cost_keys(task) -> list[str]:
+    """The ``cost_*`` keys the task can report (probed once, after a reset).
+
+    Constrained objects are asked for their cost directly; objects whose cost is
+    gated by a timer (buttons) are probed with the timer at 0 and restored. The
+    probe only reads the simulation.
+    """
+    keys: list[str] = []
+    for obstacle in task._obstacles:
+        if not getattr(obstacle, "is_constrained", False):
+            continue
+        has_timer = hasattr(obstacle, "timer")
+        saved = getattr(obstacle, "timer", None)
+        if has_timer:
+            obstacle.timer = 0
+        try:
+            keys += [k for k in obstacle.cal_cost() if k.startswith("cost_")]
+        finally:
+            if has_timer:
+                obstacle.timer = saved
+    if getattr(task, "_is_load_static_geoms", False) and task.static_geoms_contact_cost:
+        keys.append("cost_static_geoms_contact")
+    return list(dict.fromkeys(keys))
+
+
+class _SubEnv:
+    """One package environment with auto-reset; used in-process and in workers."""
+
+    def __init__(self, spec: _EnvSpec, seed: int) -> None:
+        self.env = spec.build()
+        self.env.reset(seed=seed)  # compiles the world; lets us probe the cost keys
+        self.cost_keys = _cost_keys(self.env.task)
+        self._pending_seed: int | None = seed  # the next reset(None) restarts this stream
+        self.obs_dim = int(np.prod(self.env.observation_space.shape))
+        space = self.env.action_space
+        self.action_low = np.asarray(space.low, dtype=np.float64)
+        self.action_high = np.asarray(space.high, dtype=np.float64)
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        if seed is None:
+            seed, self._pending_seed = self._pending_seed, None
+        else:
+            self._pending_seed = None
+        obs, _ = self.env.reset(seed=seed)
+        return np.asarray(obs, dtype=np.float64)
+
+    def step(self, action: np.ndarray) -> tuple:
+        obs, reward, cost, terminated, truncated, info = self.env.step(action)
+        obs = np.asarray(obs, dtype=np.float64)
+        costs = np.array([float(info.get(k, 0.0)) for k in self.cost_keys], dtype=np.float64)
+        final = obs
+        if terminated or truncated:
+            obs = self.reset()
+        return (
+            obs,
+            final,
+            float(reward),
+            costs,
+            float(cost),
+            bool(terminated),
+            bool(truncated),
+            bool(info.get("goal_met", False)),
+        )
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _stack_steps(results: list[tuple]) -> tuple:
+    obs, final, reward, costs, package_cost, term, trunc, goal = zip(*results, strict=True)
+    return (
+        np.stack(obs),
+        np.stack(final),
+        np.array(reward, dtype=np.float64),
+        np.stack(costs),
+        np.array(package_cost, dtype=np.float64),
+        np.array(term, dtype=bool),
+        np.array(trunc, dtype=bool),
+        np.array(goal, dtype=bool),
+    )
+
+
+class _LocalGroup:
+    """Sub-environments stepped in this process."""
+
+    def __init__(self, spec: _EnvSpec, seeds: list[int]) -> None:
+        self.envs = [_SubEnv(spec, s) for s in seeds]
+
+    def meta(self) -> dict:
+        env = self.envs[0]
+        return {
+            "obs_dim": env.obs_dim,
+            "cost_keys": env.cost_keys,
+            "action_low": env.action_low,
+            "action_high": env.action_high,
+        }
+
+    def reset(self, seeds: list[int | None]) -> np.ndarray:
+        return np.stack([e.reset(s) for e, s in zip(self.envs, seeds, strict=True)])
+
+    def step(self, actions: np.ndarray) -> tuple:
+        return _stack_steps([e.step(a) for e, a in zip(self.envs, actions, strict=True)])
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def _worker_main(conn, spec: _EnvSpec, seeds: list[int]) -> None:
+    """Worker process: owns a contiguous block of sub-environments."""
+    try:
+        group = _LocalGroup(spec, seeds)
+        conn.send(("ok", group.meta()))
+    except Exception:  # reported to the parent, which raises
+        conn.send(("error", traceback.format_exc()))
+        conn.close()
+        return
+    try:
+        while True:
+            command, payload = conn.recv()
+            if command == "close":
+                group.close()
+                conn.send(("ok", None))
+                break
+            try:
+                result = getattr(group, command)(payload)
+                conn.send(("ok", result))
+            except Exception:  # reported to the parent, which raises
+                conn.send(("error", traceback.format_exc()))
+    except (EOFError, KeyboardInterrupt, BrokenPipeError):
+        pass
+    finally:
+        conn.close()
+
+
+class _RemoteGroup:
+    """A block of sub-environments stepped in a worker process (pipe protocol)."""
+
+    def __init__(self, ctx, spec: _EnvSpec, seeds: list[int]) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(
+            target=_worker_main, args=(child, spec, seeds), daemon=True, name="safety-gym-worker"
+        )
+        self.process.start()
+        child.close()
+        self.size = len(seeds)
+
+    def send(self, command: str, payload: Any = None) -> None:
+        self.conn.send((command, payload))
+
+    def receive(self) -> Any:
+        try:
+            status, value = self.conn.recv()
+        except EOFError as exc:
+            raise RuntimeError(
+                f"safety-gym worker (pid {self.process.pid}) died; exit code {self.process.exitcode}"
+            ) from exc
+        if status == "error":
+            raise RuntimeError(f"safety-gym worker (pid {self.process.pid}) failed:\n{value}")
+        return value
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self.process.is_alive():
+            try:
+                self.send("close")
+                self.conn.recv() if self.conn.poll(timeout) else None
+            except (BrokenPipeError, EOFError, OSError):
+                pass
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout)
+        self.conn.close()
+
+
+class SafetyGymVecEnv:
+    """``num_envs`` copies of one Safety-Gymnasium task (contract: :mod:`rl.envs.base`).
+
+    Sub-environment ``i`` is seeded with ``seed + i``. With ``num_workers > 1`` the
+    sub-environments are split into contiguous blocks, each stepped in its own
+    process (``multiprocessing`` with pipes; results are identical to stepping
+    in-process). Call :meth:`close` (or use the object as a context manager) to
+    stop the workers.
+
+    ``info`` of :meth:`step` holds ``final_obs``, ``costs`` (one float64 array per
+    cost channel), ``package_cost`` (the package's own scalar cost) and
+    ``goal_met`` (bool).
+    """
+
+    def __init__(
+        self,
+        spec: _EnvSpec,
+        num_envs: int,
+        seed: int,
+        num_workers: int = 1,
+        start_method: str = "spawn",
+    ) -> None:
+        self._spec = spec
+        self.num_envs = num_envs
+        self.horizon = spec.horizon
+        self.task = spec.task
+        self.name = spec.name
+        self._seed = seed
+        self._closed = False
+        seeds = [seed + i for i in range(num_envs)]
+        num_workers = min(num_workers, num_envs)
+        self._groups: list[Any] = []
+        if num_workers == 1:
+            group = _LocalGroup(spec, seeds)
+            self._groups.append(group)
+            metas = [group.meta()]
+        else:
+            ctx = mp.get_context(start_method)
+            blocks = np.array_split(np.arange(num_envs), num_workers)
+            try:
+                for block in blocks:
+                    block_seeds = [seeds[i] for i in block]
+                    self._groups.append(_RemoteGroup(ctx, spec, block_seeds))
+                metas = [g.receive() for g in self._groups]
+            except BaseException:
+                self.close()
+                raise
+        meta = metas[0]
+        self.obs_dim = int(meta["obs_dim"])
+        self.action_low = np.asarray(meta["action_low"], dtype=np.float64)
+        self.action_high = np.asarray(meta["action_high"], dtype=np.float64)
+        self.act_dim = int(self.action_low.shape[0])
+        self.cost_channels = tuple(k.removeprefix("cost_") for k in meta["cost_keys"])
+        self._sizes = [len(b) for b in np.array_split(np.arange(num_envs), len(self._groups))]
+
+    # ----------------------------------------------------------------- dispatch
+    def _call(self, command: str, payloads: list[Any]) -> list[Any]:
+        if self._closed:
+            raise RuntimeError("this SafetyGymVecEnv is closed")
+        if isinstance(self._groups[0], _LocalGroup):
+            return [getattr(self._groups[0], command)(payloads[0])]
+        for group, payload in zip(self._groups, payloads, strict=True):
+            group.send(command, payload)
+        return [group.receive() for group in self._groups]
+
+    def _split(self, values: list[Any] | np.ndarray) -> list[Any]:
+        out, start = [], 0
+        for size in self._sizes:
+            out.append(values[start : start + size])
+            start += size
+        return out
+
+    # ----------------------------------------------------------------- API
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
+        """Reset every sub-environment; ``seed`` reseeds sub-environment ``i`` with ``seed + i``."""
+        if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)):
+            raise TypeError(f"seed must be an int or None, got {seed!r}")
+        seeds = [None] * self.num_envs if seed is None else [int(seed) + i for i in range(self.num_envs)]
+        obs = np.concatenate(self._call("reset", self._split(seeds)))
+        return obs, {}
+
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        """Step every sub-environment (actions ``(num_envs, act_dim)``, clipped to the bounds)."""
+        actions = np.asarray(actions, dtype=np.float64)
+        if actions.shape != (self.num_envs, self.act_dim):
+            raise ValueError(
+                f"actions must have shape (num_envs, act_dim) = ({self.num_envs}, "
+                f"{self.act_dim}), got {actions.shape}"
+            )
+        actions = np.ascontiguousarray(np.clip(actions, self.action_low, self.action_high))
+        parts = self._call("step", self._split(actions))
+        obs, final, reward, costs, package_cost, term, trunc, goal = (
+            np.concatenate(x) for x in zip(*parts, strict=True)
+        )
+        info = {
+            "final_obs": final,
+            "costs": {c: costs[:, j].copy() for j, c in enumerate(self.cost_channels)},
+            "package_cost": package_cost,
+            "goal_met": goal,
+        }
+        return obs, reward, costs.sum(axis=1), term, trunc, info
+
+    def close(self) -> None:
+        """Close the sub-environments and stop the worker processes (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for group in self._groups:
+            group.close()
+
+    def __enter__(self) -> SafetyGymVecEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # best effort at interpreter shutdown
+            pass
+
+    def __repr__(self) -> str:
+        return (
+            f"SafetyGymVecEnv({self.name!r}, num_envs={self.num_envs}, workers={len(self._groups)}"
+            f", horizon={self.horizon}, obs_dim={self.obs_dim}, cost_channels={self.cost_channels})"
+        )
+
+
+# --------------------------------------------------------------------------- make
+def _positive_int(name: str, value: Any) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _coerce_task(name: str, task: Any, seed: int) -> Any:
+    expected = _TASK_TYPES[name]
+    if task is None:
+        return _task_distribution(name).sample(1, split="train", seed=max(int(seed), 0))[0]
+    if isinstance(task, dict):
+        return expected.from_dict(task)
+    if not isinstance(task, expected):
+        raise ValueError(
+            f"{name!r} needs a {expected.__name__} (or its to_dict()), got {type(task).__name__}"
+        )
+    return task
+
+
+def make(
+    name: str,
+    task: ButtonTask | CircleTask | dict | None = None,
+    num_envs: int = 1,
+    seed: int = 0,
+    horizon: int | None = None,
+    num_workers: int = 1,
+    fast_reset: bool = True,
+    start_method: str = "spawn",
+) -> SafetyGymVecEnv:
+    """Build a :class:`SafetyGymVecEnv` for a task family or a raw registered id.
+
+    Args:
+        name: ``"safety-button"``, ``"safety-circle"`` or a registered navigation id
+            such as ``"SafetyPointGoal1-v0"`` (see :func:`raw_env_ids`).
+        task: a task of the family (or its ``to_dict()``); ``None``: the first
+            training task drawn with ``seed``. Must be ``None`` for raw ids.
+        num_envs: number of sub-environments; sub-environment ``i`` is seeded ``seed + i``.
+        seed: base seed.
+        horizon: episode length (truncation). Default 500 for the families, the
+            package's ``max_episode_steps`` for raw ids.
+        num_workers: worker processes (1: step in this process).
+        fast_reset: compile the world without the skybox (identical dynamics and
+            observations); ``False`` runs the package's own slow reset.
+        start_method: multiprocessing start method for the workers (``"spawn"`` is
+            safe after torch/OpenMP are initialised; ``"fork"`` starts faster).
+
+    Raises:
+        ValueError: unknown name, task of the wrong family, or a parameter out of range.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}: {name!r}")
+    num_envs = _positive_int("num_envs", num_envs)
+    num_workers = _positive_int("num_workers", num_workers)
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if not isinstance(fast_reset, bool):
+        raise ValueError(f"fast_reset must be a bool, got {fast_reset!r}")
+    if start_method not in mp.get_all_start_methods():
+        raise ValueError(f"start_method must be one of {mp.get_all_start_methods()}, got {start_method!r}")
+    if name in TASK_FAMILIES:
+        task = _coerce_task(name, task, seed)
+        default_horizon = DEFAULT_HORIZON
+    else:
+        valid = raw_env_ids()
+        if name not in valid:
+            raise ValueError(
+                f"unknown Safety-Gymnasium environment {name!r}; expected one of "
+                f"{list(TASK_FAMILIES)} or a registered navigation id (no Vision/Debug): "
+                f"{', '.join(valid)}"
+            )
+        if task is not None:
+            raise ValueError(
+                f"raw id {name!r} takes no task (got {task!r}); tasks exist for {list(TASK_FAMILIES)}"
+            )
+        import gymnasium
+
+        default_horizon = gymnasium.spec(name).max_episode_steps or DEFAULT_HORIZON
+    horizon = default_horizon if horizon is None else _positive_int("horizon", horizon)
+    spec = _EnvSpec(name=name, task=task, horizon=horizon, fast_reset=fast_reset)
+    return SafetyGymVecEnv(
+        spec, num_envs=num_envs, seed=int(seed), num_workers=num_workers, start_method=start_method
+    )
