@@ -57,7 +57,9 @@ def _polish_recovery(A, b, H, delta, x0, t0, lam0, mu0, S):
 
     def F(z):
         x, t, lam, mu = z[:n], z[n], z[n + 1], z[n + 2 :]
-        return np.concatenate([AS.T @ mu + lam * H @ x, [1 - mu.sum()], AS @ x + bS - t, [0.5 * x @ H @ x - delta]])
+        return np.concatenate(
+            [AS.T @ mu + lam * H @ x, [1 - mu.sum()], AS @ x + bS - t, [0.5 * x @ H @ x - delta]]
+        )
 
     sol = scipy.optimize.root(F, np.concatenate([x0, [t0, lam0], mu0[S]]), tol=1e-15)
     return sol.x[:n] if np.abs(F(sol.x)).max() < 1e-12 else x0

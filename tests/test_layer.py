@@ -324,7 +324,9 @@ def test_bad_input_raises_named_errors():
     with pytest.raises(ValueError, match="solver must be one of"):
         TrustRegionStep(solver="newton")
     with pytest.raises(ValueError, match="solver='analytic' handles m <= 1"):
-        TrustRegionStep(solver="analytic")(g, torch.ones(2, 3, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+        TrustRegionStep(solver="analytic")(
+            g, torch.ones(2, 3, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+        )
     with pytest.raises(TypeError, match="g must be a torch.Tensor"):
         step([1.0, 2.0, 3.0], a, -1.0, H)
 
