@@ -52,7 +52,7 @@ def _polish_feasible(g, A, b, H, delta, x0, lam0, nu0, S):
 
 
 def _polish_recovery(A, b, H, delta, x0, t0, lam0, mu0, S):
-    n, k = A.shape[1], len(S)
+    n = A.shape[1]
     AS, bS = A[S], b[S]
 
     def F(z):
