@@ -559,19 +559,21 @@ class _Streams:
 def _lidar(
     pos: np.ndarray, cos_h: np.ndarray, sin_h: np.ndarray, objects: np.ndarray, radius: float
 ) -> np.ndarray:
-    out = np.zeros((pos.shape[0], LIDAR_BINS))
+    """``(N, LIDAR_BINS)`` lidar of discs of ``radius`` at ``objects`` seen from ``pos``."""
+    n = pos.shape[0]
+    out = np.zeros(n * LIDAR_BINS)
     if objects.shape[0] == 0:
-        return out
+        return out.reshape(n, LIDAR_BINS)
     rx = objects[None, :, 0] - pos[:, 0, None]
     ry = objects[None, :, 1] - pos[:, 1, None]
-    ex = cos_h[:, None] * rx + sin_h[:, None] * ry
+    ex = cos_h[:, None] * rx + sin_h[:, None] * ry  # object in the robot's frame
     ey = cos_h[:, None] * ry - sin_h[:, None] * rx
     surface = np.maximum(np.hypot(ex, ey) - radius, 0.0)
     intensity = np.clip(1.0 - surface / LIDAR_RANGE, 0.0, 1.0)
-    bins = (np.mod(np.arctan2(ey, ex), 2 * np.pi) * (LIDAR_BINS / (2 * np.pi))).astype(np.intp)
-    bins %= LIDAR_BINS
-    hit = bins[:, :, None] == np.arange(LIDAR_BINS)
-    return np.max(np.where(hit, intensity[:, :, None], 0.0), axis=1)
+    bins = np.floor(np.arctan2(ey, ex) * (LIDAR_BINS / (2 * np.pi))).astype(np.intp) % LIDAR_BINS
+    flat = bins + (np.arange(n) * LIDAR_BINS)[:, None]
+    np.maximum.at(out, flat.ravel(), intensity.ravel())  # per-bin max over objects
+    return out.reshape(n, LIDAR_BINS)
 
 
 class SafeNavVecEnv:
