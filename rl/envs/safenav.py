@@ -781,7 +781,8 @@ class SafeNavVecEnv:
 
         Each argument broadcasts to all sub-environments (or gives one row per
         sub-environment); ``None`` leaves that part of the state as it is. The step
-        counter is unchanged. Call :meth:`reset` first.
+        counter is unchanged; the exemption of a just-pressed button is cleared and
+        progress is measured from the new state. Call :meth:`reset` first.
 
         Args:
             position: ``(2,)`` or ``(N, 2)`` robot centres (clipped to the arena).
