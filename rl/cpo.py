@@ -1,0 +1,705 @@
+"""Constrained Policy Optimisation (Achiam et al., 2017) on :mod:`difftrust`, and ``python -m rl.cpo``.
+
+The algorithm, top to bottom (one iteration of :func:`train`):
+
+1. **Collect** ``steps_per_iter`` env steps with the current policy
+   (:func:`rl.rollout.collect`): GAE advantages for the reward and for every cost
+   channel, per-episode return and cost.
+2. **Surrogates** (:func:`surrogates`), ``ratio = pi_phi(a|s) / p_beh(a|s)``::
+
+       L_R(phi) = mean(ratio * adv_r)
+       L_C(phi) = ep_len * mean(ratio * adv_c)      (one entry per cost channel)
+
+   ``L_C`` is the first-order estimate of the change of the per-episode cost
+   (EpCost) when the policy moves from the behaviour policy to ``phi``, so it has
+   the units of ``b = EpCost - limit`` (see :mod:`rl.rollout`).
+3. **Direction** (:func:`cpo_direction`): ``g = grad L_R``, ``A = [grad L_Cj]_j``,
+   ``b = ep_cost - cost_limits``, ``H`` = Fisher of ``mean KL(pi_params || pi_phi)`` at
+   ``params`` plus ``damping * I``, and the step solves::
+
+       max_x g'x   s.t.   0.5 x'Hx <= delta,   b_j + a_j'x <= 0
+
+   with :class:`difftrust.TrustRegionStep` (closed form for one constraint, a small
+   cone program for several, the least-violation *recovery* step when the
+   linearised constraints cannot be met inside the trust region). No constraint
+   (``cost_limits=None``) gives TRPO.
+4. **Line search** (:func:`line_search`): try ``params + 0.8^k x``, ``k = 0, 1, ...``;
+   accept the first step whose mean ``KL(pi_old || pi_new)`` on the batch states is at
+   most ``kl_tolerance * delta`` (``kl_tolerance = 1.5`` by default: the quadratic
+   model bounds the damped KL, the true KL may exceed ``delta`` slightly, as in
+   OpenAI baselines' TRPO), whose reward surrogate does not decrease (unless the
+   case is ``"recovery"``), and whose cost surrogates rise by at most
+   ``max(-b_j, 0)`` (in recovery: must not rise). If none passes, the policy is kept.
+5. **Critics**: Adam on the TD(lambda) targets of the batch (:func:`rl.policy.fit_critic`).
+
+The behaviour log-probabilities are constants of the data, so with
+``create_graph=True`` :func:`cpo_direction` is differentiable in ``params`` through
+``g``, ``A`` and the Fisher metric, and not through the sampling distribution (the
+MAML-TRPO estimator that :mod:`rl.meta_cpo` builds on).
+
+Command line::
+
+    python -m rl.cpo --env safenav-goal --steps 300000 --seed 0 --cost-limit 25 --out runs/cpo
+    python -m rl.cpo --resume runs/cpo --steps 400000     # continue (and extend) a run
+
+The run folder receives ``config.json``, ``progress.csv`` (one row per iteration),
+TensorBoard events, ``ckpt_*.pt`` (full state; ``--resume`` continues exactly where
+the checkpoint left off) and ``training.png``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from difftrust import FisherMetric, StepResult, TrustRegionStep
+from rl.policy import Critic, GaussianPolicy, ObsNormalizer, fit_critic
+from rl.rollout import Batch, collect
+
+__all__ = [
+    "CPOConfig",
+    "cost_offsets",
+    "cpo_direction",
+    "cpo_update",
+    "line_search",
+    "main",
+    "make_env",
+    "surrogates",
+    "sum_cost_channels",
+    "train",
+]
+
+
+# ------------------------------------------------------------------------------ surrogates
+def surrogates(policy: GaussianPolicy, params: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+    """Reward and cost surrogates of ``params`` on ``batch``.
+
+    ``L_R = mean(ratio * adv_r)`` (per step, normalised advantages) and
+    ``L_C = ep_len * mean(ratio * adv_c, over steps)``, shape ``(C,)``: the
+    first-order change of the per-episode cost per channel, in the units of
+    ``batch.ep_cost``. ``ratio = exp(logp_params - batch.logp)``, the behaviour
+    log-probabilities being constants. Differentiable in ``params``.
+
+    Returns:
+        ``(L_R, L_C)``: a scalar and a ``(C,)`` tensor.
+    """
+    ratio = torch.exp(policy.log_prob(params, batch.obs, batch.act) - batch.logp)
+    loss_r = (ratio * batch.adv_r).mean()
+    loss_c = batch.ep_len * (ratio.unsqueeze(-1) * batch.adv_c).mean(0)
+    return loss_r, loss_c
+
+
+def cost_offsets(batch: Batch, cost_limits: float | Sequence[float] | Tensor, dtype: torch.dtype) -> Tensor:
+    """``b = ep_cost - cost_limits``, shape ``(C,)`` (a scalar limit applies to every channel)."""
+    limits = torch.as_tensor(cost_limits, dtype=dtype)
+    n_cost = len(batch.cost_channels)
+    if limits.ndim == 0:
+        limits = limits.expand(n_cost)
+    if limits.shape != (n_cost,):
+        raise ValueError(
+            f"cost_limits must be a scalar or have shape ({n_cost},) for cost channels "
+            f"{batch.cost_channels}, got shape {tuple(limits.shape)}"
+        )
+    if not bool(torch.isfinite(limits).all()):
+        raise ValueError(f"cost_limits must be finite, got {limits.tolist()}")
+    return torch.as_tensor(batch.ep_cost, dtype=dtype) - limits
+
+
+def sum_cost_channels(batch: Batch) -> Batch:
+    """A view of ``batch`` with its cost channels summed into one channel ``"total"``.
+
+    Used to constrain the total cost (Safety-Gymnasium's scalar ``cost``) with one
+    constraint instead of one per channel. Critic targets keep their channels.
+    """
+    from dataclasses import replace
+
+    return replace(
+        batch,
+        adv_c=batch.adv_c.sum(-1, keepdim=True),
+        ep_cost=np.asarray([float(np.sum(batch.ep_cost))]),
+        cost_channels=("total",),
+    )
+
+
+# ------------------------------------------------------------------------------- direction
+def cpo_direction(
+    policy: GaussianPolicy,
+    params: Tensor,
+    batch: Batch,
+    cost_limits: float | Sequence[float] | Tensor | None,
+    step: TrustRegionStep,
+    damping: float = 0.1,
+    create_graph: bool = False,
+) -> tuple[Tensor, StepResult]:
+    """The CPO step ``x`` at ``params`` (TRPO when ``cost_limits`` is ``None``).
+
+    ``g = grad L_R``, ``A`` = one row ``grad L_Cj`` per cost channel, ``b = ep_cost -
+    cost_limits`` (episode units), metric ``FisherMetric(policy.kl(., ., batch.obs),
+    params, damping)``; the step is ``step.solve(g, A, b, metric)``.
+
+    Args:
+        policy: The policy architecture.
+        params: Flat parameters. With ``create_graph=True`` they may carry a graph
+            (an adapted parameter vector in Meta-CPO) and ``x`` is differentiable in
+            them through ``g``, ``A`` and the metric.
+        batch: Data collected with behaviour log-probabilities ``batch.logp``.
+        cost_limits: Scalar (every channel) or ``(C,)`` per-episode cost limits;
+            ``None`` for no constraint (TRPO, ``m = 0``).
+        step: The trust-region layer (its ``delta``, CG settings, solver).
+        damping: Damping added to the Fisher metric.
+        create_graph: Build a differentiable step (Meta-CPO inner loop).
+
+    Returns:
+        ``(x, result)``: the step ``(n,)`` and the :class:`difftrust.StepResult`
+        (``x``, ``lam``, ``nu``, ``case``, ``cg_residuals``); ``x is result.x``.
+    """
+    if not isinstance(step, TrustRegionStep):
+        raise TypeError(f"step must be a difftrust.TrustRegionStep, got {type(step).__name__}")
+    if create_graph and params.requires_grad:
+        theta = params
+    else:
+        theta = params.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss_r, loss_c = surrogates(policy, theta, batch)
+        if cost_limits is None:
+            (g,) = torch.autograd.grad(loss_r, theta, create_graph=create_graph)
+            A = b = None
+        else:
+            b = cost_offsets(batch, cost_limits, params.dtype)
+            outputs = torch.cat([loss_r.reshape(1), loss_c])
+            rows = [
+                torch.autograd.grad(out, theta, create_graph=create_graph, retain_graph=True)[0]
+                for out in outputs
+            ]
+            g, A = rows[0], torch.stack(rows[1:])
+    obs = batch.obs
+    metric = FisherMetric(
+        lambda ref, p: policy.kl(ref, p, obs), theta if create_graph else theta.detach(), damping
+    )
+    result = step.solve(g, A, b, metric)
+    return result.x, result
+
+
+# ------------------------------------------------------------------------------ line search
+def line_search(
+    policy: GaussianPolicy,
+    params: Tensor,
+    x: Tensor,
+    batch: Batch,
+    b: Tensor | None,
+    case: str,
+    delta: float,
+    backtrack_coef: float = 0.8,
+    max_backtracks: int = 15,
+    kl_tolerance: float = 1.5,
+) -> tuple[Tensor, dict[str, Any]]:
+    """Backtrack along ``x`` until the CPO acceptance rules hold (see the module docs).
+
+    Step fraction ``backtrack_coef**k`` for ``k = 0 .. max_backtracks - 1`` is accepted
+    when (all on ``batch``): the mean ``KL(pi_params || pi_new) <= kl_tolerance * delta``;
+    ``L_R(new) >= L_R(params)`` unless ``case == "recovery"``; and for every
+    constraint ``j``, ``L_Cj(new) - L_Cj(params) <= max(-b_j, 0)``. ``b = None`` means
+    no constraint (TRPO).
+
+    Returns:
+        ``(new_params, info)`` with ``info`` keys ``accepted`` (the step fraction,
+        0 when nothing passed and ``params`` are returned), ``backtracks``, ``kl``,
+        ``improve_r`` and ``change_c`` (surrogate changes of the returned params).
+    """
+    with torch.no_grad():
+        params = params.detach()
+        x = x.detach()
+        loss_r0, loss_c0 = surrogates(policy, params, batch)
+        slack = None if b is None else torch.clamp(-b, min=0.0)
+        last: dict[str, Any] = {}
+        for k in range(max_backtracks):
+            frac = backtrack_coef**k
+            new = params + frac * x
+            kl = float(policy.kl(params, new, batch.obs))
+            loss_r, loss_c = surrogates(policy, new, batch)
+            improve_r = float(loss_r - loss_r0)
+            change_c = loss_c - loss_c0
+            last = {"kl": kl, "improve_r": improve_r, "change_c": change_c.tolist()}
+            finite = math.isfinite(kl) and math.isfinite(improve_r) and bool(torch.isfinite(change_c).all())
+            ok = finite and kl <= kl_tolerance * delta
+            ok = ok and (case == "recovery" or improve_r >= 0.0)
+            if slack is not None:
+                ok = ok and bool((change_c <= slack).all())
+            if ok:
+                return new, {"accepted": frac, "backtracks": k, **last}
+        n_cost = loss_c0.shape[0]
+        return params.clone(), {
+            "accepted": 0.0,
+            "backtracks": max_backtracks,
+            "kl": 0.0,
+            "improve_r": 0.0,
+            "change_c": [0.0] * n_cost,
+            "rejected_kl": last.get("kl", float("nan")),
+        }
+
+
+def cpo_update(
+    policy: GaussianPolicy,
+    params: Tensor,
+    batch: Batch,
+    cost_limits: float | Sequence[float] | Tensor | None,
+    step: TrustRegionStep,
+    *,
+    damping: float = 0.1,
+    backtrack_coef: float = 0.8,
+    max_backtracks: int = 15,
+    kl_tolerance: float = 1.5,
+) -> tuple[Tensor, dict[str, Any]]:
+    """One CPO policy update: :func:`cpo_direction`, then :func:`line_search`.
+
+    Returns:
+        ``(new_params, info)``; ``info`` holds ``case``, ``lam``, ``nu`` (list, one per
+        constraint), ``b`` (list), ``expected_improve`` (``g'x``), ``step_norm``,
+        ``cg_residual`` (largest relative CG residual) and the line-search keys
+        ``accepted``, ``backtracks``, ``kl``, ``improve_r``, ``change_c``.
+    """
+    x, res = cpo_direction(policy, params, batch, cost_limits, step, damping=damping)
+    b = None if cost_limits is None else cost_offsets(batch, cost_limits, params.dtype)
+    delta = float(step.delta)
+    new, ls = line_search(
+        policy,
+        params,
+        x,
+        batch,
+        b,
+        str(res.case),
+        delta,
+        backtrack_coef=backtrack_coef,
+        max_backtracks=max_backtracks,
+        kl_tolerance=kl_tolerance,
+    )
+    with torch.no_grad():
+        theta = params.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(surrogates(policy, theta, batch)[0], theta)
+    info = {
+        "case": str(res.case),
+        "lam": float(res.lam),
+        "nu": [float(v) for v in res.nu.reshape(-1)],
+        "b": [] if b is None else b.tolist(),
+        "expected_improve": float(g @ x.detach()),
+        "step_norm": float(x.detach().norm()),
+        "cg_residual": float("nan") if res.cg_residuals is None else float(res.cg_residuals.max()),
+        **ls,
+    }
+    return new, info
+
+
+# --------------------------------------------------------------------------------- config
+@dataclass
+class CPOConfig:
+    """Train CPO (or TRPO with --cost-limit none) on one task; writes progress.csv,
+    config.json, TensorBoard events, checkpoints and training.png in the run folder."""
+
+    env: str = field(
+        default="safenav-goal",
+        metadata={"help": "environment family (safenav-goal, safenav-button, safety-button, ...)"},
+    )
+    task: Literal["sampled", "corridor"] = field(
+        default="sampled",
+        metadata={
+            "help": "sampled: the first training task drawn with --seed; corridor: the hand-built "
+            "safenav-goal task whose direct path crosses a hazard"
+        },
+    )
+    steps: int = field(default=300_000, metadata={"help": "total environment steps"})
+    steps_per_iter: int = field(default=4000, metadata={"help": "environment steps per CPO iteration"})
+    num_envs: int = field(default=4, metadata={"help": "parallel sub-environments"})
+    horizon: int | None = field(default=None, metadata={"help": "episode length (none: the env default)"})
+    seed: int = field(default=0, metadata={"help": "random seed (task, env, policy, sampling)"})
+    cost_limit: float | tuple[float, ...] | None = field(
+        default=25.0,
+        metadata={
+            "help": "per-episode cost limit: one value for every channel, one per channel, "
+            "or none (TRPO, no constraint)"
+        },
+    )
+    constrain: Literal["channels", "total"] = field(
+        default="channels",
+        metadata={"help": "channels: one constraint per cost channel; total: one on their sum"},
+    )
+    delta: float = field(default=0.01, metadata={"help": "trust region: 0.5 x'Hx <= delta"})
+    damping: float = field(default=0.1, metadata={"help": "Fisher damping"})
+    cg_iters: int = field(default=15, metadata={"help": "conjugate-gradient iterations"})
+    backtrack_coef: float = field(default=0.8, metadata={"help": "line-search step shrink factor"})
+    max_backtracks: int = field(default=15, metadata={"help": "line-search trials"})
+    kl_tolerance: float = field(
+        default=1.5, metadata={"help": "line search accepts mean KL <= kl_tolerance * delta"}
+    )
+    gamma: float = field(default=0.99, metadata={"help": "reward discount"})
+    lam: float = field(default=0.95, metadata={"help": "reward GAE lambda"})
+    cost_gamma: float = field(default=0.99, metadata={"help": "cost discount"})
+    cost_lam: float = field(default=0.95, metadata={"help": "cost GAE lambda"})
+    hidden: tuple[int, ...] = field(default=(64, 64), metadata={"help": "policy hidden sizes (tanh)"})
+    init_log_std: float = field(default=-0.5, metadata={"help": "initial policy log-std"})
+    critic_hidden: tuple[int, ...] = field(default=(64, 64), metadata={"help": "critic hidden sizes"})
+    critic_lr: float = field(default=1e-3, metadata={"help": "critic Adam learning rate"})
+    critic_epochs: int = field(default=10, metadata={"help": "critic epochs per iteration"})
+    critic_minibatch: int = field(default=128, metadata={"help": "critic minibatch size"})
+    dtype: Literal["float64", "float32"] = field(default="float64", metadata={"help": "policy dtype"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads"})
+    out: str | None = field(
+        default=None, metadata={"help": "run folder (new or empty; none: runs/<env>-cpo-seed<seed>-<time>)"}
+    )
+    resume: str | None = field(
+        default=None,
+        metadata={
+            "help": "continue the run in this folder from its latest checkpoint (its config.json is "
+            "used; only --steps, --checkpoint-every, --threads, --progress, --tensorboard may change)"
+        },
+    )
+    checkpoint_every: int = field(default=10, metadata={"help": "iterations between checkpoints"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard events"})
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad value."""
+        for name in ("steps", "steps_per_iter", "num_envs", "cg_iters", "max_backtracks", "critic_epochs"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name in ("critic_minibatch", "threads", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.steps_per_iter % self.num_envs:
+            raise ValueError(
+                f"steps_per_iter ({self.steps_per_iter}) must be a multiple of num_envs ({self.num_envs})"
+            )
+        if self.horizon is not None and self.horizon < 1:
+            raise ValueError(f"horizon must be >= 1 or none, got {self.horizon}")
+        for name in ("delta", "kl_tolerance", "critic_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.damping < 0:
+            raise ValueError(f"damping must be >= 0, got {self.damping}")
+        if not 0 < self.backtrack_coef < 1:
+            raise ValueError(f"backtrack_coef must be in (0, 1), got {self.backtrack_coef}")
+        for name in ("gamma", "lam", "cost_gamma", "cost_lam"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.task == "corridor" and self.env != "safenav-goal":
+            raise ValueError(f"--task corridor needs --env safenav-goal, got {self.env!r}")
+
+    @property
+    def iterations(self) -> int:
+        """Number of CPO iterations (``steps // steps_per_iter``, at least 1)."""
+        return max(1, self.steps // self.steps_per_iter)
+
+
+_RESUME_OVERRIDABLE = ("steps", "checkpoint_every", "threads", "progress", "tensorboard", "resume")
+
+
+# --------------------------------------------------------------------------------- training
+def make_env(cfg: CPOConfig) -> Any:
+    """The vectorised environment of ``cfg`` (task per ``cfg.task``)."""
+    from rl.envs import make
+
+    kwargs: dict[str, Any] = {}
+    if cfg.horizon is not None:
+        kwargs["horizon"] = cfg.horizon
+    task = None
+    if cfg.task == "corridor":
+        from rl.envs.safenav import corridor_task
+
+        task = corridor_task()
+    return make(cfg.env, task=task, num_envs=cfg.num_envs, seed=cfg.seed, **kwargs)
+
+
+@dataclass
+class _State:
+    """Everything a checkpoint restores."""
+
+    policy: GaussianPolicy
+    params: Tensor
+    reward_critic: Critic
+    cost_critic: Critic
+    reward_opt: torch.optim.Optimizer
+    cost_opt: torch.optim.Optimizer
+    normalizer: ObsNormalizer
+    generator: torch.Generator
+    iteration: int = 0  # next iteration to run
+    env_steps: int = 0
+    seconds: float = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        from rl.runtime import rng_state
+
+        return {
+            "iteration": self.iteration,
+            "env_steps": self.env_steps,
+            "seconds": self.seconds,
+            "params": self.params.detach().clone(),
+            "reward_critic": self.reward_critic.state_dict(),
+            "cost_critic": self.cost_critic.state_dict(),
+            "reward_opt": self.reward_opt.state_dict(),
+            "cost_opt": self.cost_opt.state_dict(),
+            "normalizer": self.normalizer.state_dict(),
+            "rng": rng_state({"sampler": self.generator}),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from rl.runtime import set_rng_state
+
+        params = state["params"]
+        if params.shape != self.params.shape:
+            raise ValueError(
+                f"checkpoint params have shape {tuple(params.shape)}, the policy expects {tuple(self.params.shape)}"
+            )
+        self.params = params.to(self.params.dtype)
+        self.reward_critic.load_state_dict(state["reward_critic"])
+        self.cost_critic.load_state_dict(state["cost_critic"])
+        self.reward_opt.load_state_dict(state["reward_opt"])
+        self.cost_opt.load_state_dict(state["cost_opt"])
+        self.normalizer.load_state_dict(state["normalizer"])
+        set_rng_state(state["rng"], {"sampler": self.generator})
+        self.iteration = int(state["iteration"])
+        self.env_steps = int(state["env_steps"])
+        self.seconds = float(state["seconds"])
+
+
+def _init_state(cfg: CPOConfig, env: Any) -> _State:
+    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+    gen = torch.Generator().manual_seed(cfg.seed)
+    policy = GaussianPolicy(env.obs_dim, env.act_dim, cfg.hidden, cfg.init_log_std, dtype)
+    params = policy.init_params(gen)
+    n_cost = len(env.cost_channels)
+    reward_critic = Critic(env.obs_dim, 1, cfg.critic_hidden, dtype=dtype, generator=gen)
+    cost_critic = Critic(env.obs_dim, n_cost, cfg.critic_hidden, dtype=dtype, generator=gen)
+    return _State(
+        policy=policy,
+        params=params,
+        reward_critic=reward_critic,
+        cost_critic=cost_critic,
+        reward_opt=torch.optim.Adam(reward_critic.parameters(), lr=cfg.critic_lr),
+        cost_opt=torch.optim.Adam(cost_critic.parameters(), lr=cfg.critic_lr),
+        normalizer=ObsNormalizer(env.obs_dim),
+        generator=gen,
+    )
+
+
+def _cost_limits(cfg: CPOConfig, channels: tuple[str, ...]) -> list[float] | None:
+    """Per-constraint limits (one per channel, or one for the total), or None (TRPO)."""
+    if cfg.cost_limit is None:
+        return None
+    limits = [float(cfg.cost_limit)] if isinstance(cfg.cost_limit, float | int) else list(cfg.cost_limit)
+    m = 1 if cfg.constrain == "total" else len(channels)
+    if len(limits) == 1:
+        limits = limits * m
+    if len(limits) != m:
+        raise ValueError(
+            f"cost_limit has {len(limits)} values, expected 1 or {m} "
+            f"({'the total' if cfg.constrain == 'total' else f'channels {channels}'})"
+        )
+    return limits
+
+
+def _row(it: int, st: _State, batch: Batch, info: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "iteration": it,
+        "env_steps": st.env_steps,
+        "ep_ret": batch.ep_ret,
+        "ep_cost": batch.ep_cost_total,
+    }
+    if len(batch.cost_channels) > 1:
+        for ch, value in zip(batch.cost_channels, batch.ep_cost, strict=True):
+            row[f"cost_{ch}"] = float(value)
+    row.update(
+        {"ep_len": batch.ep_len, "episodes": batch.num_episodes, "kl": info["kl"], "case": info["case"]}
+    )
+    row["lam"] = info["lam"]
+    nu = info["nu"]
+    names = extra.pop("constraint_names")
+    if len(names) == 1:
+        row["nu"] = nu[0] if nu else None
+    else:
+        for name, value in zip(names, nu or [None] * len(names), strict=True):
+            row[f"nu_{name}"] = value
+    row.update(
+        {
+            "accepted": info["accepted"],
+            "backtracks": info["backtracks"],
+            "improve_r": info["improve_r"],
+            "expected_improve": info["expected_improve"],
+            "cg_residual": info["cg_residual"],
+        }
+    )
+    row.update(extra)
+    return row
+
+
+def train(cfg: CPOConfig) -> Path:
+    """Run CPO as configured; returns the run folder (see :class:`CPOConfig`)."""
+    from rl.runtime import (
+        RunLogger,
+        config_to_dict,
+        load_latest_checkpoint,
+        make_run_dir,
+        progress_bar,
+    )
+
+    torch.set_num_threads(cfg.threads)
+    env = make_env(cfg)
+    st = _init_state(cfg, env)
+    channels = tuple(env.cost_channels)
+    limits = _cost_limits(cfg, channels)
+    constraint_names = ("total",) if cfg.constrain == "total" else channels
+    step = TrustRegionStep(delta=cfg.delta, cg_iters=cfg.cg_iters, cg_tol=1e-10)
+
+    if cfg.resume is not None:
+        run_dir = Path(cfg.resume)
+        found = load_latest_checkpoint(run_dir)
+        if found is not None:
+            st.load_state_dict(found[1])
+        log = RunLogger(
+            run_dir, tensorboard=cfg.tensorboard, resume_iteration=st.iteration - 1 if found else -1
+        )
+    else:
+        run_dir = make_run_dir("runs", [cfg.env, "cpo", f"seed{cfg.seed}"], out=cfg.out)
+        log = RunLogger(run_dir, tensorboard=cfg.tensorboard)
+        log.write_config(config_to_dict(cfg))
+
+    from rl.runtime import save_checkpoint
+
+    total = cfg.iterations
+    bar = progress_bar(total, initial=st.iteration, desc=f"cpo {cfg.env}") if cfg.progress else None
+    try:
+        while st.iteration < total:
+            it = st.iteration
+            t0 = time.perf_counter()
+            batch = collect(
+                env,
+                st.policy,
+                st.params,
+                cfg.steps_per_iter,
+                st.normalizer,
+                st.reward_critic,
+                st.cost_critic,
+                gamma=cfg.gamma,
+                lam=cfg.lam,
+                cost_gamma=cfg.cost_gamma,
+                cost_lam=cfg.cost_lam,
+                generator=st.generator,
+            )
+            policy_batch = sum_cost_channels(batch) if cfg.constrain == "total" else batch
+            st.params, info = cpo_update(
+                st.policy,
+                st.params,
+                policy_batch,
+                limits,
+                step,
+                damping=cfg.damping,
+                backtrack_coef=cfg.backtrack_coef,
+                max_backtracks=cfg.max_backtracks,
+                kl_tolerance=cfg.kl_tolerance,
+            )
+            loss_vr = fit_critic(
+                st.reward_critic,
+                st.reward_opt,
+                batch.obs,
+                batch.ret_r,
+                cfg.critic_epochs,
+                cfg.critic_minibatch,
+                st.generator,
+            )
+            loss_vc = fit_critic(
+                st.cost_critic,
+                st.cost_opt,
+                batch.obs,
+                batch.ret_c,
+                cfg.critic_epochs,
+                cfg.critic_minibatch,
+                st.generator,
+            )
+            st.env_steps += batch.env_steps
+            st.seconds += time.perf_counter() - t0
+            st.iteration = it + 1
+            extra = {
+                "constraint_names": constraint_names,
+                "std": float(torch.exp(st.policy.log_std(st.params)).mean()),
+                "loss_v_r": loss_vr,
+                "loss_v_c": loss_vc,
+                "seconds": round(st.seconds, 3),
+            }
+            log.log(_row(it, st, batch, info, extra))
+            if st.iteration % cfg.checkpoint_every == 0 or st.iteration == total:
+                save_checkpoint(run_dir, st.state_dict(), step=it)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(
+                    ret=f"{batch.ep_ret:.2f}", cost=f"{batch.ep_cost_total:.2f}", case=info["case"]
+                )
+    finally:
+        if bar is not None:
+            bar.close()
+        log.close()
+        env.close()
+    _plot(run_dir, channels, constraint_names, limits)
+    return run_dir
+
+
+def _plot(
+    run_dir: Path, channels: tuple[str, ...], constraint_names: tuple[str, ...], limits: list[float] | None
+) -> None:
+    """``training.png``: return and cost per episode against env steps, limits dashed."""
+    from rl.runtime import plot_training
+
+    if constraint_names == ("total",) or len(channels) == 1:
+        cost_panel: tuple[str, list[str], Any] = ("cost", ["ep_cost"], limits)
+    else:
+        cost_panel = ("cost", [f"cost_{ch}" for ch in channels], limits)
+    try:
+        plot_training(
+            run_dir / "progress.csv",
+            run_dir / "training.png",
+            x="env_steps",
+            panels=[("return", ["ep_ret"]), cost_panel],
+        )
+    except (ValueError, ImportError) as err:  # plotting is a convenience, never fatal
+        print(f"warning: could not plot training curves: {err}", file=sys.stderr)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> CPOConfig:
+    """Config from the command line; with ``--resume DIR`` from ``DIR/config.json``
+    plus the few options allowed to change (given explicitly)."""
+    from rl.runtime import ConfigError, build_parser, load_config, parse_config
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = parse_config(CPOConfig, argv, exit_on_error=True)
+    if cfg.resume is None:
+        return cfg
+    given = {k for k in vars(build_parser(CPOConfig).parse_args(argv)) if not k.startswith("_")}
+    bad = sorted(given - set(_RESUME_OVERRIDABLE))
+    if bad:
+        raise ConfigError(
+            f"options {bad} cannot change when resuming (the run's config.json is used); "
+            f"allowed with --resume: {list(_RESUME_OVERRIDABLE)}"
+        )
+    config_path = Path(cfg.resume) / "config.json"
+    if not config_path.is_file():
+        raise ConfigError(f"--resume {cfg.resume}: no config.json there; expected a run folder of rl.cpo")
+    return load_config(CPOConfig, config_path, overrides={k: getattr(cfg, k) for k in given})
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m rl.cpo`` (``--help`` lists every option)."""
+    cfg = parse_args(argv)
+    run_dir = train(cfg)
+    print(f"run folder: {run_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,445 @@
+"""Tests for rl.cpo: the step against an independent closed form, the line search, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from difftrust import TrustRegionStep
+from rl.cpo import (
+    CPOConfig,
+    cost_offsets,
+    cpo_direction,
+    cpo_update,
+    line_search,
+    main,
+    parse_args,
+    sum_cost_channels,
+    surrogates,
+    train,
+)
+from rl.policy import GaussianPolicy
+from rl.rollout import Batch
+
+torch.set_num_threads(1)
+
+DELTA = 0.01
+DAMPING = 0.1
+
+
+def _recorded_batch(seed: int = 0, n_cost: int = 1, ep_cost=(0.0,), ep_len: float = 50.0):
+    """A small batch with known contents, behaviour = the policy at ``params``.
+
+    Cost advantages are correlated with the reward advantages so that the reward
+    step raises the cost (the constraint can bind).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    pi = GaussianPolicy(3, 2, hidden=(4,))
+    params = pi.init_params(gen) + 0.1 * torch.randn(pi.num_params, generator=gen, dtype=torch.float64)
+    T = 64
+    obs = torch.randn(T, 3, generator=gen, dtype=torch.float64)
+    act = pi.sample(params, obs, gen)
+    logp = pi.log_prob(params, obs, act).detach()
+    adv_r = torch.randn(T, generator=gen, dtype=torch.float64)
+    adv_r = (adv_r - adv_r.mean()) / adv_r.std()
+    noise = torch.randn(T, n_cost, generator=gen, dtype=torch.float64)
+    adv_c = 0.05 * (adv_r.unsqueeze(1) + 0.5 * noise)
+    adv_c = adv_c - adv_c.mean(0)
+    batch = Batch(
+        obs=obs,
+        act=act,
+        logp=logp,
+        adv_r=adv_r,
+        adv_c=adv_c,
+        ret_r=torch.zeros(T, dtype=torch.float64),
+        ret_c=torch.zeros(T, n_cost, dtype=torch.float64),
+        ep_ret=0.0,
+        ep_cost=np.asarray(ep_cost, dtype=np.float64),
+        ep_len=ep_len,
+        num_episodes=1,
+        env_steps=T,
+        cost_channels=tuple(f"c{j}" for j in range(n_cost)),
+    )
+    return pi, params, batch
+
+
+# ------------------------------------------------------------- independent reference
+def _grads_and_fisher(pi, params, batch):
+    """g, a (per channel) and the dense damped Fisher, written out independently."""
+
+    def loss_r(p):
+        ratio = torch.exp(pi.log_prob(p, batch.obs, batch.act) - batch.logp)
+        return (ratio * batch.adv_r).mean()
+
+    def loss_c(p, j):
+        ratio = torch.exp(pi.log_prob(p, batch.obs, batch.act) - batch.logp)
+        return batch.ep_len * (ratio * batch.adv_c[:, j]).mean()
+
+    g = torch.autograd.functional.jacobian(loss_r, params)
+    A = torch.stack(
+        [
+            torch.autograd.functional.jacobian(lambda p, j=j: loss_c(p, j), params)
+            for j in range(batch.adv_c.shape[1])
+        ]
+    )
+    fisher = torch.autograd.functional.hessian(lambda q: pi.kl(params, q, batch.obs), params)
+    H = fisher + DAMPING * torch.eye(pi.num_params, dtype=torch.float64)
+    return g, A, H
+
+
+def _reference_step_m1(g, a, H, c, delta):
+    """The m = 1 CPO step from DESIGN.md section 1 (maximisation form), dense H."""
+    Hg = torch.linalg.solve(H, g)
+    Ha = torch.linalg.solve(H, a)
+    q, r, s = float(g @ Hg), float(g @ Ha), float(a @ Ha)
+    if c < 0 and c * c >= 2 * delta * s:
+        return math.sqrt(2 * delta / q) * Hg, "trust-region"
+    if c > 0 and c * c >= 2 * delta * s:
+        return -math.sqrt(2 * delta / s) * Ha, "recovery"
+    A_ = q - r * r / s
+    B_ = 2 * delta - c * c / s
+    # La = {lam > 0: lam c + r > 0}, Lb = {lam > 0: lam c + r <= 0}; skip empty intervals.
+    brk = -r / c
+    if c > 0:
+        La, Lb = (max(0.0, brk), math.inf), ((0.0, brk) if brk > 0 else None)
+    else:
+        La, Lb = ((0.0, brk) if brk > 0 else None), (max(0.0, brk), math.inf)
+    best = None
+    if La is not None:
+        lam = min(max(math.sqrt(A_ / B_), La[0]), La[1])
+        f = -0.5 * (A_ / lam + B_ * lam) + r * c / s
+        best = (f, lam)
+    if Lb is not None:
+        lam = min(max(math.sqrt(q / (2 * delta)), Lb[0]), Lb[1])
+        f = -0.5 * (q / lam + 2 * delta * lam)
+        if best is None or f > best[0]:
+            best = (f, lam)
+    lam = best[1]
+    nu = max(0.0, (lam * c + r) / s)
+    case = "constrained" if nu > 0 else "trust-region"
+    return (Hg - nu * Ha) / lam, case
+
+
+def _binding_offset(pi, params, batch) -> float:
+    """An offset c < 0 with which the constraint binds the trust-region step."""
+    g, A, H = _grads_and_fisher(pi, params, batch)
+    Hg = torch.linalg.solve(H, g)
+    x_tr = math.sqrt(2 * DELTA / float(g @ Hg)) * Hg
+    rise = float(A[0] @ x_tr)
+    assert rise > 0, "fixture: the reward step must raise the cost"
+    return -0.4 * rise
+
+
+def test_surrogates_units_and_values():
+    pi, params, batch = _recorded_batch(ep_len=50.0)
+    loss_r, loss_c = surrogates(pi, params, batch)
+    # at the behaviour parameters the ratio is 1
+    assert float(loss_r) == pytest.approx(float(batch.adv_r.mean()), abs=1e-14)
+    assert loss_c.shape == (1,)
+    assert float(loss_c[0]) == pytest.approx(50.0 * float(batch.adv_c[:, 0].mean()), abs=1e-14)
+    other = params + 0.05
+    ratio = torch.exp(pi.log_prob(other, batch.obs, batch.act) - batch.logp)
+    loss_r, loss_c = surrogates(pi, other, batch)
+    assert float(loss_r) == pytest.approx(float((ratio * batch.adv_r).mean()), rel=1e-12)
+    assert float(loss_c[0]) == pytest.approx(50.0 * float((ratio * batch.adv_c[:, 0]).mean()), rel=1e-12)
+
+
+@pytest.mark.parametrize("which", ["constrained", "trust-region", "recovery"])
+def test_cpo_step_equals_independent_closed_form(which):
+    pi, params, batch = _recorded_batch()
+    c_bind = _binding_offset(pi, params, batch)
+    c = {"constrained": c_bind, "trust-region": -10.0, "recovery": 10.0}[which]
+    limit = 25.0
+    batch.ep_cost = np.array([limit + c])
+    step = TrustRegionStep(delta=DELTA, cg_iters=200, cg_tol=1e-14)
+    x, res = cpo_direction(pi, params, batch, limit, step, damping=DAMPING)
+
+    g, A, H = _grads_and_fisher(pi, params, batch)
+    x_ref, case_ref = _reference_step_m1(g, A[0], H, c, DELTA)
+    assert case_ref == which and res.case == which
+    torch.testing.assert_close(x, x_ref, rtol=1e-6, atol=1e-9)
+    if which == "constrained":
+        # the linearised constraint is active and the trust region is full
+        assert float(c + A[0] @ x) == pytest.approx(0.0, abs=1e-8)
+        assert float(0.5 * x @ H @ x) == pytest.approx(DELTA, rel=1e-6)
+        assert float(res.nu[0]) > 0
+
+
+def test_trpo_step_without_constraint():
+    pi, params, batch = _recorded_batch()
+    step = TrustRegionStep(delta=DELTA, cg_iters=200, cg_tol=1e-14)
+    x, res = cpo_direction(pi, params, batch, None, step, damping=DAMPING)
+    g, _, H = _grads_and_fisher(pi, params, batch)
+    Hg = torch.linalg.solve(H, g)
+    torch.testing.assert_close(x, math.sqrt(2 * DELTA / float(g @ Hg)) * Hg, rtol=1e-6, atol=1e-9)
+    assert res.case == "trust-region" and res.nu.numel() == 0
+
+
+def test_create_graph_direction_matches_and_differentiates():
+    """With create_graph the step is the same, and d(w'x)/d(params) matches finite differences."""
+    pi, params, batch = _recorded_batch()
+    batch.ep_cost = np.array([25.0 + _binding_offset(pi, params, batch)])
+    step = TrustRegionStep(delta=DELTA, cg_iters=200, cg_tol=1e-14)
+    x0, _ = cpo_direction(pi, params, batch, 25.0, step, damping=DAMPING)
+    theta = params.clone().requires_grad_(True)
+    x1, res = cpo_direction(pi, theta, batch, 25.0, step, damping=DAMPING, create_graph=True)
+    assert res.case == "constrained"
+    torch.testing.assert_close(x1.detach(), x0, rtol=1e-9, atol=1e-12)
+    w = torch.randn(pi.num_params, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    (grad,) = torch.autograd.grad(w @ x1, theta)
+    v = torch.randn(pi.num_params, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    eps = 1e-5
+
+    def f(p):
+        return float(w @ cpo_direction(pi, p, batch, 25.0, step, damping=DAMPING)[0])
+
+    fd = (f(params + eps * v) - f(params - eps * v)) / (2 * eps)
+    assert float(grad @ v) == pytest.approx(fd, rel=1e-4, abs=1e-8)
+
+
+def test_two_constraints_satisfy_linearisation():
+    pi, params, batch = _recorded_batch(n_cost=2, ep_cost=(25.0, 25.0))
+    c_bind = _binding_offset(pi, params, batch)
+    batch.ep_cost = np.array([25.0 + c_bind, 25.0 + 2 * c_bind])
+    step = TrustRegionStep(delta=DELTA, cg_iters=200, cg_tol=1e-14)
+    x, res = cpo_direction(pi, params, batch, [25.0, 25.0], step, damping=DAMPING)
+    g, A, H = _grads_and_fisher(pi, params, batch)
+    b = torch.as_tensor(batch.ep_cost) - 25.0
+    assert bool((b + A @ x <= 1e-5).all())
+    assert float(0.5 * x @ H @ x) <= DELTA * (1 + 1e-4)
+    # better than the one-constraint step restricted to the first channel is impossible
+    x1, _ = _reference_step_m1(g, A[0], H, float(b[0]), DELTA)
+    assert float(g @ x) <= float(g @ x1) + 1e-8
+    # summing the channels gives one constraint on the total
+    total = sum_cost_channels(batch)
+    assert total.adv_c.shape == (64, 1) and total.ep_cost.tolist() == [float(np.sum(batch.ep_cost))]
+
+
+def test_cost_offsets_shapes():
+    _, _, batch = _recorded_batch(n_cost=2, ep_cost=(3.0, 30.0))
+    assert cost_offsets(batch, 25.0, torch.float64).tolist() == [-22.0, 5.0]
+    assert cost_offsets(batch, [1.0, 2.0], torch.float64).tolist() == [2.0, 28.0]
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        cost_offsets(batch, [1.0, 2.0, 3.0], torch.float64)
+
+
+# ------------------------------------------------------------------------ line search
+def test_line_search_backtracks_to_kl_bound():
+    pi, params, batch = _recorded_batch()
+    step = TrustRegionStep(delta=DELTA, cg_iters=200, cg_tol=1e-14)
+    x, _ = cpo_direction(pi, params, batch, None, step, damping=DAMPING)
+    big = 6.0 * x  # KL about 36 delta
+    new, info = line_search(pi, params, big, batch, None, "trust-region", DELTA)
+    k = info["backtracks"]
+    assert k > 0 and info["accepted"] == pytest.approx(0.8**k)
+    torch.testing.assert_close(new, params + 0.8**k * big)
+    kl_acc = float(pi.kl(params, new, batch.obs))
+    kl_prev = float(pi.kl(params, params + 0.8 ** (k - 1) * big, batch.obs))
+    assert kl_acc == pytest.approx(info["kl"]) and kl_acc <= 1.5 * DELTA < kl_prev
+    # a tighter tolerance backtracks further
+    _, info_tight = line_search(pi, params, big, batch, None, "trust-region", DELTA, kl_tolerance=1.0)
+    assert info_tight["backtracks"] >= k and info_tight["kl"] <= DELTA
+
+
+def test_line_search_rejects_reward_decrease_unless_recovery():
+    pi, params, batch = _recorded_batch()
+    step = TrustRegionStep(delta=DELTA, cg_iters=200, cg_tol=1e-14)
+    x, _ = cpo_direction(pi, params, batch, None, step, damping=DAMPING)
+    new, info = line_search(pi, params, -x, batch, None, "trust-region", DELTA)
+    assert info["accepted"] == 0.0 and torch.equal(new, params)
+    new, info = line_search(pi, params, -x, batch, None, "recovery", DELTA)
+    assert info["accepted"] == 1.0 and info["improve_r"] < 0
+    torch.testing.assert_close(new, params - x)
+
+
+def test_line_search_limits_cost_rise_to_slack():
+    pi, params, batch = _recorded_batch()
+    step = TrustRegionStep(delta=DELTA, cg_iters=200, cg_tol=1e-14)
+    x, _ = cpo_direction(pi, params, batch, None, step, damping=DAMPING)  # ignores the cost
+    _, loss_c0 = surrogates(pi, params, batch)
+    rise_full = float(surrogates(pi, params + x, batch)[1][0] - loss_c0[0])
+    assert rise_full > 0
+    slack = 0.3 * rise_full
+    b = torch.tensor([-slack], dtype=torch.float64)
+    new, info = line_search(pi, params, x, batch, b, "constrained", DELTA)
+    k = info["backtracks"]
+    assert k > 0 and info["change_c"][0] <= slack
+    prev = params + 0.8 ** (k - 1) * x
+    assert float(surrogates(pi, prev, batch)[1][0] - loss_c0[0]) > slack
+    # infeasible (b > 0): the cost surrogate must not rise at all -> rejected
+    b = torch.tensor([1.0], dtype=torch.float64)
+    new, info = line_search(pi, params, x, batch, b, "constrained", DELTA)
+    assert info["accepted"] == 0.0 and torch.equal(new, params)
+
+
+def test_cpo_update_reports():
+    pi, params, batch = _recorded_batch()
+    batch.ep_cost = np.array([25.0 + _binding_offset(pi, params, batch)])
+    step = TrustRegionStep(delta=DELTA, cg_iters=50)
+    new, info = cpo_update(pi, params, batch, 25.0, step, damping=DAMPING)
+    assert info["case"] == "constrained" and info["accepted"] > 0
+    assert info["kl"] == pytest.approx(float(pi.kl(params, new, batch.obs)))
+    assert info["kl"] <= 1.5 * DELTA and info["improve_r"] >= 0
+    assert info["change_c"][0] <= max(-info["b"][0], 0.0) + 1e-12
+    assert len(info["nu"]) == 1 and info["lam"] > 0 and info["expected_improve"] > 0
+    assert not new.requires_grad
+
+
+# -------------------------------------------------------------------------------- CLI
+_SMALL = [
+    "--task",
+    "corridor",
+    "--steps",
+    "1200",
+    "--steps-per-iter",
+    "400",
+    "--num-envs",
+    "2",
+    "--hidden",
+    "16",
+    "--critic-hidden",
+    "16",
+    "--critic-epochs",
+    "2",
+    "--cost-limit",
+    "5",
+    "--no-progress",
+    "--checkpoint-every",
+    "1",
+]
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    from dataclasses import fields
+
+    for f in fields(CPOConfig):
+        assert "--" + f.name.replace("_", "-") in text, f.name
+        assert f.metadata.get("help"), f"{f.name} has no help text"
+
+
+def test_config_errors_name_the_value():
+    with pytest.raises(SystemExit):
+        parse_args(["--steps-per-iter", "401", "--num-envs", "2"])
+    with pytest.raises(ValueError, match="multiple of num_envs"):
+        CPOConfig(steps_per_iter=401, num_envs=2).validate()
+    with pytest.raises(ValueError, match="corridor"):
+        CPOConfig(env="safenav-button", task="corridor").validate()
+
+
+def _rows(run_dir):
+    with open(run_dir / "progress.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_run_writes_outputs_and_resume_is_exact(tmp_path):
+    full = tmp_path / "full"
+    main([*_SMALL, "--out", str(full)])
+    rows = _rows(full)
+    assert [r["iteration"] for r in rows] == ["0", "1", "2"]
+    for col in (
+        "iteration",
+        "env_steps",
+        "ep_ret",
+        "ep_cost",
+        "ep_len",
+        "kl",
+        "case",
+        "lam",
+        "nu",
+        "seconds",
+    ):
+        assert col in rows[0], col
+    assert rows[-1]["env_steps"] == "1200"
+    cfg = json.loads((full / "config.json").read_text())
+    assert cfg["cost_limit"] == 5.0 and cfg["task"] == "corridor"
+    assert list(full.glob("events.out.tfevents.*")), "no TensorBoard events"
+    assert list(full.glob("ckpt_*.pt")) and (full / "training.png").is_file()
+    state = torch.load(sorted(full.glob("ckpt_*.pt"))[-1], weights_only=True)
+    for key in ("params", "reward_critic", "cost_critic", "reward_opt", "cost_opt", "normalizer", "rng"):
+        assert key in state, key
+
+    # Stop after 2 iterations, then resume to 3: identical rows (except wall time).
+    part = tmp_path / "part"
+    main([*_SMALL[: _SMALL.index("1200")], "800", *_SMALL[_SMALL.index("1200") + 1 :], "--out", str(part)])
+    assert len(_rows(part)) == 2
+    main(["--resume", str(part), "--steps", "1200", "--no-progress"])
+    resumed = _rows(part)
+    assert len(resumed) == 3
+    for a, b in zip(rows, resumed, strict=True):
+        a.pop("seconds"), b.pop("seconds")
+        assert a == b
+    with pytest.raises(ValueError, match="cannot change when resuming"):
+        parse_args(["--resume", str(part), "--delta", "0.02"])
+
+
+def test_trpo_and_two_channel_runs(tmp_path):
+    run = train(
+        CPOConfig(
+            env="safenav-button",
+            steps=400,
+            steps_per_iter=400,
+            num_envs=2,
+            hidden=(8,),
+            critic_hidden=(8,),
+            critic_epochs=1,
+            cost_limit=(5.0, 1.0),
+            progress=False,
+            tensorboard=False,
+            out=str(tmp_path / "button"),
+        )
+    )
+    row = _rows(run)[0]
+    for col in ("cost_hazards", "cost_buttons", "nu_hazards", "nu_buttons"):
+        assert col in row, col
+    run = train(
+        CPOConfig(
+            steps=400,
+            steps_per_iter=400,
+            num_envs=2,
+            hidden=(8,),
+            critic_hidden=(8,),
+            critic_epochs=1,
+            cost_limit=None,
+            progress=False,
+            tensorboard=False,
+            out=str(tmp_path / "trpo"),
+        )
+    )
+    row = _rows(run)[0]
+    assert row["case"] == "trust-region" and row["nu"] == ""
+
+
+# ----------------------------------------------------------------------- integration
+@pytest.mark.slow
+def test_cpo_learns_corridor_within_cost_limit(tmp_path):
+    """CPO on the corridor task: return rises while the episode cost ends under the limit."""
+    limit = 5.0
+    run = train(
+        CPOConfig(
+            task="corridor",
+            steps=60_000,
+            steps_per_iter=2000,
+            num_envs=4,
+            hidden=(32, 32),
+            critic_hidden=(32, 32),
+            cost_limit=limit,
+            seed=0,
+            progress=False,
+            tensorboard=False,
+            out=str(tmp_path / "corridor"),
+        )
+    )
+    rows = _rows(run)
+    ret = np.array([float(r["ep_ret"]) for r in rows])
+    cost = np.array([float(r["ep_cost"]) for r in rows])
+    assert ret[-5:].mean() > ret[:3].mean() + 0.5
+    assert cost[-5:].mean() <= limit
