@@ -1,0 +1,907 @@
+"""Meta-CPO: constrained meta-RL through a differentiable CPO inner loop.
+
+``python -m rl.meta_cpo`` trains on the built-in Button distribution, adapts on held-out test
+tasks and writes every artifact into a run folder (``--help`` lists every option).
+
+The algorithm (Cho & Sun, AAAI-24; ``DESIGN.md`` section 2), as this file reads:
+
+1. **Inner loop** (:func:`inner_loop`), for each of ``M`` training tasks ``T_i``:
+   ``phi^0 = theta`` (a copy with a graph, never an alias: ``theta`` does not move), then ``K``
+   CPO steps ``phi^{k+1} = phi^k + TrustRegionStep(delta)(g, A, b, H)`` with ``g = grad L_R``,
+   ``A = grad L_C`` (one row per constraint) taken with ``create_graph=True`` on a batch sampled
+   with ``pi_{phi^k}``, ``b = J_C - limit`` (per-episode cost, the units of ``L_C``, see
+   :mod:`rl.rollout`) and ``H`` the damped Fisher of ``pi_{phi^k}`` (both KL arguments fed
+   ``phi^k``), so that ``d phi^K / d theta`` is exact.
+2. **Meta-gradient** (:func:`task_meta_gradient`): on a validation batch sampled with
+   ``pi_{phi^K}``, ``F_i = L_R^val(phi^K)`` and ``G_ij = J_Cj^val - h_j + L_Cj^val(phi^K)``
+   (linearised); their gradients with respect to ``theta`` come from reverse passes through all
+   inner steps (one per objective, sharing the forward graph). The estimator is the standard
+   MAML-TRPO one: the behaviour log-probabilities are constants of the data, so the dependence
+   of the *sampling* distribution on ``theta`` is not differentiated (a DiCE/LVC-style estimator
+   would be an extension). With fixed data the meta-gradient equals finite differences of the
+   whole inner loop (tested).
+3. **Meta-update** (:func:`meta_update`): ``theta' = theta + TrustRegionStep(delta_theta)(dF, dG,
+   b_theta, H_theta)`` with ``dF = mean_i dF_i``, ``dG = mean_i dG_i``, ``b_theta = mean_i
+   J_C^val_i - h`` (the post-adaptation cost) and ``H_theta`` the damped Fisher of ``pi_theta`` on
+   the states of the tasks' first inner batches (``--meta-metric identity`` for ``I``). Line
+   search (acceptance rule): the largest ``x * backtrack_coef^j`` whose mean
+   ``KL(pi_theta || pi_theta')`` on those states is at most ``kl_tolerance * delta_theta`` and
+   whose parameters are finite; if none passes, ``theta`` stays.
+4. **Meta-test** (:func:`adapt`): on held-out test tasks (the test split, outside the training
+   ranges) start from ``theta`` and take ``adapt_steps`` inner CPO steps, evaluating after each.
+
+Variants through the same code (``--algo``): ``meta-cpo`` (default), ``fo-meta-cpo``
+(first-order: ``d phi^K / d theta`` replaced by ``I``, an approximation), ``meta-trpo`` (no
+constraint anywhere, ``m = 0``), ``cpo-scratch`` (no meta-training: CPO adaptation from the
+initial policy) and ``multitask-cpo`` (CPO with line search on the pooled batches of the
+training tasks, then the same adaptation). ``--frozen-metric`` treats each inner Fisher as a
+constant (an approximation, off by default).
+
+Cost constraints: one per cost channel (``--constrain channels``, each with its own limit from
+``--cost-limit``) or one on the total (``--constrain total``); with several constraints every
+inner and outer step is a multi-constraint trust-region program (difftrust's conic path).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from difftrust import FisherMetric, StepResult, TrustRegionStep
+from rl.cpo import cost_offsets, cpo_update, sum_cost_channels, surrogates
+from rl.policy import Critic, GaussianPolicy, ObsNormalizer, fit_critic
+from rl.rollout import Batch, collect
+
+__all__ = [
+    "ALGOS",
+    "MetaCPOConfig",
+    "MetaCPOTrainer",
+    "TaskResult",
+    "adapt",
+    "inner_loop",
+    "main",
+    "meta_objectives",
+    "meta_update",
+    "task_meta_gradient",
+]
+
+ALGOS = ("meta-cpo", "fo-meta-cpo", "meta-trpo", "cpo-scratch", "multitask-cpo")
+ENVS = ("safenav-button", "safenav-goal", "safety-button", "safety-circle")
+
+
+# ============================================================================== configuration
+@dataclass
+class MetaCPOConfig:
+    """Meta-train on a task distribution, then adapt on held-out test tasks. Writes
+    progress.csv, adaptation.csv, config.json, TensorBoard events, checkpoints and PNG plots."""
+
+    env: str = field(
+        default="safenav-button",
+        metadata={"help": f"task distribution: one of {', '.join(ENVS)}"},
+    )
+    algo: Literal["meta-cpo", "fo-meta-cpo", "meta-trpo", "cpo-scratch", "multitask-cpo"] = field(
+        default="meta-cpo", metadata={"help": "algorithm or baseline"}
+    )
+    iterations: int = field(default=40, metadata={"help": "meta-iterations"})
+    seed: int = field(default=0, metadata={"help": "random seed (tasks, policy, sampling)"})
+    meta_batch: int = field(default=4, metadata={"help": "M: training tasks per meta-iteration"})
+    inner_steps: int = field(default=2, metadata={"help": "K: CPO steps in each task's inner loop"})
+    inner_delta: float = field(default=0.02, metadata={"help": "inner trust region size delta"})
+    meta_delta: float = field(default=0.01, metadata={"help": "meta trust region size delta_theta"})
+    meta_metric: Literal["fisher", "identity"] = field(
+        default="fisher", metadata={"help": "H_theta of the meta-update: damped Fisher of pi_theta, or I"}
+    )
+    frozen_metric: bool = field(
+        default=False,
+        metadata={"help": "APPROXIMATION: treat inner Fisher metrics as constants in the meta-gradient"},
+    )
+    batch_steps: int = field(default=2000, metadata={"help": "env steps per inner/validation batch"})
+    num_envs: int = field(default=10, metadata={"help": "sub-environments per task"})
+    horizon: int | None = field(default=None, metadata={"help": "episode length (none: the family's)"})
+    cost_limit: float | tuple[float, ...] = field(
+        default=(5.0, 5.0),
+        metadata={"help": "per-episode cost limit: one value for every constraint, or one per channel"},
+    )
+    constrain: Literal["channels", "total"] = field(
+        default="channels",
+        metadata={"help": "channels: one constraint per cost channel; total: one on their sum"},
+    )
+    damping: float = field(default=0.1, metadata={"help": "Fisher damping (inner and meta)"})
+    cg_iters: int = field(default=10, metadata={"help": "conjugate-gradient iterations"})
+    cg_tol: float = field(default=1e-10, metadata={"help": "conjugate-gradient relative tolerance"})
+    backtrack_coef: float = field(default=0.8, metadata={"help": "line-search shrink factor"})
+    max_backtracks: int = field(default=10, metadata={"help": "line-search trials"})
+    kl_tolerance: float = field(default=1.5, metadata={"help": "accept KL <= kl_tolerance * delta"})
+    gamma: float = field(default=0.99, metadata={"help": "reward discount"})
+    lam: float = field(default=0.95, metadata={"help": "reward GAE lambda"})
+    cost_gamma: float = field(default=0.99, metadata={"help": "cost discount"})
+    cost_lam: float = field(default=0.95, metadata={"help": "cost GAE lambda"})
+    hidden: tuple[int, ...] = field(default=(32, 32), metadata={"help": "policy hidden sizes (tanh)"})
+    init_log_std: float = field(default=-0.5, metadata={"help": "initial policy log-std"})
+    critic_hidden: tuple[int, ...] = field(default=(64, 64), metadata={"help": "critic hidden sizes"})
+    critic_lr: float = field(default=1e-3, metadata={"help": "critic Adam learning rate"})
+    critic_epochs: int = field(default=5, metadata={"help": "critic epochs per meta-iteration"})
+    critic_minibatch: int = field(default=256, metadata={"help": "critic minibatch size"})
+    test_tasks: int = field(default=6, metadata={"help": "held-out test tasks for meta-test"})
+    adapt_steps: int = field(default=3, metadata={"help": "K_test: CPO steps on each test task"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads"})
+    out: str | None = field(
+        default=None,
+        metadata={"help": "run folder (new or empty; none: runs/<env>-<algo>-seed<S>-<time>)"},
+    )
+    resume: str | None = field(
+        default=None,
+        metadata={
+            "help": "continue the run in this folder from its latest checkpoint (its config.json is "
+            "used; --iterations may extend it)"
+        },
+    )
+    checkpoint_every: int = field(default=1, metadata={"help": "meta-iterations between checkpoints"})
+    keep_checkpoints: int = field(default=3, metadata={"help": "checkpoints kept"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard events"})
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the key and the valid values."""
+        if self.env not in ENVS:
+            raise ValueError(f"env must be one of {list(ENVS)}, got {self.env!r}")
+        if self.algo not in ALGOS:
+            raise ValueError(f"algo must be one of {list(ALGOS)}, got {self.algo!r}")
+        for name in (
+            "meta_batch",
+            "inner_steps",
+            "batch_steps",
+            "num_envs",
+            "cg_iters",
+            "max_backtracks",
+            "critic_epochs",
+            "critic_minibatch",
+            "test_tasks",
+            "threads",
+            "checkpoint_every",
+            "keep_checkpoints",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("iterations", "adapt_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_steps < self.num_envs:
+            raise ValueError(f"batch_steps ({self.batch_steps}) must be >= num_envs ({self.num_envs})")
+        for name in ("inner_delta", "meta_delta", "kl_tolerance", "critic_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.damping < 0 or self.cg_tol < 0:
+            raise ValueError(f"damping and cg_tol must be >= 0, got {self.damping}, {self.cg_tol}")
+        if not 0 < self.backtrack_coef < 1:
+            raise ValueError(f"backtrack_coef must be in (0, 1), got {self.backtrack_coef}")
+        for name in ("gamma", "lam", "cost_gamma", "cost_lam"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        limits = self.cost_limit if isinstance(self.cost_limit, tuple) else (self.cost_limit,)
+        if not limits or any(not (math.isfinite(v) and v >= 0) for v in limits):
+            raise ValueError(f"cost_limit must be finite and >= 0, got {self.cost_limit!r}")
+        if self.horizon is not None and self.horizon < 1:
+            raise ValueError(f"horizon must be >= 1 or none, got {self.horizon}")
+
+    @property
+    def constrained(self) -> bool:
+        return self.algo != "meta-trpo"
+
+    @property
+    def differentiable(self) -> bool:
+        return self.algo in ("meta-cpo", "meta-trpo")
+
+
+#: Options that may differ from the saved config when resuming.
+RESUME_OVERRIDABLE = ("iterations", "resume", "progress", "tensorboard", "threads", "checkpoint_every")
+
+
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed determined by ``parts`` (run seed, iteration, task, purpose)."""
+    return int(np.random.SeedSequence([int(p) % (2**63) for p in parts]).generate_state(1)[0] >> 1)
+
+
+# ============================================================================== the setup
+@dataclass
+class Setup:
+    """Everything a task's inner loop reads (never writes): picklable for worker processes."""
+
+    cfg: MetaCPOConfig
+    policy: GaussianPolicy
+    reward_critic: Critic
+    cost_critic: Critic
+    normalizer: ObsNormalizer
+    cost_channels: tuple[str, ...]
+    limits: list[float] | None  # per constraint, None for no constraint
+
+    @property
+    def constraint_names(self) -> tuple[str, ...]:
+        if self.limits is None:
+            return ()
+        return ("total",) if self.cfg.constrain == "total" else self.cost_channels
+
+    def constrained_view(self, batch: Batch) -> Batch:
+        """The batch whose cost channels are the constraints."""
+        return sum_cost_channels(batch) if self.cfg.constrain == "total" else batch
+
+    def make_env(self, task: Any, seed: int) -> Any:
+        from rl.envs import make
+
+        kwargs: dict[str, Any] = {}
+        if self.cfg.horizon is not None:
+            kwargs["horizon"] = self.cfg.horizon
+        return make(self.cfg.env, task=task, num_envs=self.cfg.num_envs, seed=seed, **kwargs)
+
+    def collect(self, env: Any, params: Tensor, generator: torch.Generator, critics=None) -> Batch:
+        reward_critic, cost_critic = critics or (self.reward_critic, self.cost_critic)
+        c = self.cfg
+        return collect(
+            env,
+            self.policy,
+            params.detach(),
+            c.batch_steps,
+            self.normalizer,
+            reward_critic,
+            cost_critic,
+            gamma=c.gamma,
+            lam=c.lam,
+            cost_gamma=c.cost_gamma,
+            cost_lam=c.cost_lam,
+            generator=generator,
+            update_normalizer=False,  # frozen within a meta-iteration: tasks share no state
+        )
+
+
+def resolve_limits(cfg: MetaCPOConfig, channels: tuple[str, ...]) -> list[float] | None:
+    """Per-constraint limits (``None`` for meta-trpo); errors name the expected count."""
+    if not cfg.constrained:
+        return None
+    n = 1 if cfg.constrain == "total" else len(channels)
+    limits = list(cfg.cost_limit) if isinstance(cfg.cost_limit, tuple) else [float(cfg.cost_limit)]
+    if len(limits) == 1:
+        return limits * n
+    if len(limits) != n:
+        names = ("total",) if cfg.constrain == "total" else channels
+        raise ValueError(
+            f"cost_limit has {len(limits)} values but there are {n} constraints {list(names)} "
+            f"(--constrain {cfg.constrain}); give one value or one per constraint"
+        )
+    return limits
+
+
+# ============================================================================== inner loop
+def inner_direction(
+    setup: Setup, phi: Tensor, batch: Batch, differentiable: bool
+) -> tuple[Tensor, StepResult]:
+    """One CPO step direction at ``phi`` on ``batch`` (differentiable in ``phi`` if asked)."""
+    cfg, policy = setup.cfg, setup.policy
+    p = phi if differentiable else phi.detach().requires_grad_(True)
+    view = setup.constrained_view(batch)
+    with torch.enable_grad():
+        loss_r, loss_c = surrogates(policy, p, view)
+        (g,) = torch.autograd.grad(loss_r, p, create_graph=differentiable, retain_graph=True)
+        if setup.limits is None:
+            A = b = None
+        else:
+            A = torch.stack(
+                [
+                    torch.autograd.grad(loss_c[j], p, create_graph=differentiable, retain_graph=True)[0]
+                    for j in range(loss_c.shape[0])
+                ]
+            )
+            b = cost_offsets(view, setup.limits, p.dtype)
+    if not differentiable:
+        g = g.detach()
+        A = None if A is None else A.detach()
+    psi = p if (differentiable and not cfg.frozen_metric) else p.detach()
+    obs = batch.obs
+    metric = FisherMetric(lambda ref, q: policy.kl(ref, q, obs), psi, damping=cfg.damping)
+    step = TrustRegionStep(delta=cfg.inner_delta, cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol)
+    res = step.solve(g, A, b, metric)
+    return res.x, res
+
+
+def inner_loop(
+    setup: Setup, theta: Tensor, sample: Callable[[Tensor], Batch], differentiable: bool
+) -> tuple[Tensor, list[Batch], list[StepResult]]:
+    """``K`` CPO steps from ``phi^0 = theta`` (a copy). ``sample(phi)`` returns a batch of
+    ``pi_phi`` (tests pass fixed data). Returns ``phi^K``, the inner batches (``batches[k]``
+    sampled with ``pi_{phi^k}``) and the step results."""
+    phi = theta.clone()  # a new tensor: the inner loop never writes into theta
+    batches, results = [], []
+    for _ in range(setup.cfg.inner_steps):
+        batch = sample(phi.detach())
+        x, res = inner_direction(setup, phi, batch, differentiable)
+        phi = phi + (x if differentiable else x.detach())
+        batches.append(batch)
+        results.append(res)
+    return phi, batches, results
+
+
+def meta_objectives(
+    setup: Setup, theta: Tensor, sample: Callable[[Tensor], Batch], differentiable: bool
+) -> tuple[list[Tensor], list[Batch], Batch, list[StepResult]]:
+    """The task's objectives as functions of ``theta``: ``[F_i, L_C1^val, ..., L_Cm^val]``.
+
+    ``F_i = L_R^val(phi^K)`` and ``L_Cj^val(phi^K)`` on a validation batch of ``pi_{phi^K}``
+    (``G_ij = J_Cj^val - h_j + L_Cj^val``: the constant does not change the gradient).
+    Returns the objectives, the inner batches, the validation batch and the step results."""
+    phi, batches, results = inner_loop(setup, theta, sample, differentiable)
+    val = sample(phi.detach())
+    with torch.enable_grad():
+        loss_r, loss_c = surrogates(setup.policy, phi, setup.constrained_view(val))
+    objectives = [loss_r] + ([] if setup.limits is None else list(loss_c))
+    return objectives, batches, val, results
+
+
+@dataclass
+class TaskResult:
+    """One task's contribution to the meta-update (all tensors detached)."""
+
+    grad_F: Tensor  # (n,)
+    grad_G: Tensor  # (m, n)
+    cost_val: np.ndarray  # (m,) post-adaptation per-episode cost per constraint
+    ret_pre: float
+    cost_pre: np.ndarray  # (C,) per channel, pre-adaptation (pi_theta)
+    ret_post: float
+    cost_post: np.ndarray  # (C,) per channel, post-adaptation (pi_phi^K)
+    first_obs: Tensor  # states of the first inner batch (for H_theta and the normaliser)
+    critic_data: list[tuple[Tensor, Tensor, Tensor]]  # (obs, ret_r, ret_c) of every batch
+    cases: list[str]
+    lams: list[float]
+    env_steps: int
+    problem: str = ""  # why the task's contribution is unusable ("" if finite)
+
+
+def task_meta_gradient(setup: Setup, theta: Tensor, task: Any, seed: int) -> TaskResult:
+    """Inner loop on ``task``, validation batch, and ``dF_i/dtheta``, ``dG_i/dtheta``."""
+    cfg = setup.cfg
+    generator = torch.Generator().manual_seed(seed)
+    env = setup.make_env(task, seed)
+    theta_ = theta.detach().clone().requires_grad_(True)
+    try:
+        objectives, batches, val, results = meta_objectives(
+            setup, theta_, lambda phi: setup.collect(env, phi, generator), cfg.differentiable
+        )
+    finally:
+        env.close()
+    with torch.enable_grad():
+        grads = [
+            torch.autograd.grad(obj, theta_, retain_graph=j < len(objectives) - 1)[0]
+            for j, obj in enumerate(objectives)
+        ]
+    grad_F = grads[0].detach()
+    grad_G = torch.stack(grads[1:]).detach() if len(grads) > 1 else theta.new_zeros((0, theta.numel()))
+    problem = ""
+    if not (torch.isfinite(grad_F).all() and torch.isfinite(grad_G).all()):
+        problem = "non-finite meta-gradient"
+    elif not all(torch.isfinite(b.obs).all() and torch.isfinite(b.adv_r).all() for b in [*batches, val]):
+        problem = "non-finite batch"
+    view = setup.constrained_view(val)
+    return TaskResult(
+        grad_F=grad_F,
+        grad_G=grad_G,
+        cost_val=np.asarray(view.ep_cost, dtype=float) if setup.limits is not None else np.zeros(0),
+        ret_pre=float(batches[0].ep_ret),
+        cost_pre=np.asarray(batches[0].ep_cost, dtype=float),
+        ret_post=float(val.ep_ret),
+        cost_post=np.asarray(val.ep_cost, dtype=float),
+        first_obs=batches[0].obs.detach(),
+        critic_data=[(b.obs, b.ret_r, b.ret_c) for b in [*batches, val]],
+        cases=[str(r.case) for r in results],
+        lams=[float(r.lam) for r in results],
+        env_steps=sum(b.env_steps for b in [*batches, val]),
+        problem=problem,
+    )
+
+
+# ============================================================================== meta-update
+def meta_update(setup: Setup, theta: Tensor, results: Sequence[TaskResult]) -> tuple[Tensor, dict[str, Any]]:
+    """Projected meta-step ``theta + step(dF, dG, b_theta, H_theta)`` with line search."""
+    cfg, policy = setup.cfg, setup.policy
+    theta = theta.detach()
+    dF = torch.stack([r.grad_F for r in results]).mean(0)
+    obs = torch.cat([r.first_obs for r in results])
+    if setup.limits is None:
+        dG, b_theta = None, None
+    else:
+        dG = torch.stack([r.grad_G for r in results]).mean(0)
+        cost_val = np.mean([r.cost_val for r in results], axis=0)
+        b_theta = torch.as_tensor(cost_val - np.asarray(setup.limits), dtype=theta.dtype)
+    if cfg.meta_metric == "fisher":
+        metric = FisherMetric(lambda ref, q: policy.kl(ref, q, obs), theta, damping=cfg.damping)
+    else:
+        metric = None
+    step = TrustRegionStep(delta=cfg.meta_delta, cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol)
+    res = step.solve(dF, dG, b_theta, metric)
+    x = res.x.detach()
+    info: dict[str, Any] = {
+        "case": str(res.case),
+        "lam": float(res.lam),
+        "nu": [float(v) for v in res.nu.reshape(-1)],
+        "b_theta": [] if b_theta is None else b_theta.tolist(),
+        "step_norm": float(x.norm()),
+    }
+    if not torch.isfinite(x).all():
+        return theta.clone(), {**info, "accepted": 0.0, "kl": 0.0, "problem": "non-finite meta-step"}
+    with torch.no_grad():
+        for j in range(cfg.max_backtracks):
+            frac = cfg.backtrack_coef**j
+            new = theta + frac * x
+            kl = float(policy.kl(theta, new, obs))
+            if math.isfinite(kl) and kl <= cfg.kl_tolerance * cfg.meta_delta and torch.isfinite(new).all():
+                return new, {**info, "accepted": frac, "kl": kl, "problem": ""}
+    return theta.clone(), {**info, "accepted": 0.0, "kl": 0.0, "problem": "line search rejected every step"}
+
+
+# ============================================================================== meta-test
+def adapt(
+    setup: Setup,
+    theta: Tensor,
+    task: Any,
+    steps: int,
+    seed: int,
+    constrained: bool = True,
+) -> tuple[list[dict[str, Any]], list[Tensor]]:
+    """Adapt ``theta`` to ``task`` with ``steps`` inner CPO steps, evaluating after each.
+
+    Evaluation ``k`` is the on-policy batch of ``pi_{phi^k}`` (``k = 0``: before adaptation).
+    Critics are copies of the trained ones, refitted on each batch of this task.
+
+    Returns:
+        ``(rows, params)``: one row per evaluation (``adapt_step``, ``ep_ret``, ``ep_cost``,
+        per-channel ``cost_<channel>``) and ``phi^0 .. phi^steps``.
+    """
+    cfg = setup.cfg
+    local = replace(
+        setup, reward_critic=copy.deepcopy(setup.reward_critic), cost_critic=copy.deepcopy(setup.cost_critic)
+    )
+    if not constrained:
+        local = replace(local, limits=None)
+    opt_r = torch.optim.Adam(local.reward_critic.parameters(), lr=cfg.critic_lr)
+    opt_c = torch.optim.Adam(local.cost_critic.parameters(), lr=cfg.critic_lr)
+    generator = torch.Generator().manual_seed(seed)
+    env = setup.make_env(task, seed)
+    phi = theta.detach().clone()
+    rows, params = [], [phi]
+    try:
+        for k in range(steps + 1):
+            batch = local.collect(env, phi, generator)
+            row = {"adapt_step": k, "ep_ret": batch.ep_ret, "ep_cost": batch.ep_cost_total}
+            for ch, v in zip(batch.cost_channels, batch.ep_cost, strict=True):
+                row[f"cost_{ch}"] = float(v)
+            rows.append(row)
+            if k == steps:
+                break
+            x, _ = inner_direction(local, phi, batch, differentiable=False)
+            phi = (phi + x).detach()
+            params.append(phi)
+            fit_critic(
+                local.reward_critic,
+                opt_r,
+                batch.obs,
+                batch.ret_r,
+                cfg.critic_epochs,
+                cfg.critic_minibatch,
+                generator,
+            )
+            fit_critic(
+                local.cost_critic,
+                opt_c,
+                batch.obs,
+                batch.ret_c,
+                cfg.critic_epochs,
+                cfg.critic_minibatch,
+                generator,
+            )
+    finally:
+        env.close()
+    return rows, params
+
+
+# ============================================================================== the trainer
+def _concat(batches: Sequence[Batch]) -> Batch:
+    """Pool batches of several tasks (multitask CPO)."""
+    episodes = np.array([max(b.num_episodes, 1) for b in batches], dtype=float)
+    w = episodes / episodes.sum()
+    return replace(
+        batches[0],
+        **{name: torch.cat([getattr(b, name) for b in batches]) for name in Batch._TENSORS},
+        ep_ret=float(sum(wi * b.ep_ret for wi, b in zip(w, batches, strict=True))),
+        ep_cost=np.sum([wi * np.asarray(b.ep_cost) for wi, b in zip(w, batches, strict=True)], axis=0),
+        ep_len=float(sum(wi * b.ep_len for wi, b in zip(w, batches, strict=True))),
+        num_episodes=int(sum(b.num_episodes for b in batches)),
+        env_steps=int(sum(b.env_steps for b in batches)),
+    )
+
+
+class MetaCPOTrainer:
+    """Meta-training, checkpoints and meta-test of one run.
+
+    Example:
+        >>> cfg = MetaCPOConfig(iterations=1, meta_batch=2, batch_steps=200, num_envs=2,
+        ...                     test_tasks=1, adapt_steps=1, progress=False, tensorboard=False)
+        >>> trainer = MetaCPOTrainer(cfg)            # doctest: +SKIP
+        >>> run_dir = trainer.train()                # doctest: +SKIP
+    """
+
+    def __init__(self, cfg: MetaCPOConfig, run_dir: str | Path | None = None):
+        from rl.envs import make, task_distribution
+
+        cfg.validate()
+        self.cfg = cfg
+        torch.set_num_threads(cfg.threads)
+        self.dist = task_distribution(cfg.env)
+        probe_task = self.dist.sample(1, split="train", seed=cfg.seed)[0]
+        probe = make(cfg.env, task=probe_task, num_envs=1, seed=cfg.seed)
+        obs_dim, act_dim, channels = probe.obs_dim, probe.act_dim, tuple(probe.cost_channels)
+        probe.close()
+        init = torch.Generator().manual_seed(derive_seed(cfg.seed, 0, 0, 1))
+        torch.manual_seed(derive_seed(cfg.seed, 0, 0, 2))  # critic initialisation
+        policy = GaussianPolicy(obs_dim, act_dim, hidden=cfg.hidden, init_log_std=cfg.init_log_std)
+        self.setup = Setup(
+            cfg=cfg,
+            policy=policy,
+            reward_critic=Critic(obs_dim, 1, hidden=cfg.critic_hidden),
+            cost_critic=Critic(obs_dim, len(channels), hidden=cfg.critic_hidden),
+            normalizer=ObsNormalizer(obs_dim),
+            cost_channels=channels,
+            limits=resolve_limits(cfg, channels),
+        )
+        self.theta = policy.init_params(init)
+        self.opt_r = torch.optim.Adam(self.setup.reward_critic.parameters(), lr=cfg.critic_lr)
+        self.opt_c = torch.optim.Adam(self.setup.cost_critic.parameters(), lr=cfg.critic_lr)
+        self.iteration = 0
+        self.env_steps = 0
+        self.seconds = 0.0
+        self.run_dir = None if run_dir is None else Path(run_dir)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (loadable with ``weights_only=True``).
+
+        Every random stream of an iteration is derived from ``(seed, iteration, task)``, so the
+        counters fix them; the global RNG states are saved as well."""
+        from rl.runtime.seeding import rng_state
+
+        return {
+            "theta": self.theta.clone(),
+            "reward_critic": self.setup.reward_critic.state_dict(),
+            "cost_critic": self.setup.cost_critic.state_dict(),
+            "opt_r": self.opt_r.state_dict(),
+            "opt_c": self.opt_c.state_dict(),
+            "normalizer": self.setup.normalizer.state_dict(),
+            "iteration": self.iteration,
+            "env_steps": self.env_steps,
+            "seconds": self.seconds,
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from rl.runtime.seeding import set_rng_state
+
+        self.theta = state["theta"].clone()
+        self.setup.reward_critic.load_state_dict(state["reward_critic"])
+        self.setup.cost_critic.load_state_dict(state["cost_critic"])
+        self.opt_r.load_state_dict(state["opt_r"])
+        self.opt_c.load_state_dict(state["opt_c"])
+        self.setup.normalizer.load_state_dict(state["normalizer"])
+        self.iteration = int(state["iteration"])
+        self.env_steps = int(state["env_steps"])
+        self.seconds = float(state["seconds"])
+        set_rng_state(state["rng"])
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path) -> MetaCPOTrainer:
+        """Load a run folder (its config.json and latest checkpoint)."""
+        from rl.runtime import load_config, load_latest_checkpoint
+
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{run_dir} has no config.json; expected a run folder of rl.meta_cpo")
+        cfg = load_config(MetaCPOConfig, run_dir / "config.json")
+        trainer = cls(cfg, run_dir)
+        found = load_latest_checkpoint(run_dir)
+        if found is not None:
+            trainer.load_state_dict(found[1])
+        return trainer
+
+    # ------------------------------------------------------------------ one iteration
+    def train_tasks(self) -> list[Any]:
+        return self.dist.sample(
+            self.cfg.meta_batch, split="train", seed=derive_seed(self.cfg.seed, self.iteration, 0, 3)
+        )
+
+    def step(self) -> dict[str, Any]:
+        """One meta-iteration; returns its progress row."""
+        cfg, setup, it = self.cfg, self.setup, self.iteration
+        t0 = time.perf_counter()
+        tasks = self.train_tasks()
+        seeds = [derive_seed(cfg.seed, it, i, 4) for i in range(len(tasks))]
+        if cfg.algo == "multitask-cpo":
+            row, critic_data, first_obs = self._multitask_step(tasks, seeds)
+        else:
+            results = [
+                task_meta_gradient(setup, self.theta, task, s) for task, s in zip(tasks, seeds, strict=True)
+            ]
+            problems = [f"task {i}: {r.problem}" for i, r in enumerate(results) if r.problem]
+            if problems:
+                info = {
+                    "case": "skipped",
+                    "lam": float("nan"),
+                    "nu": [],
+                    "b_theta": [],
+                    "accepted": 0.0,
+                    "kl": 0.0,
+                }
+                info["problem"] = "; ".join(problems)
+                print(f"warning: meta-iteration {it} skipped: {info['problem']}", file=sys.stderr)
+            else:
+                self.theta, info = meta_update(setup, self.theta, results)
+            critic_data = [d for r in results for d in r.critic_data]
+            first_obs = [r.first_obs for r in results]
+            row = self._row(results, info)
+        # critics and normaliser learn from this iteration's data (after the meta-step)
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, it, 0, 5))
+        obs = torch.cat([d[0] for d in critic_data])
+        fit_critic(
+            setup.reward_critic,
+            self.opt_r,
+            obs,
+            torch.cat([d[1] for d in critic_data]),
+            cfg.critic_epochs,
+            cfg.critic_minibatch,
+            gen,
+        )
+        fit_critic(
+            setup.cost_critic,
+            self.opt_c,
+            obs,
+            torch.cat([d[2] for d in critic_data]),
+            cfg.critic_epochs,
+            cfg.critic_minibatch,
+            gen,
+        )
+        norm = setup.normalizer
+        raw = torch.cat(first_obs) * torch.sqrt(norm.var + norm.eps) + norm.mean
+        norm.update(raw)
+        self.env_steps += int(row.pop("_env_steps"))
+        self.seconds += time.perf_counter() - t0
+        self.iteration = it + 1
+        row.update(iteration=it, env_steps=self.env_steps, seconds=round(self.seconds, 3))
+        return row
+
+    def _multitask_step(self, tasks, seeds):
+        cfg, setup = self.cfg, self.setup
+        batches = []
+        for task, s in zip(tasks, seeds, strict=True):
+            env = setup.make_env(task, s)
+            try:
+                batches.append(setup.collect(env, self.theta, torch.Generator().manual_seed(s)))
+            finally:
+                env.close()
+        pooled = _concat(batches)
+        step = TrustRegionStep(delta=cfg.inner_delta, cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol)
+        self.theta, info = cpo_update(
+            setup.policy,
+            self.theta,
+            setup.constrained_view(pooled),
+            setup.limits,
+            step,
+            damping=cfg.damping,
+            backtrack_coef=cfg.backtrack_coef,
+            max_backtracks=cfg.max_backtracks,
+            kl_tolerance=cfg.kl_tolerance,
+        )
+        info["b_theta"] = info.pop("b", [])
+        nan_c = np.full(len(setup.cost_channels), np.nan)
+        fake = [
+            TaskResult(
+                grad_F=self.theta,
+                grad_G=self.theta[:0],
+                cost_val=np.zeros(0),
+                ret_pre=b.ep_ret,
+                cost_pre=np.asarray(b.ep_cost),
+                ret_post=float("nan"),
+                cost_post=nan_c,
+                first_obs=b.obs,
+                critic_data=[],
+                cases=[],
+                lams=[],
+                env_steps=b.env_steps,
+            )
+            for b in batches
+        ]
+        return self._row(fake, info), [(b.obs, b.ret_r, b.ret_c) for b in batches], [b.obs for b in batches]
+
+    def _row(self, results: Sequence[TaskResult], info: dict[str, Any]) -> dict[str, Any]:
+        setup = self.setup
+        cost_pre = np.mean([r.cost_pre for r in results], axis=0)
+        cost_post = np.mean([r.cost_post for r in results], axis=0)
+        nu = list(info.get("nu", []))
+        row: dict[str, Any] = {
+            "iteration": self.iteration,
+            "env_steps": 0,
+            "ret_pre": float(np.mean([r.ret_pre for r in results])),
+            "cost_pre": float(np.sum(cost_pre)),
+            "ret_post": float(np.mean([r.ret_post for r in results])),
+            "cost_post": float(np.sum(cost_post)),
+            "kl": info.get("kl", 0.0),
+            "lam": info.get("lam", float("nan")),
+            "nu": float(np.sum(nu)) if nu else float("nan"),
+            "case": info.get("case", ""),
+            "accepted": info.get("accepted", 0.0),
+            "inner_cases": " ".join(c for r in results for c in r.cases),
+            "problem": info.get("problem", ""),
+            "seconds": 0.0,
+            "_env_steps": sum(r.env_steps for r in results),
+        }
+        if len(setup.cost_channels) > 1:
+            for j, ch in enumerate(setup.cost_channels):
+                row[f"cost_pre_{ch}"] = float(cost_pre[j])
+                row[f"cost_post_{ch}"] = float(cost_post[j])
+        names = setup.constraint_names
+        if len(names) > 1:
+            for j, name in enumerate(names):
+                row[f"nu_{name}"] = nu[j] if j < len(nu) else float("nan")
+        b_theta = list(info.get("b_theta", []))
+        for j, name in enumerate(names):
+            row[f"b_{name}"] = b_theta[j] if j < len(b_theta) else float("nan")
+        return row
+
+    # ------------------------------------------------------------------ the whole run
+    def train(self) -> Path:
+        """Meta-train to ``cfg.iterations`` (resuming if a checkpoint was loaded), then meta-test.
+
+        Returns the run folder."""
+        from rl.runtime import RunLogger, config_to_dict, make_run_dir, progress_bar, save_checkpoint
+
+        cfg = self.cfg
+        if self.run_dir is None:
+            self.run_dir = make_run_dir("runs", [cfg.env, cfg.algo, f"seed{cfg.seed}"], out=cfg.out)
+            log = RunLogger(self.run_dir, tensorboard=cfg.tensorboard)
+            log.write_config(config_to_dict(cfg))
+        else:
+            log = RunLogger(self.run_dir, tensorboard=cfg.tensorboard, resume_iteration=self.iteration - 1)
+        total = 0 if cfg.algo == "cpo-scratch" else cfg.iterations
+        bar = (
+            progress_bar(total, initial=min(self.iteration, total), desc=f"{cfg.algo} {cfg.env}")
+            if cfg.progress
+            else None
+        )
+        try:
+            while self.iteration < total:
+                row = self.step()
+                log.log(row)
+                if self.iteration % cfg.checkpoint_every == 0 or self.iteration == total:
+                    save_checkpoint(
+                        self.run_dir, self.state_dict(), step=self.iteration - 1, keep=cfg.keep_checkpoints
+                    )
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(
+                        ret=f"{row['ret_post']:.2f}", cost=f"{row['cost_post']:.2f}", case=row["case"]
+                    )
+        finally:
+            if bar is not None:
+                bar.close()
+            log.close()
+        self.meta_test()
+        self.plot()
+        return self.run_dir
+
+    def meta_test(self) -> Path:
+        """Adapt on the held-out test tasks; writes ``adaptation.csv``."""
+        from rl.runtime import CSVLogger
+
+        cfg = self.cfg
+        path = self.run_dir / "adaptation.csv"
+        tasks = self.dist.sample(cfg.test_tasks, split="test", seed=derive_seed(cfg.seed, 0, 0, 6))
+        limit = float(np.sum(self.setup.limits)) if self.setup.limits else float(np.sum(cfg.cost_limit))
+        tmp = path.with_suffix(".csv.tmp")
+        tmp.unlink(missing_ok=True)
+        logger = CSVLogger(tmp)
+        iterator = enumerate(tasks)
+        if cfg.progress:
+            from rl.runtime import progress_bar
+
+            bar = progress_bar(len(tasks), desc="meta-test")
+        for task_id, task in iterator:
+            rows, _ = adapt(
+                self.setup,
+                self.theta,
+                task,
+                cfg.adapt_steps,
+                derive_seed(cfg.seed, 0, task_id, 7),
+                cfg.constrained,
+            )
+            for r in rows:
+                logger.log(
+                    {"method": cfg.algo, "seed": cfg.seed, "task_id": task_id, **r, "cost_limit": limit}
+                )
+            if cfg.progress:
+                bar.update(1)
+                bar.set_postfix(ret=f"{rows[-1]['ep_ret']:.2f}", cost=f"{rows[-1]['ep_cost']:.2f}")
+        if cfg.progress:
+            bar.close()
+        logger.close()
+        tmp.replace(path)
+        return path
+
+    def plot(self) -> None:
+        """``training.png`` and ``adaptation.png`` in the run folder."""
+        from rl.runtime import plot_adaptation, plot_training
+
+        limit = float(np.sum(self.setup.limits)) if self.setup.limits else None
+        try:
+            if (self.run_dir / "progress.csv").is_file():
+                plot_training(
+                    self.run_dir / "progress.csv",
+                    self.run_dir / "training.png",
+                    panels=[("return", ["ret_pre", "ret_post"]), ("cost", ["cost_pre", "cost_post"], limit)],
+                )
+            plot_adaptation(self.run_dir / "adaptation.csv", self.run_dir / "adaptation.png")
+        except (ValueError, ImportError) as err:  # plots are a convenience, never fatal
+            print(f"warning: could not plot: {err}", file=sys.stderr)
+
+
+# ============================================================================== command line
+def parse_args(argv: Sequence[str] | None = None) -> MetaCPOConfig:
+    """Config from the command line (``--config FILE`` then overrides); with ``--resume DIR``
+    from ``DIR/config.json`` plus the options allowed to change."""
+    from rl.runtime import ConfigError, build_parser, load_config, parse_config
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = parse_config(MetaCPOConfig, argv, exit_on_error=True)
+    if cfg.resume is None:
+        return cfg
+    given = {k for k in vars(build_parser(MetaCPOConfig).parse_args(argv)) if not k.startswith("_")}
+    given.discard("config")
+    bad = sorted(given - set(RESUME_OVERRIDABLE))
+    if bad:
+        raise ConfigError(
+            f"options {bad} cannot change when resuming (the run's config.json is used); "
+            f"allowed with --resume: {list(RESUME_OVERRIDABLE)}"
+        )
+    config_path = Path(cfg.resume) / "config.json"
+    if not config_path.is_file():
+        raise ConfigError(
+            f"--resume {cfg.resume}: no config.json there; expected a run folder of rl.meta_cpo"
+        )
+    return load_config(MetaCPOConfig, config_path, overrides={k: getattr(cfg, k) for k in given})
+
+
+def run(cfg: MetaCPOConfig) -> Path:
+    """Train (or resume) and meta-test; returns the run folder."""
+    if cfg.resume is not None:
+        from rl.runtime import load_latest_checkpoint
+
+        trainer = MetaCPOTrainer(cfg, run_dir=cfg.resume)
+        found = load_latest_checkpoint(Path(cfg.resume))
+        if found is not None:
+            trainer.load_state_dict(found[1])
+        return trainer.train()
+    return MetaCPOTrainer(cfg).train()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m rl.meta_cpo``."""
+    cfg = parse_args(argv)
+    run_dir = run(cfg)
+    print(f"run folder: {run_dir}")
+
+
+if __name__ == "__main__":
+    main()
