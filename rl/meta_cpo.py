@@ -109,7 +109,7 @@ class MetaCPOConfig:
     num_envs: int = field(default=10, metadata={"help": "sub-environments per task"})
     horizon: int | None = field(default=None, metadata={"help": "episode length (none: the family's)"})
     cost_limit: float | tuple[float, ...] = field(
-        default=(5.0, 5.0),
+        default=5.0,
         metadata={"help": "per-episode cost limit: one value for every constraint, or one per channel"},
     )
     constrain: Literal["channels", "total"] = field(
@@ -287,7 +287,7 @@ def inner_direction(
 ) -> tuple[Tensor, StepResult]:
     """One CPO step direction at ``phi`` on ``batch`` (differentiable in ``phi`` if asked)."""
     cfg, policy = setup.cfg, setup.policy
-    p = phi if differentiable else phi.detach().requires_grad_(True)
+    p = phi if (differentiable and phi.requires_grad) else phi.detach().requires_grad_(True)
     view = setup.constrained_view(batch)
     with torch.enable_grad():
         loss_r, loss_c = surrogates(policy, p, view)

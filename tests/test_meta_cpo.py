@@ -1,0 +1,308 @@
+"""Meta-CPO: exact meta-gradient vs finite differences, no aliasing, the meta-step's guarantees,
+an end-to-end run with every artifact, and exact resumption."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from rl.envs import make, task_distribution
+from rl.meta_cpo import (
+    MetaCPOConfig,
+    MetaCPOTrainer,
+    TaskResult,
+    main,
+    meta_objectives,
+    meta_update,
+    parse_args,
+    task_meta_gradient,
+)
+
+
+def _tiny_cfg(**kw):
+    base = dict(
+        iterations=2,
+        meta_batch=2,
+        inner_steps=2,
+        batch_steps=400,
+        num_envs=2,
+        hidden=(8,),
+        critic_hidden=(16,),
+        critic_epochs=1,
+        test_tasks=2,
+        adapt_steps=1,
+        progress=False,
+        tensorboard=False,
+    )
+    base.update(kw)
+    return MetaCPOConfig(**base)
+
+
+def _fixed_data_setup(constrain: str):
+    """A linear policy and three fixed batches (two inner, one validation) of one task."""
+    cfg = _tiny_cfg(
+        hidden=(), inner_steps=2, constrain=constrain, cg_iters=300, cg_tol=1e-13, inner_delta=0.05
+    )
+    trainer = MetaCPOTrainer(cfg)
+    setup = trainer.setup
+    task = task_distribution("safenav-button").sample(1, split="train", seed=3)[0]
+    env = make("safenav-button", task=task, num_envs=2, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    theta0 = trainer.theta.clone()
+    data = [setup.collect(env, theta0, gen) for _ in range(3)]
+    env.close()
+    # limits on the boundary of the first batch's cost: the inner constraint binds
+    view = setup.constrained_view(data[0])
+    setup = replace(setup, limits=[float(v) + 0.5 for v in view.ep_cost])
+    return setup, theta0, data
+
+
+@pytest.mark.parametrize("constrain", ["total", "channels"])
+def test_meta_gradient_matches_finite_differences_of_the_whole_inner_loop(constrain):
+    setup, theta0, data = _fixed_data_setup(constrain)
+
+    def objectives(theta):
+        it = iter(data)
+        objs, _, _, results = meta_objectives(setup, theta, lambda phi: next(it), differentiable=True)
+        return objs, [r.case for r in results]
+
+    theta = theta0.clone().requires_grad_(True)
+    objs, cases = objectives(theta)
+    assert len(objs) == 1 + len(setup.constraint_names)
+    grads = [torch.autograd.grad(o, theta, retain_graph=True)[0] for o in objs]
+    assert torch.equal(theta.detach(), theta0)  # the inner loop never writes into theta
+    rng = torch.Generator().manual_seed(1)
+    checked = 0
+    for _ in range(3):
+        v = torch.randn(theta0.shape, generator=rng, dtype=theta0.dtype)
+        v /= v.norm()
+        fds = []
+        for h in (1e-5, 2e-5):
+            plus = [float(o.detach()) for o in objectives(theta0 + h * v)[0]]
+            minus = [float(o.detach()) for o in objectives(theta0 - h * v)[0]]
+            fds.append(np.subtract(plus, minus) / (2 * h))
+        if not np.allclose(fds[0], fds[1], rtol=1e-6, atol=1e-9):
+            continue  # a case boundary of some inner step lies in the stencil
+        ad = np.array([float(g @ v) for g in grads])
+        np.testing.assert_allclose(ad, fds[0], rtol=2e-6, atol=1e-8 * max(1.0, np.abs(fds[0]).max()))
+        checked += 1
+    assert checked >= 2
+    assert any(c == "constrained" for c in cases) or constrain == "channels"
+
+
+def test_first_order_variant_differs_from_exact_gradient():
+    setup, theta0, data = _fixed_data_setup("total")
+    grads = {}
+    for differentiable in (True, False):
+        theta = theta0.clone().requires_grad_(True)
+        it = iter(data)
+        objs, *_ = meta_objectives(setup, theta, lambda phi: next(it), differentiable=differentiable)
+        grads[differentiable] = torch.autograd.grad(objs[0], theta)[0]
+    rel = (grads[True] - grads[False]).norm() / grads[True].norm()
+    assert rel > 1e-3  # the first-order shortcut is an approximation, and measurably so
+
+
+def test_inner_loop_leaves_theta_untouched_and_tasks_share_no_state():
+    trainer = MetaCPOTrainer(_tiny_cfg())
+    setup = trainer.setup
+    theta = trainer.theta.clone()
+    tasks = trainer.train_tasks()
+    a1 = task_meta_gradient(setup, trainer.theta, tasks[0], seed=11)
+    assert torch.equal(trainer.theta, theta)
+    b_after_a = task_meta_gradient(setup, trainer.theta, tasks[1], seed=12)
+    b_alone = task_meta_gradient(MetaCPOTrainer(_tiny_cfg()).setup, theta, tasks[1], seed=12)
+    assert torch.equal(b_after_a.grad_F, b_alone.grad_F)
+    assert torch.equal(b_after_a.grad_G, b_alone.grad_G)
+    a2 = task_meta_gradient(setup, theta, tasks[0], seed=11)
+    assert torch.equal(a1.grad_F, a2.grad_F)
+    assert torch.equal(trainer.theta, theta)
+
+
+@pytest.mark.parametrize("offset", [-3.0, 0.05, 2.0])
+def test_meta_step_satisfies_linearised_constraint_and_trust_region(offset):
+    trainer = MetaCPOTrainer(_tiny_cfg(constrain="total", meta_delta=0.01))
+    setup, theta = trainer.setup, trainer.theta
+    n = theta.numel()
+    gen = torch.Generator().manual_seed(2)
+    obs = torch.randn(300, setup.policy.obs_dim, generator=gen, dtype=theta.dtype)
+    results = [
+        TaskResult(
+            grad_F=torch.randn(n, generator=gen, dtype=theta.dtype),
+            grad_G=torch.randn(1, n, generator=gen, dtype=theta.dtype),
+            cost_val=np.array([setup.limits[0] + offset]),
+            ret_pre=0.0,
+            cost_pre=np.zeros(2),
+            ret_post=0.0,
+            cost_post=np.zeros(2),
+            first_obs=obs,
+            critic_data=[],
+            cases=[],
+            lams=[],
+            env_steps=0,
+        )
+        for _ in range(3)
+    ]
+    new, info = meta_update(setup, theta, results)
+    x = new - theta
+    dG = torch.stack([r.grad_G for r in results]).mean(0)
+    b = torch.tensor(info["b_theta"], dtype=theta.dtype)
+    assert float(b[0]) == pytest.approx(offset)
+    H = torch.autograd.functional.hessian(lambda q: setup.policy.kl(theta, q, obs), theta)
+    H = H + setup.cfg.damping * torch.eye(n, dtype=theta.dtype)
+    full = x / info["accepted"]
+    assert 0.5 * float(full @ H @ full) <= setup.cfg.meta_delta * (1 + 1e-4)
+    assert float(setup.policy.kl(theta, new, obs)) <= setup.cfg.kl_tolerance * setup.cfg.meta_delta
+    if info["case"] != "recovery":
+        assert float(b + dG @ full) <= 1e-6 * max(1.0, abs(offset))
+    else:
+        assert float(dG @ full) < 0  # recovery decreases the linearised cost
+    assert info["accepted"] > 0
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_end_to_end_artifacts_and_exact_resume(tmp_path):
+    full = tmp_path / "full"
+    main(
+        [
+            "--iterations",
+            "3",
+            "--meta-batch",
+            "2",
+            "--inner-steps",
+            "1",
+            "--batch-steps",
+            "400",
+            "--num-envs",
+            "2",
+            "--hidden",
+            "8",
+            "--critic-hidden",
+            "16",
+            "--critic-epochs",
+            "1",
+            "--test-tasks",
+            "2",
+            "--adapt-steps",
+            "1",
+            "--no-progress",
+            "--out",
+            str(full),
+        ]
+    )
+    for name in ("progress.csv", "adaptation.csv", "config.json", "training.png", "adaptation.png"):
+        assert (full / name).is_file() and (full / name).stat().st_size > 0, name
+    assert list(full.glob("ckpt_*.pt")) and list(full.glob("events.out.tfevents*"))
+    rows = _read_csv(full / "progress.csv")
+    assert [int(r["iteration"]) for r in rows] == [0, 1, 2]
+    for key in (
+        "env_steps",
+        "ret_pre",
+        "cost_pre",
+        "ret_post",
+        "cost_post",
+        "kl",
+        "lam",
+        "nu",
+        "seconds",
+        "cost_pre_hazards",
+        "cost_post_buttons",
+        "nu_hazards",
+        "nu_buttons",
+    ):
+        assert key in rows[0], key
+    adapt_rows = _read_csv(full / "adaptation.csv")
+    assert {"method", "seed", "task_id", "adapt_step", "ep_ret", "ep_cost", "cost_limit"} <= set(
+        adapt_rows[0]
+    )
+    assert {int(r["adapt_step"]) for r in adapt_rows} == {0, 1}
+    assert all(r["method"] == "meta-cpo" for r in adapt_rows)
+    assert json.loads((full / "config.json").read_text())["iterations"] == 3
+
+    # the same run stopped after iteration 1, then resumed to 3
+    part = tmp_path / "part"
+    args = [
+        "--meta-batch",
+        "2",
+        "--inner-steps",
+        "1",
+        "--batch-steps",
+        "400",
+        "--num-envs",
+        "2",
+        "--hidden",
+        "8",
+        "--critic-hidden",
+        "16",
+        "--critic-epochs",
+        "1",
+        "--test-tasks",
+        "2",
+        "--adapt-steps",
+        "1",
+        "--no-progress",
+        "--out",
+        str(part),
+    ]
+    main(["--iterations", "2", *args])
+    # an extra row past the checkpoint, as if the process died after logging it: resume cuts it back
+    with open(part / "progress.csv", "a") as f:
+        f.write("2,99,0,0,0,0,0,0,0,x,0,,,0" + "," * 8 + "\n")
+    for ck in sorted(part.glob("ckpt_*.pt"))[-1:]:
+        pass
+    main(["--resume", str(part), "--iterations", "3", "--no-progress"])
+    resumed = _read_csv(part / "progress.csv")
+    assert [int(r["iteration"]) for r in resumed] == [0, 1, 2]
+    for a, b in zip(rows, resumed, strict=True):
+        for key in a:
+            if key == "seconds":
+                continue
+            assert a[key] == b[key], (key, a[key], b[key])
+    t_full = MetaCPOTrainer.from_run(full).theta
+    t_part = MetaCPOTrainer.from_run(part).theta
+    assert torch.equal(t_full, t_part)
+
+
+def test_existing_non_empty_out_is_refused(tmp_path):
+    (tmp_path / "keep.txt").write_text("precious")
+    with pytest.raises(FileExistsError):
+        MetaCPOTrainer(_tiny_cfg(out=str(tmp_path))).train()
+    assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (dict(env="atari"), "env must be one of"),
+        (dict(algo="ppo"), "algo must be one of"),
+        (dict(inner_delta=0.0), "inner_delta must be > 0"),
+        (dict(meta_delta=-1.0), "meta_delta must be > 0"),
+        (dict(inner_steps=0), "inner_steps must be >= 1"),
+        (dict(cost_limit=-1.0), "cost_limit must be finite and >= 0"),
+    ],
+)
+def test_invalid_configuration_raises_named_errors(override, message):
+    with pytest.raises(ValueError, match=message):
+        MetaCPOTrainer(_tiny_cfg(**override))
+
+
+def test_cli_rejects_unknown_keys_and_wrong_limit_count(tmp_path):
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(json.dumps({"iterations": 1, "inner_stepz": 2}))
+    with pytest.raises((ValueError, SystemExit)):
+        parse_args(["--config", str(cfg_file)])
+    with pytest.raises(ValueError, match="cost_limit has 3 values but there are 2 constraints"):
+        MetaCPOTrainer(_tiny_cfg(cost_limit=(1.0, 2.0, 3.0)))
+    cfg = parse_args(["--cost-limit", "7", "--algo", "meta-trpo", "--iterations", "5"])
+    assert cfg.cost_limit == 7.0 and cfg.algo == "meta-trpo" and not cfg.constrained
+    assert math.isfinite(cfg.meta_delta)
