@@ -56,6 +56,7 @@ from __future__ import annotations
 import functools
 import multiprocessing as mp
 import traceback
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,7 @@ import numpy as np
 
 from rl.envs.safety_gym_import import import_safety_gymnasium
 from rl.envs.safety_gym_tasks import (
+    GOAL_KEEPOUT,
     HAZARD_KEEPOUT,
     TASK_FAMILIES,
     ButtonTask,
@@ -84,7 +86,7 @@ __all__ = [
 DEFAULT_HORIZON = 500
 FAMILY_ROBOTS = {"safety-button": "Point", "safety-circle": "Car"}
 _TASK_TYPES = {"safety-button": ButtonTask, "safety-circle": CircleTask}
-_MAKE_KWARGS = ("horizon", "num_workers", "fast_reset", "start_method")
+_NDIM_WARNING = "Conversion of an array with ndim > 0 to a scalar"
 
 
 def task_distribution(name: str) -> SafetyTaskDistribution:
@@ -153,6 +155,7 @@ def _task_classes() -> dict[str, type]:
             self.buttons.locations = [list(p) for p in task.button_locations]
             self.buttons.is_constrained = True
             self.goal.locations = [list(task.goal_location)]
+            self.goal.keepout = GOAL_KEEPOUT
             self._add_geoms(
                 Hazards(
                     num=task.num_hazards,
@@ -232,6 +235,18 @@ class _EnvSpec:
     def build(self):
         """A fresh package ``Builder`` (its world is compiled at the first reset)."""
         sg = import_safety_gymnasium()
+        with warnings.catch_warnings():
+            # The package's agent setup converts 1-element arrays to ints (numpy
+            # deprecation, harmless below numpy 2.4, which the project excludes).
+            warnings.filterwarnings("ignore", _NDIM_WARNING, DeprecationWarning)
+            env = self._build_builder(sg)
+        env.task.num_steps = self.horizon
+        if self.fast_reset:
+            task = env.task
+            task.world = _renderless_world_class()(task.agent, task._obstacles)
+        return env
+
+    def _build_builder(self, sg):
         if self.task is not None:
             robot = FAMILY_ROBOTS[self.name]
             family = "StochasticButton" if self.name == "safety-button" else "StochasticCircle"
@@ -241,13 +256,8 @@ class _EnvSpec:
                 task_id=f"Safety{robot}{family}-v0",
                 config={"agent_name": robot},
             )
-        else:
-            env = sg.make(self.name).unwrapped
-        env.task.num_steps = self.horizon
-        if self.fast_reset:
-            task = env.task
-            task.world = _renderless_world_class()(task.agent, task._obstacles)
-        return env
+            return env
+        return sg.make(self.name).unwrapped
 
 
 def _cost_keys(task) -> list[str]:

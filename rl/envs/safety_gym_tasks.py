@@ -55,14 +55,20 @@ __all__ = [
 TASK_FAMILIES = ("safety-button", "safety-circle")
 SPLITS = ("train", "test")
 
-# Keep-out radii used by Safety-Gymnasium 1.0.0 for these objects (Buttons,
-# Goal and the agent defaults; 0.18 for hazards as in its ButtonLevel1).
+# Keep-out radii: Safety-Gymnasium 1.0.0's defaults for the agent and buttons,
+# 0.18 for hazards as in its ButtonLevel1. The goal's layout slot is a phantom
+# (the goal marker is moved onto the goal button at every reset), so our Button
+# tasks give it keep-out 0 instead of the package's 0.4: it then only keeps the
+# agent's own keep-out free, which leaves room to start in the small training
+# arenas.
 AGENT_KEEPOUT = 0.4
 BUTTON_KEEPOUT = 0.2
-GOAL_KEEPOUT = 0.4
+GOAL_KEEPOUT = 0.0
 HAZARD_KEEPOUT = 0.18
-# Width of the grid cells that make up a Button task's agent start region.
-AGENT_CELL = 0.1
+# Width of the grid cells that make up a Button task's agent start region, and
+# the least area (m^2) that region must have.
+AGENT_CELL = 0.05
+MIN_AGENT_AREA = 0.5
 # Safety margin added to every keep-out test: the package jitters pinned
 # positions by up to 1e-9 and compares with a strict "<".
 _EPS = 1e-6
@@ -145,7 +151,8 @@ class ButtonTask:
         button_locations, hazard_locations: pinned ``(x, y)`` centres.
         goal_location: pinned ``(x, y)`` of the goal's layout slot. The package draws
             the goal like any object and then moves its marker onto the goal
-            button; the slot only keeps the agent from starting there.
+            button; the slot (keep-out ``GOAL_KEEPOUT``) only keeps the agent from
+            starting right there.
         agent_placements: rectangles ``(xmin, ymin, xmax, ymax)`` the agent's start is
             drawn from (uniformly by area).
         split: ``"train"`` or ``"test"``: the range the task was drawn from.
@@ -324,7 +331,7 @@ def sample_button_layout(
     half_size: float,
     num_buttons: int,
     num_hazards: int,
-    min_agent_area: float = 1.0,
+    min_agent_area: float = MIN_AGENT_AREA,
     max_attempts: int = 200,
 ) -> dict[str, Any]:
     """Draw non-overlapping button, goal-slot and hazard centres, and the agent region.
