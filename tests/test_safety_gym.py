@@ -341,6 +341,10 @@ def test_bad_names_and_parameters_raise_value_error():
     for kwargs in ({"horizon": 0}, {"num_workers": 0}, {"num_envs": 0}, {"fast_reset": "yes"}):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             make("safety-circle", **kwargs)
+    with pytest.raises(ValueError, match="valid: task, num_envs, seed, horizon"):
+        make("safety-circle", max_steps=10)
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        make("safety-circle", seed=-1)
     with pytest.raises(ValueError, match="start_method"):
         make("safety-circle", start_method="threads")
     with pytest.raises(ValueError, match="safety-circle"):

@@ -425,7 +425,8 @@ class _RemoteGroup:
         if self.process.is_alive():
             try:
                 self.send("close")
-                self.conn.recv() if self.conn.poll(timeout) else None
+                if self.conn.poll(timeout):
+                    self.conn.recv()  # the worker's acknowledgement
             except (BrokenPipeError, EOFError, OSError):
                 pass
         self.process.join(timeout)
@@ -512,6 +513,8 @@ class SafetyGymVecEnv:
         """Reset every sub-environment; ``seed`` reseeds sub-environment ``i`` with ``seed + i``."""
         if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)):
             raise TypeError(f"seed must be an int or None, got {seed!r}")
+        if seed is not None and seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed!r}")
         seeds = [None] * self.num_envs if seed is None else [int(seed) + i for i in range(self.num_envs)]
         obs = np.concatenate(self._call("reset", self._split(seeds)))
         return obs, {}
@@ -576,7 +579,7 @@ def _positive_int(name: str, value: Any) -> int:
 def _coerce_task(name: str, task: Any, seed: int) -> Any:
     expected = _TASK_TYPES[name]
     if task is None:
-        return _task_distribution(name).sample(1, split="train", seed=max(int(seed), 0))[0]
+        return _task_distribution(name).sample(1, split="train", seed=int(seed))[0]
     if isinstance(task, dict):
         return expected.from_dict(task)
     if not isinstance(task, expected):
@@ -595,6 +598,7 @@ def make(
     num_workers: int = 1,
     fast_reset: bool = True,
     start_method: str = "spawn",
+    **unknown: Any,
 ) -> SafetyGymVecEnv:
     """Build a :class:`SafetyGymVecEnv` for a task family or a raw registered id.
 
@@ -614,14 +618,22 @@ def make(
             safe after torch/OpenMP are initialised; ``"fork"`` starts faster).
 
     Raises:
-        ValueError: unknown name, task of the wrong family, or a parameter out of range.
+        ValueError: unknown name or keyword, task of the wrong family, or a parameter
+            out of range.
     """
+    if unknown:
+        raise ValueError(
+            f"unknown parameters {sorted(unknown)} for Safety-Gymnasium environments; valid: "
+            "task, num_envs, seed, horizon, num_workers, fast_reset, start_method"
+        )
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}: {name!r}")
     num_envs = _positive_int("num_envs", num_envs)
     num_workers = _positive_int("num_workers", num_workers)
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0 (numpy seeds), got {seed!r}")
     if not isinstance(fast_reset, bool):
         raise ValueError(f"fast_reset must be a bool, got {fast_reset!r}")
     if start_method not in mp.get_all_start_methods():
