@@ -134,7 +134,19 @@ class MetaCPOConfig:
     critic_minibatch: int = field(default=256, metadata={"help": "critic minibatch size"})
     test_tasks: int = field(default=6, metadata={"help": "held-out test tasks for meta-test"})
     adapt_steps: int = field(default=3, metadata={"help": "K_test: CPO steps on each test task"})
-    threads: int = field(default=1, metadata={"help": "torch CPU threads"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads (of the driver)"})
+    backend: Literal["auto", "serial", "processes", "ray"] = field(
+        default="auto",
+        metadata={
+            "help": "where the tasks of a meta-batch run: serial, worker processes, or Ray "
+            "(auto: processes when the machine has more than one core)"
+        },
+    )
+    workers: int = field(default=2, metadata={"help": "worker processes / Ray CPUs"})
+    ray_address: str | None = field(
+        default=None, metadata={"help": "join this Ray cluster (none: start a local instance)"}
+    )
+    max_retries: int = field(default=2, metadata={"help": "reruns of a task whose worker died"})
     out: str | None = field(
         default=None,
         metadata={"help": "run folder (new or empty; none: runs/<env>-<algo>-seed<S>-<time>)"},
@@ -168,6 +180,7 @@ class MetaCPOConfig:
             "critic_minibatch",
             "test_tasks",
             "threads",
+            "workers",
             "checkpoint_every",
             "keep_checkpoints",
         ):
@@ -205,7 +218,18 @@ class MetaCPOConfig:
 
 
 #: Options that may differ from the saved config when resuming.
-RESUME_OVERRIDABLE = ("iterations", "resume", "progress", "tensorboard", "threads", "checkpoint_every")
+RESUME_OVERRIDABLE = (
+    "iterations",
+    "resume",
+    "progress",
+    "tensorboard",
+    "threads",
+    "checkpoint_every",
+    "backend",
+    "workers",
+    "ray_address",
+    "max_retries",
+)
 
 
 def derive_seed(*parts: int) -> int:
@@ -567,6 +591,23 @@ class MetaCPOTrainer:
         self.env_steps = 0
         self.seconds = 0.0
         self.run_dir = None if run_dir is None else Path(run_dir)
+        self._pool = None
+
+    @property
+    def pool(self):
+        """The :class:`rl.runtime.parallel.TaskPool` of ``cfg.backend`` (created on first use)."""
+        from rl.runtime.parallel import TaskPool, default_backend
+
+        if self._pool is None:
+            backend = default_backend() if self.cfg.backend == "auto" else self.cfg.backend
+            self._pool = TaskPool(backend, self.cfg.workers, self.cfg.ray_address, self.cfg.max_retries)
+        return self._pool
+
+    def close(self) -> None:
+        """Shut the worker pool down."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -633,9 +674,10 @@ class MetaCPOTrainer:
         if cfg.algo == "multitask-cpo":
             row, critic_data, first_obs = self._multitask_step(tasks, seeds)
         else:
-            results = [
-                task_meta_gradient(setup, self.theta, task, s) for task, s in zip(tasks, seeds, strict=True)
-            ]
+            results = self.pool.map(
+                task_meta_gradient,
+                [(setup, self.theta, task, s) for task, s in zip(tasks, seeds, strict=True)],
+            )
             problems = [f"task {i}: {r.problem}" for i, r in enumerate(results) if r.problem]
             if problems:
                 info = {
@@ -650,38 +692,28 @@ class MetaCPOTrainer:
                 print(f"warning: meta-iteration {it} skipped: {info['problem']}", file=sys.stderr)
             else:
                 self.theta, info = meta_update(setup, self.theta, results)
-            critic_data = [d for r in results for d in r.critic_data]
+            # a skipped batch teaches nothing: it never reaches the critics, normaliser or checkpoint
+            critic_data = [] if problems else [d for r in results for d in r.critic_data]
             first_obs = [r.first_obs for r in results]
             row = self._row(results, info)
-        # critics and normaliser learn from this iteration's data (after the meta-step)
-        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, it, 0, 5))
-        obs = torch.cat([d[0] for d in critic_data])
-        fit_critic(
-            setup.reward_critic,
-            self.opt_r,
-            obs,
-            torch.cat([d[1] for d in critic_data]),
-            cfg.critic_epochs,
-            cfg.critic_minibatch,
-            gen,
-        )
-        fit_critic(
-            setup.cost_critic,
-            self.opt_c,
-            obs,
-            torch.cat([d[2] for d in critic_data]),
-            cfg.critic_epochs,
-            cfg.critic_minibatch,
-            gen,
-        )
-        norm = setup.normalizer
-        raw = torch.cat(first_obs) * torch.sqrt(norm.var + norm.eps) + norm.mean
-        norm.update(raw)
+        if critic_data:  # critics and normaliser learn from this iteration's data (after the meta-step)
+            self._fit_critics_and_normalizer(critic_data, first_obs)
         self.env_steps += int(row.pop("_env_steps"))
         self.seconds += time.perf_counter() - t0
         self.iteration = it + 1
         row.update(iteration=it, env_steps=self.env_steps, seconds=round(self.seconds, 3))
         return row
+
+    def _fit_critics_and_normalizer(self, critic_data, first_obs) -> None:
+        cfg, setup = self.cfg, self.setup
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, self.iteration, 0, 5))
+        obs = torch.cat([d[0] for d in critic_data])
+        for critic, opt, k in ((setup.reward_critic, self.opt_r, 1), (setup.cost_critic, self.opt_c, 2)):
+            targets = torch.cat([d[k] for d in critic_data])
+            fit_critic(critic, opt, obs, targets, cfg.critic_epochs, cfg.critic_minibatch, gen)
+        norm = setup.normalizer
+        raw = torch.cat(first_obs) * torch.sqrt(norm.var + norm.eps) + norm.mean
+        norm.update(raw)
 
     def _multitask_step(self, tasks, seeds):
         cfg, setup = self.cfg, self.setup
@@ -798,6 +830,7 @@ class MetaCPOTrainer:
             if bar is not None:
                 bar.close()
             log.close()
+            self.close()
         self.meta_test()
         self.plot()
         return self.run_dir

@@ -39,6 +39,7 @@ def _tiny_cfg(**kw):
         adapt_steps=1,
         progress=False,
         tensorboard=False,
+        backend="serial",
     )
     base.update(kw)
     return MetaCPOConfig(**base)
@@ -198,6 +199,8 @@ def test_end_to_end_artifacts_and_exact_resume(tmp_path):
             "--adapt-steps",
             "1",
             "--no-progress",
+            "--backend",
+            "serial",
             "--out",
             str(full),
         ]
@@ -253,6 +256,8 @@ def test_end_to_end_artifacts_and_exact_resume(tmp_path):
         "--adapt-steps",
         "1",
         "--no-progress",
+        "--backend",
+        "serial",
         "--out",
         str(part),
     ]
@@ -260,7 +265,7 @@ def test_end_to_end_artifacts_and_exact_resume(tmp_path):
     # an extra row past the checkpoint, as if the process died after logging it: resume cuts it back
     with open(part / "progress.csv", "a") as f:
         f.write("2,99,0,0,0,0,0,0,0,x,0,,,0" + "," * 8 + "\n")
-    main(["--resume", str(part), "--iterations", "3", "--no-progress"])
+    main(["--resume", str(part), "--iterations", "3", "--no-progress", "--backend", "serial"])
     resumed = _read_csv(part / "progress.csv")
     assert [int(r["iteration"]) for r in resumed] == [0, 1, 2]
     for a, b in zip(rows, resumed, strict=True):
