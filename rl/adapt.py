@@ -1,0 +1,140 @@
+"""Adapt a trained run to a task of your choice, evaluate it, and render episodes to GIF.
+
+Command line::
+
+    python -m rl.adapt RUN_DIR                       # first held-out test task, K_test steps
+    python -m rl.adapt RUN_DIR --split train --task-index 3 --steps 5 --gif adapted.gif
+    python -m rl.adapt RUN_DIR --task-file my_task.json   # a task dict (SafeNavTask.to_dict())
+
+From Python::
+
+    from rl.adapt import load_run, adapt_to_task, render_gif
+    trainer = load_run("runs/safenav-button-meta-cpo-seed0-...")
+    task = trainer.dist.sample(1, split="test", seed=123)[0]
+    rows, params = adapt_to_task(trainer, task, steps=3)
+    render_gif(trainer, params[-1], task, "adapted.gif")
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rl.meta_cpo import MetaCPOTrainer, adapt, derive_seed
+
+__all__ = ["adapt_to_task", "load_run", "main", "render_gif"]
+
+
+def load_run(run_dir: str | Path) -> MetaCPOTrainer:
+    """A trainer holding a run's config and its latest checkpoint (meta-parameters, critics,
+    observation normaliser)."""
+    return MetaCPOTrainer.from_run(run_dir)
+
+
+def adapt_to_task(
+    trainer: MetaCPOTrainer, task: Any, steps: int | None = None, seed: int = 0
+) -> tuple[list[dict[str, Any]], list[Tensor]]:
+    """Adapt the run's meta-parameters to ``task`` with ``steps`` CPO steps (default: the run's
+    ``adapt_steps``). Returns one evaluation row per step (0 = before adaptation) and the
+    parameters ``phi^0 .. phi^steps``."""
+    steps = trainer.cfg.adapt_steps if steps is None else int(steps)
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    return adapt(
+        trainer.setup, trainer.theta, task, steps, derive_seed(seed, 0, 0, 8), trainer.cfg.constrained
+    )
+
+
+def render_gif(
+    trainer: MetaCPOTrainer,
+    params: Tensor,
+    task: Any,
+    path: str | Path,
+    steps: int | None = None,
+    seed: int = 0,
+    fps: int = 20,
+) -> Path:
+    """Roll out the policy's mean action on ``task`` (built-in family) and write a GIF."""
+    import imageio.v2 as imageio
+
+    env = trainer.setup.make_env(task, seed)
+    if not hasattr(env, "render"):
+        env.close()
+        raise ValueError(f"rendering is available for the built-in families, not {trainer.cfg.env!r}")
+    policy, norm = trainer.setup.policy, trainer.setup.normalizer
+    steps = env.horizon if steps is None else int(steps)
+    obs, _ = env.reset(seed=seed)
+    frames = [env.render(0)]
+    with torch.no_grad():
+        for _ in range(steps):
+            mean, _ = policy.mean_log_std(params, norm.normalize(obs, dtype=params.dtype))
+            obs, _, _, term, trunc, _ = env.step(mean.numpy().astype(np.float64))
+            frames.append(env.render(0))
+            if term[0] or trunc[0]:
+                break
+    env.close()
+    path = Path(path)
+    imageio.mimsave(path, frames, duration=1.0 / fps, loop=0)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m rl.adapt``."""
+    parser = argparse.ArgumentParser(prog="python -m rl.adapt", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="a run folder of rl.meta_cpo")
+    parser.add_argument("--split", choices=("train", "test"), default="test", help="task split to draw from")
+    parser.add_argument(
+        "--task-index", type=int, default=0, help="which task of the split (drawn with --task-seed)"
+    )
+    parser.add_argument(
+        "--task-seed",
+        type=int,
+        default=None,
+        help="seed of the task draw (default: the run's meta-test tasks)",
+    )
+    parser.add_argument(
+        "--task-file", default=None, help="JSON file with a task dict (overrides --split/--task-index)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="adaptation steps (default: the run's adapt_steps)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--gif", default=None, help="write an episode of the adapted policy to this GIF")
+    parser.add_argument("--out", default=None, help="write the evaluation rows to this CSV")
+    args = parser.parse_args(argv)
+    trainer = load_run(args.run_dir)
+    if args.task_file is not None:
+        from rl.envs import safenav
+
+        data = json.loads(Path(args.task_file).read_text())
+        task = safenav.SafeNavTask.from_dict(data) if trainer.cfg.env.startswith("safenav") else data
+    else:
+        if args.task_index < 0:
+            parser.error(f"--task-index must be >= 0, got {args.task_index}")
+        seed = derive_seed(trainer.cfg.seed, 0, 0, 6) if args.task_seed is None else args.task_seed
+        task = trainer.dist.sample(args.task_index + 1, split=args.split, seed=seed)[args.task_index]
+    rows, params = adapt_to_task(trainer, task, args.steps, args.seed)
+    print("adapt_step  ep_ret  ep_cost")
+    for r in rows:
+        print(f"{r['adapt_step']:>10d}  {r['ep_ret']:6.2f}  {r['ep_cost']:7.2f}")
+    if args.out:
+        from rl.runtime import CSVLogger
+
+        with CSVLogger(args.out) as log:
+            for r in rows:
+                log.log(r)
+    if args.gif:
+        path = render_gif(trainer, params[-1], task, args.gif, seed=args.seed)
+        print(f"gif: {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
