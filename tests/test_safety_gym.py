@@ -231,6 +231,31 @@ def test_fast_reset_compiles_without_the_skybox():
         fast.close()
 
 
+@pytest.mark.parametrize(("env_id", "seeds"), [("SafetyPointButton2-v0", 3), ("SafetyPointGoal1-v0", 20)])
+def test_fast_layout_sampler_draws_the_package_layouts(env_id, seeds):
+    from safety_gymnasium.utils.random_generator import RandomGenerator
+
+    env = make(env_id, seed=0, horizon=5)
+    try:
+        generator = env._groups[0].envs[0].env.task.random_generator
+        fast_class = type(generator)
+        assert fast_class is not RandomGenerator
+        for seed in range(seeds):
+            runs = []
+            for cls in (RandomGenerator, fast_class):
+                generator.__class__ = cls
+                generator.set_random_seed(seed)
+                layout = {k: v.copy() for k, v in generator.build_layout().items()}
+                runs.append((layout, generator.random_generator.uniform()))
+            (a, next_a), (b, next_b) = runs
+            assert a.keys() == b.keys() and next_a == next_b  # same draws consumed
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key])
+        generator.__class__ = fast_class
+    finally:
+        env.close()
+
+
 def test_identical_to_the_raw_package_for_a_raw_id():
     horizon, seed = 100, 0
     actions = _forward_actions(seed, 199)  # two episodes: across a reset
