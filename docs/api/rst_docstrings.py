@@ -1,0 +1,81 @@
+"""Griffe extension: render the project's reST-flavoured docstrings as Markdown.
+
+The docstrings follow Google style with a few reStructuredText habits that Markdown
+would mangle; this extension rewrites them before mkdocstrings renders them:
+
+* a doctest (``>>>`` lines at the docstring's left margin, their continuation and output)
+  becomes a fenced ``python`` block (Markdown would read ``>>>`` as nested quotes);
+* a literal block (a paragraph ending in ``::`` followed by an indented block) becomes a
+  fenced ``text`` block, the ``::`` a single colon;
+* Sphinx roles (``:mod:`x```, ``:class:`x```, ...) become inline code;
+* ``\\ `` (reST's escaped space) is dropped.
+
+Loaded by ``mkdocs.yml`` (``extensions`` of the python handler); used only to build the docs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import griffe
+
+_ROLE = re.compile(r":(?:mod|class|func|meth|attr|data|obj|exc|ref):`~?([^`]+)`")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def rst_to_markdown(text: str) -> str:
+    """Rewrite doctests, literal blocks and roles of a (dedented) docstring as Markdown."""
+    lines = text.splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.strip()
+        # a doctest at the left margin: >>> / ... lines and their output, up to a blank line
+        if line.startswith(">>>"):
+            out.append("```python")
+            while i < len(lines) and lines[i].strip():
+                out.append(lines[i])
+                i += 1
+            out.append("```")
+            continue
+        # a literal block: "text::" + blank line + indented block
+        if stripped.endswith("::") and not stripped.startswith(">>>"):
+            j = i + 1
+            while j < len(lines) and not lines[j].strip():
+                j += 1
+            if j < len(lines) and _indent(lines[j]) > _indent(line):
+                head = line.rstrip()[:-2].rstrip()
+                if head.strip():
+                    out.append(_ROLE.sub(r"`\1`", head) + ":")
+                out.append("")
+                base = _indent(lines[j])
+                block: list[str] = []
+                k = j
+                while k < len(lines) and (not lines[k].strip() or _indent(lines[k]) >= base):
+                    block.append(lines[k])
+                    k += 1
+                while block and not block[-1].strip():
+                    block.pop()
+                pad = " " * _indent(line)
+                out.append(pad + "```text")
+                out.extend(pad + b[base:] if b.strip() else "" for b in block)
+                out.append(pad + "```")
+                out.append("")
+                i = k
+                continue
+        out.append(_ROLE.sub(r"`\1`", line).replace("\\ ", ""))
+        i += 1
+    return "\n".join(out)
+
+
+class RstDocstrings(griffe.Extension):
+    """Rewrite every docstring once, when its object is created."""
+
+    def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
+        if obj.docstring is not None:
+            obj.docstring.value = rst_to_markdown(obj.docstring.value)
