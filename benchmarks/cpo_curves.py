@@ -39,7 +39,7 @@ from rl.cpo import CPOConfig, train  # noqa: E402
 from rl.runtime import parse_config, read_csv  # noqa: E402
 
 #: Per-episode cost limit per channel, for each environment family.
-LIMITS = {"safenav-goal": 5.0, "safenav-button": 5.0, "safety-button": 10.0, "safety-circle": 10.0}
+LIMITS = {"safenav-goal": 5.0, "safenav-button": 2.0, "safety-button": 10.0, "safety-circle": 10.0}
 
 
 @dataclass
@@ -127,7 +127,8 @@ def write_outputs(rows: list[dict[str, str]], out: Path) -> None:
 
     fig, axes = plt.subplots(len(envs), 2, figsize=(10, 3.4 * len(envs)), squeeze=False)
     lines = [
-        "| env | algo | seeds | env steps | return (last 5) | cost (last 5) | limit | s/run |",
+        "| env | algo | seeds | env steps | return (last 5) | cost (last 5): total (per channel) "
+        "| limit per channel | s/run |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for i, env in enumerate(envs):
@@ -139,8 +140,13 @@ def write_outputs(rows: list[dict[str, str]], out: Path) -> None:
             x = [float(by_it[t][0]["env_steps"]) for t in its]
             ret = np.array([np.mean([float(r["ep_ret"]) for r in by_it[t]]) for t in its])
             cost = np.array([np.mean([float(r["ep_cost"]) for r in by_it[t]]) for t in its])
-            axes[i, 0].plot(x, ret, label=algo)
-            axes[i, 1].plot(x, cost, label=algo)
+            color = "C0" if algo == "cpo" else "C1"
+            axes[i, 0].plot(x, ret, label=algo, color=color)
+            cost_cols = [k for k in by_it[its[0]][0] if k.startswith("cost_")] or ["ep_cost"]
+            for j, col in enumerate(cost_cols):
+                per_it = [np.mean([float(r[col]) for r in by_it[t]]) for t in its]
+                name = algo if col == "ep_cost" else f"{algo} {col[5:]}"
+                axes[i, 1].plot(x, per_it, label=name, color=color, linestyle=("-", ":", "-.")[j % 3])
             per_channel = ""
             cost_cols = [k for k in by_it[its[0]][0] if k.startswith("cost_")]
             if cost_cols:
@@ -162,7 +168,7 @@ def write_outputs(rows: list[dict[str, str]], out: Path) -> None:
         limit = LIMITS.get(env, 25.0)
         axes[i, 1].axhline(limit, color="k", linestyle="--", linewidth=1, label="limit (per channel)")
         axes[i, 0].set_title(f"{env}: episode return")
-        axes[i, 1].set_title(f"{env}: episode cost (all channels)")
+        axes[i, 1].set_title(f"{env}: episode cost per channel")
         for ax in axes[i]:
             ax.set_xlabel("env steps")
             ax.grid(alpha=0.3)
