@@ -1,0 +1,216 @@
+"""rl.runtime.parallel: every backend gives the serial results bit for bit, and a job whose
+worker dies is run again (processes and Ray) while the run goes on."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+import rl.runtime.parallel as parallel
+from rl.runtime.parallel import TaskPool
+
+# rl.meta_cpo is imported inside the tests that need it: spawned workers import this module to
+# find the job functions, and stay light that way.
+
+TOL = 1e-10
+
+
+def _tiny_cfg(**kw):
+    from rl.meta_cpo import MetaCPOConfig
+
+    base = dict(
+        iterations=2,
+        meta_batch=2,
+        inner_steps=1,
+        batch_steps=400,
+        num_envs=2,
+        hidden=(8,),
+        critic_hidden=(16,),
+        critic_epochs=1,
+        test_tasks=1,
+        adapt_steps=0,
+        progress=False,
+        tensorboard=False,
+        backend="serial",
+        workers=2,
+    )
+    base.update(kw)
+    return MetaCPOConfig(**base)
+
+
+def _trainer(**kw):
+    from rl.meta_cpo import MetaCPOTrainer
+
+    return MetaCPOTrainer(_tiny_cfg(**kw))
+
+
+def _two_steps(trainer) -> tuple[torch.Tensor, list[dict]]:
+    """theta and the progress rows after two meta-iterations."""
+    try:
+        rows = [trainer.step(), trainer.step()]
+    finally:
+        trainer.close()
+    return trainer.theta.clone(), rows
+
+
+def _assert_same_run(theta, rows, ref_theta, ref_rows) -> None:
+    assert theta.dtype == torch.float64
+    assert float((theta - ref_theta).abs().max()) <= TOL
+    for row, ref in zip(rows, ref_rows, strict=True):
+        for key in ("ret_pre", "cost_pre", "ret_post", "cost_post", "kl", "accepted"):
+            assert row[key] == pytest.approx(ref[key], rel=1e-9, abs=TOL), key
+        assert (row["case"], row["inner_cases"], row["env_steps"]) == (
+            ref["case"],
+            ref["inner_cases"],
+            ref["env_steps"],
+        )
+
+
+@pytest.fixture(scope="module")
+def serial_run() -> tuple[torch.Tensor, list[dict]]:
+    """The reference: two meta-iterations of the tiny config on the serial backend."""
+    theta, rows = _two_steps(_trainer())
+    assert not torch.equal(theta, _trainer().theta)  # the meta-steps moved theta
+    assert rows[0]["env_steps"] == 1600 and rows[1]["env_steps"] == 3200  # M (K + 1) 400 each
+    return theta, rows
+
+
+# ---------------------------------------------------------------------------- job functions
+def _job(seed: int, n: int) -> torch.Tensor:
+    """Some float64 work whose result depends on the seed only."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    return torch.linalg.solve(a @ a.T + n * torch.eye(n, dtype=torch.float64), a.sum(1))
+
+
+def _claim(marker: str) -> bool:
+    """True for exactly one caller across processes: the one that creates ``marker``."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _die_first_time(marker: str, fn, *args):
+    """``fn(*args)``, except that the first call (over all workers) SIGKILLs its own process."""
+    if _claim(marker):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return fn(*args)
+
+
+def _exit_first_time(marker: str, fn, *args):
+    """``fn(*args)``, except that the first call (over all workers) ``os._exit(1)``\\ s."""
+    if _claim(marker):
+        os._exit(1)
+    return fn(*args)
+
+
+def _raise(x: int) -> int:
+    raise ValueError(f"bad job {x}")
+
+
+JOBS = [(seed, 20) for seed in range(5)]
+
+
+# ---------------------------------------------------------------------------- pool basics
+def test_pool_rejects_bad_arguments():
+    with pytest.raises(ValueError, match=r"backend must be one of \['serial', 'processes', 'ray'\]"):
+        TaskPool("mpi")
+    with pytest.raises(ValueError, match="workers must be a positive int"):
+        TaskPool("processes", workers=0)
+    with pytest.raises(ValueError, match="max_retries must be an int >= 0"):
+        TaskPool("processes", max_retries=-1)
+    assert TaskPool("serial").map(_job, []) == []
+
+
+def test_processes_results_equal_serial_and_survive_a_killed_worker(tmp_path):
+    serial = TaskPool("serial").map(_job, JOBS)
+    with TaskPool("processes", workers=2, max_retries=2) as pool:
+        assert all(torch.equal(a, b) for a, b in zip(pool.map(_job, JOBS), serial, strict=True))
+        # a worker SIGKILLed in the middle of a map: the pool is rebuilt and the jobs rerun
+        marker = str(tmp_path / "killed")
+        out = pool.map(_die_first_time, [(marker, _job, *job) for job in JOBS])
+        assert Path(marker).exists() and pool.restarts == 1
+        assert all(torch.equal(a, b) for a, b in zip(out, serial, strict=True))
+        # a worker that os._exit(1)s
+        marker = str(tmp_path / "exited")
+        out = pool.map(_exit_first_time, [(marker, _job, *job) for job in JOBS])
+        assert pool.restarts == 2
+        assert all(torch.equal(a, b) for a, b in zip(out, serial, strict=True))
+        # a worker killed while idle, between two maps: the next map notices and recovers
+        for proc in list(pool._executor._processes.values()):
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join()
+        assert all(torch.equal(a, b) for a, b in zip(pool.map(_job, JOBS), serial, strict=True))
+        # an exception raised by a job is not a death: no retry, the caller sees it
+        with pytest.raises(ValueError, match="bad job 3"):
+            pool.map(_raise, [(3,), (4,)])
+
+
+def test_processes_give_up_after_max_retries(tmp_path):
+    # a job that always kills its worker: one retry, then a RuntimeError that says so
+    with TaskPool("processes", workers=2, max_retries=1) as pool:
+        with pytest.raises(RuntimeError, match=r"died 2 times .*max_retries=1"):
+            pool.map(os._exit, [(1,), (1,)])
+
+
+# ---------------------------------------------------------------------------- the trainer
+def test_processes_backend_gives_the_serial_meta_parameters_even_when_a_worker_dies(
+    serial_run, tmp_path, monkeypatch
+):
+    # iteration 0: the worker of the first task is SIGKILLed, the pool reruns the lost tasks;
+    # iteration 1: a plain parallel map. Both give the serial numbers.
+    marker = str(tmp_path / "died")
+
+    class DyingOncePool(TaskPool):
+        """Kills the worker of the first task it runs, once."""
+
+        def map(self, fn, jobs):
+            return super().map(_die_first_time, [(marker, fn, *args) for args in jobs])
+
+    monkeypatch.setattr(parallel, "TaskPool", DyingOncePool)
+    theta, rows = _two_steps(_trainer(backend="processes", workers=2))
+    assert Path(marker).exists()
+    _assert_same_run(theta, rows, *serial_run)
+
+
+# ---------------------------------------------------------------------------- Ray
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_pool():
+    """A local Ray instance with 2 CPUs, started by a TaskPool and shut down by its close()."""
+    assert not ray.is_initialized()
+    pool = TaskPool("ray", workers=2, max_retries=2)
+    assert pool.map(_job, JOBS[:1])[0].shape == (20,)
+    assert ray.cluster_resources()["CPU"] == 2
+    yield pool
+    pool.close()
+    assert not ray.is_initialized()
+
+
+@pytest.mark.ray
+def test_ray_backend_gives_the_serial_meta_parameters(serial_run, ray_pool):
+    # the trainer's pool joins the running instance (and leaves it running when it closes)
+    theta, rows = _two_steps(_trainer(backend="ray", workers=2))
+    assert ray.is_initialized()
+    _assert_same_run(theta, rows, *serial_run)
+
+
+@pytest.mark.ray
+def test_ray_results_equal_serial_and_survive_a_dead_worker(ray_pool, tmp_path):
+    serial = TaskPool("serial").map(_job, JOBS)
+    assert all(torch.equal(a, b) for a, b in zip(ray_pool.map(_job, JOBS), serial, strict=True))
+    for i, die in enumerate((_die_first_time, _exit_first_time)):
+        marker = str(tmp_path / f"marker{i}")
+        out = ray_pool.map(die, [(marker, _job, *job) for job in JOBS])
+        assert Path(marker).exists()
+        assert all(torch.equal(a, b) for a, b in zip(out, serial, strict=True))
+    with pytest.raises(ValueError, match="bad job 7"):
+        ray_pool.map(_raise, [(7,)])
