@@ -79,6 +79,8 @@ EPS_REL = 1e-12
 _PSD_TOL = 1e-10
 #: Clarabel settings for the first solve (defaults; only the starting point for the polish).
 _CLARABEL_SETTINGS: dict[str, Any] = dict(solve_method="Clarabel", max_threads=1)
+#: Clarabel statuses (diffcp's SCS-style names) whose point is used as a start.
+_CLARABEL_OK = ("Solved", "Optimal Inaccurate")
 #: SCS settings for the final (warm-started) solve that diffcp differentiates. Passing
 #: acceleration_lookback explicitly stops diffcp from re-solving after an inaccurate status.
 _SCS_MAX_ITERS = 5000
@@ -128,7 +130,7 @@ class _Record:
 
     cones: dict[str, Any]
     n_lin: int
-    start: tuple[np.ndarray, np.ndarray, np.ndarray]
+    start: tuple[np.ndarray, np.ndarray, np.ndarray] | None
     status: list[str] = field(default_factory=list)
     active: np.ndarray | None = None
     adjoint: Any = None
@@ -318,6 +320,31 @@ class _ConeSolve(torch.autograd.Function):
         return back(Abar.toarray()), back(bvbar), back(cbar), None
 
 
+class _Infeasible(Exception):
+    """Problem (P) has no feasible point (certificate from Clarabel or SCS)."""
+
+
+def _solve_cone(
+    Kn: Tensor, beta: Tensor, eps: float, cones: dict[str, Any], recovery: bool, path: list[str]
+) -> tuple[Tensor, Tensor, Tensor, _Record]:
+    """Build (P) or (R), find Clarabel's start, and run :class:`_ConeSolve` on it."""
+    A, bv, c = _cone_data(Kn, beta, recovery, eps)
+    status, start = _clarabel_start(A, bv, c, cones)
+    path.append(("recovery: " if recovery else "") + f"Clarabel {status}")
+    if "Infeasible" in status and not recovery:
+        raise _Infeasible
+    rec = _Record(
+        cones=cones, n_lin=cones.get("l", 0), start=start if status in _CLARABEL_OK else None, status=path
+    )
+    try:
+        x, y, s = _ConeSolve.apply(A, bv, c, rec)
+    except diffcp.SolverError as err:
+        if "infeasible" in str(err).lower() and not recovery:
+            raise _Infeasible from err
+        raise RuntimeError(f"conic solve of the reduced problem failed ({' -> '.join(path)}): {err}") from err
+    return x, y, s, rec
+
+
 # ---------------------------------------------------------------------------------------------
 # public entry point
 
@@ -357,7 +384,7 @@ def solve_conic(K: Tensor, b: Tensor, delta: Tensor) -> ConicSolution:
         >>> K = torch.tensor([[1.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
         >>> sol = solve_conic(K, torch.tensor([-0.01], dtype=torch.float64), torch.tensor(0.01))
         >>> sol.case, round(float(sol.w[0]), 4)
-        ('constrained', 0.1224)
+        ('constrained', 0.1629)
     """
     _check_inputs(K, b, delta)
     dtype, device = K.dtype, K.device
@@ -390,16 +417,13 @@ def solve_conic(K: Tensor, b: Tensor, delta: Tensor) -> ConicSolution:
     eps = EPS_REL * m1
     cones: dict[str, Any] = {"l": m, "q": [m1 + 1]} if m else {"q": [m1 + 1]}
 
-    A, bv, c = _cone_data(Kn, beta, False, eps)
-    status, start = _clarabel_start(A, bv, c, cones)
-    path = [f"Clarabel {status}"]
-    recovery = "Infeasible" in status
-    if recovery:
-        A, bv, c = _cone_data(Kn, beta, True, eps)
-        status, start = _clarabel_start(A, bv, c, cones)
-        path.append(f"recovery: Clarabel {status}")
-    rec = _Record(cones=cones, n_lin=m, start=start, status=path)
-    x, y, s = _ConeSolve.apply(A, bv, c, rec)
+    path: list[str] = []
+    try:
+        recovery = False
+        x, y, s, rec = _solve_cone(Kn, beta, eps, cones, recovery, path)
+    except _Infeasible:
+        recovery = True
+        x, y, s, rec = _solve_cone(Kn, beta, eps, cones, recovery, path)
 
     w = rho * x[:m1]
     wd = w.detach()
