@@ -357,3 +357,18 @@ def test_float32_inputs(regime: str) -> None:
     gK, gb, gd = torch.autograd.grad(sol.w.sum(), (K, b, d))
     assert gK.dtype == torch.float32 and bool(torch.isfinite(gK).all() and torch.isfinite(gb).all())
     assert math.isfinite(float(gd))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_inputs_return_on_the_input_device() -> None:
+    G0, b0, d0 = instance(7, 2, "binding")
+    K64 = G0.T @ G0 + 0.1 * np.eye(3)
+    ref = solve_np(K64, b0, d0)
+    K = torch.tensor(K64, dtype=F64, device="cuda", requires_grad=True)
+    b = torch.tensor(b0, dtype=F64, device="cuda")
+    d = torch.tensor(d0, dtype=F64, device="cuda")
+    sol = solve_conic(K, b, d)
+    assert sol.w.device.type == "cuda" and sol.nu.device.type == "cuda"
+    np.testing.assert_allclose(sol.w.detach().cpu().numpy(), ref.w.numpy(), atol=1e-12)
+    (gK,) = torch.autograd.grad(sol.w.sum(), K)
+    assert gK.device.type == "cuda"
