@@ -9,6 +9,7 @@
 * ``dual_function.png``: the dual ``D(lam)`` of the constrained example over ``lam > 0``,
   its two pieces on ``La = {lam c + r > 0}`` and ``Lb = {lam c + r <= 0}``, their
   minimisers, and the ``lam`` returned by the layer.
+* the PNG figures of ``benchmarks/results/`` are copied to ``docs/results/``.
 * ``meta_gradient.png``: the computational graph of a K = 2 inner loop and which edges the
   meta-gradient differentiates.
 """
@@ -229,7 +230,19 @@ def meta_gradient(path: Path) -> None:
     plt.close(fig)
 
 
+def copy_benchmark_figures() -> None:
+    """Copy the PNG figures of ``benchmarks/results/`` into ``docs/results/`` (the Results page)."""
+    import shutil
+
+    src = HERE.parents[1] / "benchmarks" / "results"
+    dst = HERE.parent / "results"
+    for png in sorted(src.glob("*.png")):
+        shutil.copy2(png, dst / png.name)
+        print(dst / png.name)
+
+
 def main() -> None:
+    copy_benchmark_figures()
     trust_region_cases(HERE / "trust_region_cases.png")
     dual_function(HERE / "dual_function.png")
     meta_gradient(HERE / "meta_gradient.png")
