@@ -99,6 +99,8 @@ class _Record:
     w: Tensor | None = None
     x: Tensor | None = None
     solutions: list[ReducedSolution] = field(default_factory=list)
+    leaves: list[tuple[Tensor, Tensor, Tensor]] = field(default_factory=list)
+    operator: Any = None
     cg_residuals: Tensor | None = None
 
 
@@ -108,8 +110,9 @@ def _solve_H(rec: _Record, R: Tensor, tensors: tuple[Tensor, ...]) -> tuple[Tens
         return R, None
     if rec.kind == "dense":
         return torch.cholesky_solve(R, rec.L), None
-    op = rec.metric.operator(*[t.detach() for t in tensors])
-    res = conjugate_gradient(op, R[0], max_iter=rec.cg_iters, tol=rec.cg_tol)
+    if rec.operator is None:  # built once (first-order KL graph for a Fisher), reused by backward
+        rec.operator = rec.metric.operator(*[t.detach() for t in tensors])
+    res = conjugate_gradient(rec.operator, R[0], max_iter=rec.cg_iters, tol=rec.cg_tol)
     return res.x.unsqueeze(0), res.residuals
 
 
@@ -129,8 +132,17 @@ class _TrustRegionFunction(torch.autograd.Function):
             rec.L = L
         P, rec.cg_residuals = _solve_H(rec, G, tensors)
         K = G.transpose(1, 2) @ P  # (B, m+1, m+1)
-        sols = [_solve_reduced(K[i], b[i], delta, rec.solver) for i in range(K.shape[0])]
-        w = torch.stack([s.w for s in sols]).to(g.dtype)
+        # The small solve runs on detached leaves with its graph kept for the backward's VJP.
+        sols, leaves = [], []
+        with torch.enable_grad():
+            for i in range(K.shape[0]):
+                Ki = K[i].detach().double().requires_grad_(True)
+                bi = b[i].detach().double().requires_grad_(True)
+                di = delta.detach().double().requires_grad_(True)
+                sols.append(_solve_reduced(Ki, bi, di, rec.solver))
+                leaves.append((Ki, bi, di))
+        rec.leaves = leaves
+        w = torch.stack([s.w.detach() for s in sols]).to(g.dtype)
         x = (P @ w.unsqueeze(2)).squeeze(2)
         rec.P, rec.K, rec.w, rec.x, rec.solutions = P, K, w, x, sols
         return x
@@ -145,21 +157,24 @@ class _TrustRegionFunction(torch.autograd.Function):
     def backward(ctx: Any, xbar: Tensor) -> tuple:
         rec: _Record = ctx.rec
         g, A, b, delta, *tensors = ctx.saved_inputs
-        P, K, w, x = rec.P, rec.K, rec.w, rec.x
+        P, w, x = rec.P, rec.w, rec.x
         need = ctx.needs_input_grad
         wbar = (P.transpose(1, 2) @ xbar.unsqueeze(2)).squeeze(2)  # (B, m+1)
 
-        # VJP of the small solver, recomputed on detached leaves (it is tiny).
+        # VJP of the small solver through the graph kept by forward.
         Kbars, bbars, dbar = [], [], torch.zeros((), dtype=torch.float64, device=xbar.device)
         with torch.enable_grad():
-            for i in range(K.shape[0]):
-                Ki = K[i].detach().double().requires_grad_(True)
-                bi = b[i].detach().double().requires_grad_(True)
-                di = delta.detach().double().requires_grad_(True)
-                wi = _solve_reduced(Ki, bi, di, rec.solver).w
-                gK, gb, gd = torch.autograd.grad(
-                    wi, (Ki, bi, di), grad_outputs=wbar[i].double(), allow_unused=True
-                )
+            for i, (sol, (Ki, bi, di)) in enumerate(zip(rec.solutions, rec.leaves, strict=True)):
+                if sol.w.requires_grad:
+                    gK, gb, gd = torch.autograd.grad(
+                        sol.w,
+                        (Ki, bi, di),
+                        grad_outputs=wbar[i].double(),
+                        allow_unused=True,
+                        retain_graph=True,
+                    )
+                else:  # a constant solution (e.g. x = 0)
+                    gK = gb = gd = None
                 Kbars.append(torch.zeros_like(Ki) if gK is None else gK)
                 bbars.append(torch.zeros_like(bi) if gb is None else gb)
                 if gd is not None:
@@ -180,9 +195,10 @@ class _TrustRegionFunction(torch.autograd.Function):
             Hbar = -(u.unsqueeze(2) * x.unsqueeze(1) + P @ Kbar @ P.transpose(1, 2))
             tensor_grads[0] = 0.5 * (Hbar + Hbar.transpose(1, 2))
         elif rec.kind == "operator" and any(need[5:]):
-            # psibar = -d/dpsi [u'H x + sum_j (P Kbar[:, j])' H p_j], with u, x, P held fixed.
-            left = torch.cat([u[0].unsqueeze(1), P[0] @ Kbar[0]], dim=1)  # (n, m+2)
-            right = torch.cat([x[0].unsqueeze(1), P[0]], dim=1)  # (n, m+2)
+            # psibar = -d/dpsi [u'H x + sum_ij Kbar_ij p_i'H p_j], u, x, P held fixed; with x = P w
+            # this is sum_j (u w_j + (P Kbar)[:, j])' H p_j: m+1 metric products.
+            left = u[0].unsqueeze(1) * w[0].unsqueeze(0) + P[0] @ Kbar[0]  # (n, m+1)
+            right = P[0]  # (n, m+1)
             with torch.enable_grad():
                 ts = [t.detach().requires_grad_(True) for t in tensors]
                 op = rec.metric.operator(*ts, create_graph=True)
