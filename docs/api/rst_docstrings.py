@@ -3,8 +3,8 @@
 The docstrings follow Google style with a few reStructuredText habits that Markdown
 would mangle; this extension rewrites them before mkdocstrings renders them:
 
-* a doctest (``>>>`` lines at the docstring's left margin, their continuation and output)
-  becomes a fenced ``python`` block (Markdown would read ``>>>`` as nested quotes);
+* a doctest (``>>>`` lines, their continuation and output, at any indentation) becomes a
+  fenced ``python`` block (Markdown would read ``>>>`` as nested quotes);
 * a literal block (a paragraph ending in ``::`` followed by an indented block) becomes a
   fenced ``text`` block, the ``::`` a single colon;
 * Sphinx roles (``:mod:`x```, ``:class:`x```, ...) become inline code;
@@ -35,13 +35,14 @@ def rst_to_markdown(text: str) -> str:
     while i < len(lines):
         line = lines[i]
         stripped = line.strip()
-        # a doctest at the left margin: >>> / ... lines and their output, up to a blank line
-        if line.startswith(">>>"):
-            out.append("```python")
-            while i < len(lines) and lines[i].strip():
+        # a doctest: >>> / ... lines and their output, up to a blank or a less indented line
+        if stripped.startswith(">>>"):
+            pad = _indent(line)
+            out.append(" " * pad + "```python")
+            while i < len(lines) and lines[i].strip() and _indent(lines[i]) >= pad:
                 out.append(lines[i])
                 i += 1
-            out.append("```")
+            out.append(" " * pad + "```")
             continue
         # a literal block: "text::" + blank line + indented block
         if stripped.endswith("::") and not stripped.startswith(">>>"):

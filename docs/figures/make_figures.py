@@ -65,7 +65,9 @@ def trust_region_cases(path: Path) -> None:
         top = np.full_like(xs, lim * 3)
         ax.fill_between(xs, ys, top, color="tab:red", alpha=0.08, hatch="//", label="b + a'x > 0 (violated)")
         scale = 0.45 / float(np.linalg.norm(G.numpy()))
-        ax.annotate("", xy=G.numpy() * scale, xytext=(0, 0), arrowprops=dict(arrowstyle="->", color="k", lw=1.5))
+        ax.annotate(
+            "", xy=G.numpy() * scale, xytext=(0, 0), arrowprops=dict(arrowstyle="->", color="k", lw=1.5)
+        )
         ax.text(*(G.numpy() * scale + [0.02, 0.06]), "g", fontsize=12)
         if name != "trust-region":
             ax.plot([0, free[0]], [0, free[1]], ls="--", color="0.5", lw=1, label="unconstrained step")
@@ -121,12 +123,18 @@ def dual_function(path: Path) -> None:
     proj_a = min(lam_a, brk) if c < 0 else max(lam_a, brk)
     proj_b = max(lam_b, brk) if c < 0 else min(lam_b, brk)
     for val, piece, col in ((proj_a, "a", "tab:orange"), (proj_b, "b", "tab:purple")):
-        dv = 0.5 * (Acoef / val + Bcoef * val) - r * c / s if piece == "a" else 0.5 * (q / val + 2 * delta * val)
+        dv = (
+            0.5 * (Acoef / val + Bcoef * val) - r * c / s
+            if piece == "a"
+            else 0.5 * (q / val + 2 * delta * val)
+        )
         ax.plot(val, dv, "x", color=col, ms=10, mew=2)
     ax.plot([], [], "kx", label="each minimiser projected onto its interval")
     lam_star = float(res.lam)
-    d_star = 0.5 * (Acoef / lam_star + Bcoef * lam_star) - r * c / s if lam_star * c + r > 0 else 0.5 * (
-        q / lam_star + 2 * delta * lam_star
+    d_star = (
+        0.5 * (Acoef / lam_star + Bcoef * lam_star) - r * c / s
+        if lam_star * c + r > 0
+        else 0.5 * (q / lam_star + 2 * delta * lam_star)
     )
     ax.plot(lam_star, d_star, "o", color="tab:green", ms=8, label=f"difftrust: lam = {lam_star:.3f}")
     ax.set_ylim(lo, hi)
@@ -190,7 +198,9 @@ def meta_gradient(path: Path) -> None:
             ax.text((x0 + x1) / 2, (y0 + y1) / 2 + dy, text, ha="center", fontsize=8.5, color=color)
 
     arrow("theta", "phi0", "-", "tab:green")
-    arrow("phi0", "phi1", "-", "tab:green", "+ TrustRegionStep(g, A, b, H)\n(g, A, H: functions of phi^0)", 0.2)
+    arrow(
+        "phi0", "phi1", "-", "tab:green", "+ TrustRegionStep(g, A, b, H)\n(g, A, H: functions of phi^0)", 0.2
+    )
     arrow("phi1", "phi2", "-", "tab:green", "+ TrustRegionStep(g, A, b, H)", 0.2)
     arrow("phi2", "F", "-", "tab:green")
     for d, p in (("D0", "phi1"), ("D1", "phi2"), ("Dv", "F")):
