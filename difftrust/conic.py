@@ -437,15 +437,20 @@ def solve_conic(K: Tensor, b: Tensor, delta: Tensor) -> ConicSolution:
 
     w = rho * x[:m1]
     wd = w.detach()
-    violation = float((b + K[1:, :].detach() @ wd).max()) if m else -math.inf
+    violation = float((b.detach() + K[1:, :].detach() @ wd).max()) if m else -math.inf
     if recovery:
         case = "recovery"
     else:
         active = rec.active if rec.active is not None else (y[:m] > s[:m]).cpu().numpy()
         case = "constrained" if bool(np.any(active)) else "trust-region"
-    if not recovery and float(wd[0]) > 0:
-        lam = 1.0 / w[0]
-        nu = -w[1:] / w[0]
+    if not recovery:
+        # Multipliers from the cone program's dual: stationarity c + A'y = 0 with the SOC dual
+        # opposite its primal gives K_n x = (K_n[0] - K_n[1:]'y_lin) / y_soc0, while
+        # x = H^-1 (g - A'nu)/lam gives K_n x = (K_n[0] - K_n[1:]'nu) / (lam rho): so nu = y_lin
+        # and lam = y_soc0 / rho. This also holds when the trust region is inactive (lam = 0).
+        y = y.detach()
+        lam = torch.clamp(y[m], min=0.0) / rho.detach()
+        nu = torch.clamp(y[:m], min=0.0)
         if rec.active is not None:
             nu = torch.where(torch.as_tensor(rec.active, device=device), nu, torch.zeros_like(nu))
     else:

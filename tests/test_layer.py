@@ -342,3 +342,27 @@ def test_delta_tensor_gets_a_gradient_and_module_repr():
     assert "delta=" in repr(TrustRegionStep(delta=0.05))
     assert isinstance(DenseMetric(torch.eye(2)), DenseMetric)
     assert trust_region_step(g, delta=0.02).case == "trust-region"
+
+
+@given(seed=st.integers(0, 10_000), regime=st.sampled_from(("inactive", "binding")))
+@settings(max_examples=15)
+def test_multipliers_agree_between_closed_form_and_conic(seed, regime):
+    g, A, b, H, delta = random_problem(seed, 4, 1, regime)
+    args = t64(g, A, b, H)
+    ra = TrustRegionStep(delta=delta, solver="analytic").solve(*args)
+    rc = TrustRegionStep(delta=delta, solver="conic").solve(*args)
+    assert float(rc.lam) == pytest.approx(float(ra.lam), rel=1e-6)
+    assert torch.allclose(rc.nu, ra.nu, rtol=1e-6, atol=1e-8)
+    # KKT: g - lam H x - nu a = 0
+    resid = args[0] - rc.lam * args[3] @ rc.x - rc.nu @ args[1]
+    assert float(resid.abs().max()) <= 1e-6 * float(args[0].abs().max())
+
+
+def test_inactive_trust_region_with_two_binding_constraints():
+    """g in the span of the constraint normals: lam = 0 and nu solves g = A'nu."""
+    t = lambda *a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
+    res = TrustRegionStep(delta=0.01).solve(t(1.0, 0.5, 0.0), t([1, 0, 0], [0, 1, 0]), t(-0.05, 0.02))
+    assert res.case == "constrained"
+    assert torch.allclose(res.x, t(0.05, -0.02, 0.0), atol=1e-8)
+    assert float(res.lam) == pytest.approx(0.0, abs=1e-8)
+    assert torch.allclose(res.nu, t(1.0, 0.5), atol=1e-7)
