@@ -30,7 +30,8 @@ The algorithm, top to bottom (one iteration of :func:`train`):
    OpenAI baselines' TRPO), whose reward surrogate does not decrease (unless the
    case is ``"recovery"``), and whose cost surrogates rise by at most
    ``max(-b_j, 0)`` (in recovery: must not rise). If none passes, the policy is kept.
-5. **Critics**: Adam on the TD(lambda) targets of the batch (:func:`rl.policy.fit_critic`).
+5. **Critics**: Adam on the TD(lambda) targets of the batch, reward and cost critic
+   together on the same minibatches (:func:`fit_critics`).
 
 The behaviour log-probabilities are constants of the data, so with
 ``create_graph=True`` :func:`cpo_direction` is differentiable in ``params`` through
@@ -62,7 +63,7 @@ import torch
 from torch import Tensor
 
 from difftrust import FisherMetric, StepResult, TrustRegionStep
-from rl.policy import Critic, GaussianPolicy, ObsNormalizer, fit_critic
+from rl.policy import Critic, GaussianPolicy, ObsNormalizer
 from rl.rollout import Batch, collect
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "cost_offsets",
     "cpo_direction",
     "cpo_update",
+    "fit_critics",
     "line_search",
     "main",
     "make_env",
@@ -299,6 +301,84 @@ def cpo_update(
     return new, info
 
 
+# -------------------------------------------------------------------------------- critics
+def fit_critics(
+    critics: Sequence[Critic],
+    optimizers: Sequence[torch.optim.Optimizer],
+    obs: Tensor,
+    targets: Sequence[Tensor],
+    epochs: int,
+    minibatch: int,
+    generator: torch.Generator | None = None,
+) -> list[float]:
+    """Fit several critics on the same inputs together: minibatch MSE steps of their optimizers.
+
+    The same as :func:`rl.policy.fit_critic` per critic (each critic's loss is its own
+    minibatch MSE, its gradient only its own, one step of its own optimizer per
+    minibatch), except that all critics see the same shuffled minibatches (one
+    permutation per epoch from ``generator``) and share one forward/backward pass
+    per minibatch: half the autograd and Python overhead for the reward and cost
+    critics of CPO, whose fitting is otherwise a large part of an update.
+
+    Args:
+        critics: The critics (updated in place).
+        optimizers: One optimizer per critic.
+        obs: ``(T, obs_dim)`` inputs.
+        targets: One ``(T,)`` or ``(T, out_dim)`` target tensor per critic.
+        epochs: Passes over the data.
+        minibatch: Rows per optimizer step.
+        generator: Shuffling generator (reproducibility).
+
+    Returns:
+        The full-batch MSE of each critic after fitting.
+    """
+    import torch.nn.functional as F
+
+    if not len(critics) == len(optimizers) == len(targets) >= 1:
+        raise ValueError(
+            f"need one optimizer and one target per critic, got {len(critics)} critics, "
+            f"{len(optimizers)} optimizers and {len(targets)} targets"
+        )
+    for name, value in (("epochs", epochs), ("minibatch", minibatch)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    obs = obs.detach()
+    n = obs.shape[0]
+    ys = []
+    for critic, y in zip(critics, targets, strict=True):
+        y = y.detach()
+        if y.ndim == 1:
+            y = y.unsqueeze(-1)
+        if y.shape != (n, critic.out_dim):
+            raise ValueError(
+                f"targets must have shape ({n},) or ({n}, {critic.out_dim}), got {tuple(y.shape)}"
+            )
+        ys.append(y)
+    pairs = list(zip(critics, ys, strict=True))
+    with torch.enable_grad():
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=generator)
+            for start in range(0, n, minibatch):
+                idx = perm[start : start + minibatch]
+                o = obs[idx]
+                loss = sum(F.mse_loss(critic(o), y[idx]) for critic, y in pairs)
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for opt in optimizers:
+                    opt.step()
+    with torch.no_grad():
+        return [float(F.mse_loss(critic(obs), y)) for critic, y in pairs]
+
+
+def _adam(params: Any, lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel where this torch has it (same update rule, less overhead)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # older torch: no fused CPU Adam
+        return torch.optim.Adam(params, lr=lr)
+
+
 # --------------------------------------------------------------------------------- config
 @dataclass
 class CPOConfig:
@@ -319,6 +399,13 @@ class CPOConfig:
     steps: int = field(default=300_000, metadata={"help": "total environment steps"})
     steps_per_iter: int = field(default=4000, metadata={"help": "environment steps per CPO iteration"})
     num_envs: int = field(default=4, metadata={"help": "parallel sub-environments"})
+    num_workers: int = field(
+        default=1,
+        metadata={
+            "help": "worker processes stepping the sub-environments (Safety-Gymnasium envs only; "
+            "1: step in this process; results do not depend on it)"
+        },
+    )
     horizon: int | None = field(default=None, metadata={"help": "episode length (none: the env default)"})
     seed: int = field(default=0, metadata={"help": "random seed (task, env, policy, sampling)"})
     cost_limit: float | tuple[float, ...] | None = field(
@@ -372,7 +459,7 @@ class CPOConfig:
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        for name in ("critic_minibatch", "threads", "checkpoint_every"):
+        for name in ("critic_minibatch", "threads", "checkpoint_every", "num_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps_per_iter % self.num_envs:
@@ -393,6 +480,11 @@ class CPOConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.task == "corridor" and self.env != "safenav-goal":
             raise ValueError(f"--task corridor needs --env safenav-goal, got {self.env!r}")
+        if self.num_workers > 1 and not _is_safety_gym(self.env):
+            raise ValueError(
+                f"num_workers > 1 (got {self.num_workers}) steps Safety-Gymnasium environments in worker "
+                f"processes; the built-in {self.env!r} is vectorised in numpy and takes no workers"
+            )
 
     @property
     def iterations(self) -> int:
@@ -400,7 +492,22 @@ class CPOConfig:
         return max(1, self.steps // self.steps_per_iter)
 
 
-_RESUME_OVERRIDABLE = ("steps", "checkpoint_every", "threads", "progress", "tensorboard", "resume")
+_RESUME_OVERRIDABLE = (
+    "steps",
+    "checkpoint_every",
+    "threads",
+    "num_workers",
+    "progress",
+    "tensorboard",
+    "resume",
+)
+
+
+def _is_safety_gym(env: str) -> bool:
+    """Whether ``env`` names a Safety-Gymnasium environment (a family or a raw id)."""
+    from rl.envs import BUILTIN_FAMILIES
+
+    return env not in BUILTIN_FAMILIES
 
 
 # --------------------------------------------------------------------------------- training
@@ -411,6 +518,8 @@ def make_env(cfg: CPOConfig) -> Any:
     kwargs: dict[str, Any] = {}
     if cfg.horizon is not None:
         kwargs["horizon"] = cfg.horizon
+    if cfg.num_workers > 1:
+        kwargs["num_workers"] = cfg.num_workers
     task = None
     if cfg.task == "corridor":
         from rl.envs.safenav import corridor_task
@@ -484,8 +593,8 @@ def _init_state(cfg: CPOConfig, env: Any) -> _State:
         params=params,
         reward_critic=reward_critic,
         cost_critic=cost_critic,
-        reward_opt=torch.optim.Adam(reward_critic.parameters(), lr=cfg.critic_lr),
-        cost_opt=torch.optim.Adam(cost_critic.parameters(), lr=cfg.critic_lr),
+        reward_opt=_adam(reward_critic.parameters(), cfg.critic_lr),
+        cost_opt=_adam(cost_critic.parameters(), cfg.critic_lr),
         normalizer=ObsNormalizer(env.obs_dim),
         generator=gen,
     )
@@ -594,6 +703,7 @@ def train(cfg: CPOConfig) -> Path:
                 cost_lam=cfg.cost_lam,
                 generator=st.generator,
             )
+            t_sampled = time.perf_counter()
             policy_batch = sum_cost_channels(batch) if cfg.constrain == "total" else batch
             st.params, info = cpo_update(
                 st.policy,
@@ -606,26 +716,18 @@ def train(cfg: CPOConfig) -> Path:
                 max_backtracks=cfg.max_backtracks,
                 kl_tolerance=cfg.kl_tolerance,
             )
-            loss_vr = fit_critic(
-                st.reward_critic,
-                st.reward_opt,
+            loss_vr, loss_vc = fit_critics(
+                (st.reward_critic, st.cost_critic),
+                (st.reward_opt, st.cost_opt),
                 batch.obs,
-                batch.ret_r,
-                cfg.critic_epochs,
-                cfg.critic_minibatch,
-                st.generator,
-            )
-            loss_vc = fit_critic(
-                st.cost_critic,
-                st.cost_opt,
-                batch.obs,
-                batch.ret_c,
+                (batch.ret_r, batch.ret_c),
                 cfg.critic_epochs,
                 cfg.critic_minibatch,
                 st.generator,
             )
             st.env_steps += batch.env_steps
-            st.seconds += time.perf_counter() - t0
+            t_done = time.perf_counter()
+            st.seconds += t_done - t0
             st.iteration = it + 1
             extra = {
                 "constraint_names": constraint_names,
@@ -633,6 +735,8 @@ def train(cfg: CPOConfig) -> Path:
                 "loss_v_r": loss_vr,
                 "loss_v_c": loss_vc,
                 "seconds": round(st.seconds, 3),
+                "sample_seconds": round(t_sampled - t0, 3),
+                "update_seconds": round(t_done - t_sampled, 3),
             }
             log.log(_row(it, st, batch, info, extra))
             if st.iteration % cfg.checkpoint_every == 0 or st.iteration == total:

@@ -356,6 +356,8 @@ def test_cli_run_writes_outputs_and_resume_is_exact(tmp_path):
         "lam",
         "nu",
         "seconds",
+        "sample_seconds",
+        "update_seconds",
     ):
         assert col in rows[0], col
     assert rows[-1]["env_steps"] == "1200"
@@ -375,7 +377,8 @@ def test_cli_run_writes_outputs_and_resume_is_exact(tmp_path):
     resumed = _rows(part)
     assert len(resumed) == 3
     for a, b in zip(rows, resumed, strict=True):
-        a.pop("seconds"), b.pop("seconds")
+        for key in ("seconds", "sample_seconds", "update_seconds"):
+            a.pop(key), b.pop(key)
         assert a == b
     with pytest.raises(ValueError, match="cannot change when resuming"):
         parse_args(["--resume", str(part), "--delta", "0.02"])
