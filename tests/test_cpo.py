@@ -16,6 +16,7 @@ from rl.cpo import (
     cost_offsets,
     cpo_direction,
     cpo_update,
+    fit_critics,
     line_search,
     main,
     parse_args,
@@ -23,7 +24,7 @@ from rl.cpo import (
     surrogates,
     train,
 )
-from rl.policy import GaussianPolicy
+from rl.policy import Critic, GaussianPolicy, fit_critic
 from rl.rollout import Batch
 
 torch.set_num_threads(1)
@@ -419,6 +420,78 @@ def test_trpo_and_two_channel_runs(tmp_path):
     )
     row = _rows(run)[0]
     assert row["case"] == "trust-region" and row["nu"] == ""
+
+
+def test_num_workers_only_for_safety_gym():
+    with pytest.raises(ValueError, match="num_workers > 1.*built-in 'safenav-goal'"):
+        CPOConfig(num_workers=2).validate()
+    with pytest.raises(ValueError, match="num_workers must be >= 1"):
+        CPOConfig(env="SafetyPointGoal1-v0", num_workers=0).validate()
+    CPOConfig(env="SafetyPointGoal1-v0", num_workers=2).validate()
+    CPOConfig(env="safety-button", num_workers=2).validate()
+    CPOConfig(num_workers=1).validate()  # built-in envs: 1 (in-process) is fine
+    assert parse_args(["--env", "SafetyPointGoal1-v0", "--num-workers", "2"]).num_workers == 2
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_fit_critics_equals_separate_fits_on_the_same_minibatches(fused):
+    """Joint fitting = each critic fitted alone with the same permutations (own loss, own step)."""
+    gen = torch.Generator().manual_seed(0)
+    obs = torch.randn(300, 5, dtype=torch.float64, generator=gen)
+    targets = (torch.randn(300, dtype=torch.float64, generator=gen), torch.randn(300, 2, dtype=torch.float64))
+
+    def fresh():
+        g = torch.Generator().manual_seed(1)
+        critics = (Critic(5, 1, (8,), generator=g), Critic(5, 2, (8,), generator=g))
+        opts = tuple(torch.optim.Adam(c.parameters(), lr=1e-2, fused=fused) for c in critics)
+        return critics, opts
+
+    critics, opts = fresh()
+    joint = fit_critics(critics, opts, obs, targets, 3, 64, torch.Generator().manual_seed(7))
+    ref_critics, ref_opts = fresh()
+    alone = [
+        fit_critic(c, o, obs, y, 3, 64, torch.Generator().manual_seed(7))
+        for c, o, y in zip(ref_critics, ref_opts, targets, strict=True)
+    ]
+    assert joint == pytest.approx(alone, rel=1e-12, abs=1e-14)
+    for c, r in zip(critics, ref_critics, strict=True):
+        for p, q in zip(c.parameters(), r.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="one optimizer and one target per critic"):
+        fit_critics(critics, opts[:1], obs, targets, 1, 64)
+    with pytest.raises(ValueError, match="targets must have shape"):
+        fit_critics(critics, opts, obs, (targets[0], targets[0]), 1, 64)
+
+
+@pytest.mark.safety
+def test_safety_gym_workers_give_the_same_run(tmp_path):
+    """Sub-environments stepped in 2 worker processes: the same rows as in-process."""
+    pytest.importorskip("mujoco")
+    rows = []
+    for workers in (1, 2):
+        run = train(
+            CPOConfig(
+                env="SafetyPointGoal1-v0",
+                horizon=50,
+                steps=400,
+                steps_per_iter=200,
+                num_envs=2,
+                num_workers=workers,
+                hidden=(8,),
+                critic_hidden=(8,),
+                critic_epochs=1,
+                progress=False,
+                tensorboard=False,
+                out=str(tmp_path / f"w{workers}"),
+            )
+        )
+        got = _rows(run)
+        for r in got:
+            for key in ("seconds", "sample_seconds", "update_seconds"):
+                assert float(r.pop(key)) >= 0.0
+        rows.append(got)
+        assert json.loads((run / "config.json").read_text())["num_workers"] == workers
+    assert len(rows[0]) == 2 and rows[0] == rows[1]
 
 
 # ----------------------------------------------------------------------- integration
