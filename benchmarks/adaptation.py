@@ -1,0 +1,721 @@
+"""Adaptation to held-out tasks: does Meta-CPO do what the paper claims?
+
+Runs ``python -m rl.meta_cpo`` for every method (``--algo meta-cpo``, ``fo-meta-cpo``,
+``meta-trpo``, ``cpo-scratch``, ``multitask-cpo``) and seed on the built-in distribution
+(``safenav-button``), each adapting on ``--test-tasks`` held-out test tasks (the test split, outside
+the training ranges), then aggregates every finished run into ``--out`` (default
+``benchmarks/results/adaptation``):
+
+* ``adaptation_table.csv``: per method and adaptation step, mean +- std over (seed, task) of the
+  episode return and cost (total and per channel), and the share of test tasks within the limit
+  (every channel within its own limit, and the total within the summed limit);
+* ``adaptation_summary.csv``: per method after the last adaptation step: return, cost, shares,
+  and the env steps needed to get there (meta-training env steps from ``progress.csv`` plus the
+  adaptation batches);
+* ``adaptation_runs.csv``: one row per finished run (settings, env steps, seconds);
+* ``adaptation_rows.csv``: every (method, seed, task, step) row of the runs' ``adaptation.csv``;
+* ``README.md``: the tables, the targets (met or missed) and the scale that ran;
+* ``adaptation.png`` (return and cost per adaptation step, limits dashed) and
+  ``share_within_limit.png``.
+
+Runs go one at a time (``--backend serial --threads 1``, ``nice``) into
+``<out>/runs/<algo>-seed<S>/`` (kept out of git), seed 0 of every method first, then seed 1, ...
+The benchmark resumes where it stopped: a run with an ``adaptation.csv`` is finished and skipped,
+a run folder with a ``config.json`` is continued with ``--resume``. Start it again to go on::
+
+    nice -n 10 .venv/bin/python benchmarks/adaptation.py             # run what is missing, report
+    .venv/bin/python benchmarks/adaptation.py --report-only          # aggregate finished runs now
+    .venv/bin/python benchmarks/adaptation.py --quick                # smoke test, tiny settings
+
+Every other setting is ``rl.meta_cpo``'s default (the main job's), except ``--test-tasks``.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from rl.meta_cpo import ALGOS, MetaCPOConfig  # noqa: E402
+from rl.runtime import parse_config, read_csv  # noqa: E402
+
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "adaptation"
+LABELS = {
+    "meta-cpo": "Meta-CPO",
+    "fo-meta-cpo": "FO Meta-CPO",
+    "meta-trpo": "Meta-TRPO",
+    "cpo-scratch": "CPO from scratch",
+    "multitask-cpo": "Multi-task CPO",
+}
+TARGET_SHARE = 0.9
+
+
+@dataclass
+class BenchConfig:
+    """Meta-CPO and its baselines adapting to held-out tasks of safenav-button (resumable)."""
+
+    methods: tuple[str, ...] = field(default=ALGOS, metadata={"help": "the --algo values to run"})
+    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "seeds per method"})
+    env: str = field(default="safenav-button", metadata={"help": "task distribution"})
+    iterations: int = field(default=40, metadata={"help": "meta-iterations (cpo-scratch: none)"})
+    test_tasks: int = field(default=10, metadata={"help": "held-out test tasks per run"})
+    batch_steps: int | None = field(
+        default=None, metadata={"help": "env steps per batch (none: rl.meta_cpo's default)"}
+    )
+    out: str = field(default=str(DEFAULT_OUT), metadata={"help": "aggregate outputs (runs under <out>/runs)"})
+    report_only: bool = field(default=False, metadata={"help": "only aggregate the finished runs"})
+    quick: bool = field(
+        default=False,
+        metadata={
+            "help": "smoke test: --iterations 2 --test-tasks 2 --batch-steps 400, one seed, into "
+            "<out>/runs/quick (never the main results)"
+        },
+    )
+    nice: int = field(default=10, metadata={"help": "niceness of the runs (at least this)"})
+    poll: float = field(default=60.0, metadata={"help": "seconds between progress lines of a run"})
+
+    def validate(self) -> None:
+        bad = [m for m in self.methods if m not in ALGOS]
+        if bad:
+            raise ValueError(f"methods must be among {list(ALGOS)}, got {bad}")
+        if not self.seeds:
+            raise ValueError("seeds must not be empty")
+        if self.iterations < 0 or self.test_tasks < 1:
+            raise ValueError("iterations must be >= 0 and test_tasks >= 1")
+
+
+# ============================================================================== running
+def _settings(cfg: BenchConfig) -> tuple[Path, Path, list[str]]:
+    """(out folder for the aggregate, runs folder, extra rl.meta_cpo options)."""
+    out = Path(cfg.out)
+    if cfg.quick:
+        out = out / "runs" / "quick"
+        extra = ["--iterations", "2", "--test-tasks", "2", "--batch-steps", "400"]
+    else:
+        extra = ["--iterations", str(cfg.iterations), "--test-tasks", str(cfg.test_tasks)]
+        if cfg.batch_steps is not None:
+            extra += ["--batch-steps", str(cfg.batch_steps)]
+    return out, out / "runs", extra
+
+
+def _run_order(cfg: BenchConfig) -> list[tuple[str, int]]:
+    seeds = cfg.seeds[:1] if cfg.quick else cfg.seeds
+    return [(algo, seed) for seed in seeds for algo in cfg.methods]
+
+
+def _load_timings(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _save_timings(path: Path, timings: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(timings, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def _iterations_done(run_dir: Path) -> int:
+    progress = run_dir / "progress.csv"
+    return len(read_csv(progress)) if progress.is_file() else 0
+
+
+def _set_nice(level: int) -> None:
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if current < level:
+        os.setpriority(os.PRIO_PROCESS, 0, level)
+
+
+def run_all(cfg: BenchConfig) -> None:
+    """Run every missing (method, seed), one at a time, resuming interrupted ones."""
+    out, runs, extra = _settings(cfg)
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / "logs").mkdir(exist_ok=True)
+    lock_file = open(runs / ".lock", "a+")  # noqa: SIM115 (held for the whole run)
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"{runs}: another benchmark (or a run it started) still holds the lock; wait for it")
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(f"{os.getpid()}\n")
+    lock_file.flush()
+
+    timings_path = runs / "timings.json"
+    timings = _load_timings(timings_path)
+    order = _run_order(cfg)
+    total_iters = 2 if cfg.quick else cfg.iterations
+    print(
+        f"adaptation benchmark: {len(order)} runs ({', '.join(cfg.methods)}; seeds "
+        f"{', '.join(map(str, cfg.seeds[:1] if cfg.quick else cfg.seeds))}) into {runs}",
+        flush=True,
+    )
+    child: subprocess.Popen | None = None
+
+    def _stop(signum, _frame):  # forward to the run; its checkpoints make the stop safe
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _stop)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    for n, (algo, seed) in enumerate(order, 1):
+        name = f"{algo}-seed{seed}"
+        run_dir = runs / name
+        tag = f"[{n}/{len(order)}] {name}"
+        if (run_dir / "adaptation.csv").is_file():
+            print(f"{tag}: finished before, skipped", flush=True)
+            continue
+        base = [sys.executable, "-m", "rl.meta_cpo", "--backend", "serial", "--threads", "1", "--progress"]
+        if (run_dir / "config.json").is_file():
+            cmd = [*base, "--resume", str(run_dir), "--iterations", extra[1]]
+            how = f"resumed at iteration {_iterations_done(run_dir)}"
+        else:
+            if run_dir.exists():  # killed before its config was written: nothing to keep
+                shutil.rmtree(run_dir)
+            cmd = [
+                *base,
+                "--algo",
+                algo,
+                "--seed",
+                str(seed),
+                "--env",
+                cfg.env,
+                *extra,
+                "--out",
+                str(run_dir),
+            ]
+            how = "started"
+        finished = sum((runs / f"{a}-seed{s}" / "adaptation.csv").is_file() for a, s in order)
+        done_times = [t["wall_s"] for t in timings.values() if t.get("finished")]
+        eta = ""
+        if done_times:
+            eta = f", about {np.mean(done_times) * (len(order) - finished) / 60:.0f} min left"
+        print(f"{tag}: {how} ({finished}/{len(order)} finished{eta})", flush=True)
+        t0 = time.time()
+        rc = None
+        try:
+            with open(runs / "logs" / f"{name}.log", "a") as log:
+                log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+                log.flush()
+                child = subprocess.Popen(
+                    cmd,
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(lock_file.fileno(),),  # the lock lives as long as the run does
+                    preexec_fn=lambda: _set_nice(cfg.nice),
+                )
+                while True:
+                    try:
+                        rc = child.wait(timeout=cfg.poll)
+                        break
+                    except subprocess.TimeoutExpired:
+                        total = 0 if algo == "cpo-scratch" else total_iters
+                        phase = (
+                            f"iteration {_iterations_done(run_dir)}/{total}"
+                            if _iterations_done(run_dir) < total
+                            else "meta-test"
+                        )
+                        print(f"{tag}: {phase}, {time.time() - t0:.0f} s", flush=True)
+        finally:
+            entry = timings.setdefault(name, {"wall_s": 0.0, "sessions": 0, "finished": False})
+            entry["wall_s"] = round(entry["wall_s"] + time.time() - t0, 1)
+            entry["sessions"] += 1
+            entry["finished"] = (run_dir / "adaptation.csv").is_file()
+            _save_timings(timings_path, timings)
+            child = None
+        if rc != 0:
+            print(f"{tag}: FAILED (exit {rc}); see {runs / 'logs' / (name + '.log')}", flush=True)
+            continue
+        print(f"{tag}: finished in {time.time() - t0:.0f} s", flush=True)
+        try:
+            report(cfg)
+        except Exception as err:  # noqa: BLE001 - a report problem must not stop the runs
+            print(f"warning: report failed: {type(err).__name__}: {err}", flush=True)
+    lock_file.close()
+
+
+# ============================================================================== aggregation
+def _limits(run_cfg: dict[str, Any], channels: list[str]) -> list[float]:
+    """The per-channel limits a run is judged against (meta-trpo: the same limits, unused)."""
+    raw = run_cfg.get("cost_limit", MetaCPOConfig.cost_limit)
+    values = [float(v) for v in raw] if isinstance(raw, list | tuple) else [float(raw)]
+    if run_cfg.get("constrain", "channels") == "total":
+        return [sum(values) if len(values) > 1 else values[0]]
+    return values * len(channels) if len(values) == 1 else values
+
+
+def load_runs(runs: Path) -> list[dict[str, Any]]:
+    """Every finished run under ``runs`` (a folder with adaptation.csv and config.json)."""
+    timings = _load_timings(runs / "timings.json")
+    found = []
+    for run_dir in sorted(p for p in runs.iterdir() if p.is_dir()):
+        if not ((run_dir / "adaptation.csv").is_file() and (run_dir / "config.json").is_file()):
+            continue
+        run_cfg = json.loads((run_dir / "config.json").read_text())
+        rows = read_csv(run_dir / "adaptation.csv")
+        if not rows:
+            continue
+        channels = [c[5:] for c in rows[0] if c.startswith("cost_") and c != "cost_limit"]
+        progress = read_csv(run_dir / "progress.csv") if (run_dir / "progress.csv").is_file() else []
+        algo = run_cfg["algo"]
+        found.append(
+            {
+                "name": run_dir.name,
+                "algo": algo,
+                "seed": int(run_cfg["seed"]),
+                "cfg": run_cfg,
+                "rows": rows,
+                "channels": channels,
+                "limits": _limits(run_cfg, channels),
+                "iterations": len(progress),
+                "meta_env_steps": int(float(progress[-1]["env_steps"])) if progress else 0,
+                "train_seconds": float(progress[-1]["seconds"]) if progress else 0.0,
+                "wall_s": timings.get(run_dir.name, {}).get("wall_s", math.nan),
+                "sessions": timings.get(run_dir.name, {}).get("sessions", 0),
+            }
+        )
+    return found
+
+
+def _within(row: dict[str, str], run: dict[str, Any]) -> tuple[bool, bool]:
+    """(every constrained quantity within its limit, the total within the summed limit)."""
+    total = float(row["ep_cost"])
+    limits = run["limits"]
+    if run["cfg"].get("constrain", "channels") == "total" or not run["channels"]:
+        ok = total <= limits[0]
+    else:
+        ok = all(float(row[f"cost_{ch}"]) <= lim for ch, lim in zip(run["channels"], limits, strict=True))
+    return ok, total <= sum(limits) if len(limits) > 1 else total <= limits[0]
+
+
+def _ms(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=float)
+    return (float(a.mean()), float(a.std())) if a.size else (math.nan, math.nan)
+
+
+def aggregate(found: list[dict[str, Any]]) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    """(raw rows, per-step table, per-method summary, per-run table)."""
+    methods = [m for m in ALGOS if any(r["algo"] == m for r in found)]
+    channels = next((r["channels"] for r in found), [])
+    raw: list[dict[str, Any]] = []
+    per_step: dict[str, dict[int, list[tuple[dict, dict]]]] = defaultdict(lambda: defaultdict(list))
+    for run in found:
+        for row in run["rows"]:
+            raw.append(row)
+            per_step[run["algo"]][int(row["adapt_step"])].append((row, run))
+    table, summary, run_table = [], [], []
+    for m in methods:
+        steps = sorted(per_step[m])
+        runs_m = [r for r in found if r["algo"] == m]
+        batch = int(runs_m[0]["cfg"]["batch_steps"])
+        for k in steps:
+            pairs = per_step[m][k]
+            rm, rs = _ms([float(r["ep_ret"]) for r, _ in pairs])
+            cm, cs = _ms([float(r["ep_cost"]) for r, _ in pairs])
+            within = [_within(r, run) for r, run in pairs]
+            entry = {
+                "method": m,
+                "adapt_step": k,
+                "adapt_env_steps": k * batch,
+                "seeds": len({run["seed"] for _, run in pairs}),
+                "tasks": len(pairs),
+                "ret_mean": rm,
+                "ret_std": rs,
+                "cost_mean": cm,
+                "cost_std": cs,
+            }
+            for ch in channels:
+                entry[f"cost_{ch}_mean"], entry[f"cost_{ch}_std"] = _ms(
+                    [float(r[f"cost_{ch}"]) for r, _ in pairs]
+                )
+            entry["share_within_channels"] = float(np.mean([w[0] for w in within]))
+            entry["share_within_total"] = float(np.mean([w[1] for w in within]))
+            table.append(entry)
+        last = table[-1]
+        per_seed_share = []
+        for run in runs_m:
+            final = [r for r in run["rows"] if int(r["adapt_step"]) == steps[-1]]
+            per_seed_share.append(np.mean([_within(r, run)[0] for r in final]))
+        meta_steps = float(np.mean([r["meta_env_steps"] for r in runs_m]))
+        adapt_steps = int(runs_m[0]["cfg"]["adapt_steps"])
+        summary.append(
+            {
+                "method": m,
+                "seeds": len(runs_m),
+                "tasks": last["tasks"],
+                "adapt_steps": adapt_steps,
+                "ret_mean": last["ret_mean"],
+                "ret_std": last["ret_std"],
+                "cost_mean": last["cost_mean"],
+                "cost_std": last["cost_std"],
+                **{f"cost_{ch}_mean": last[f"cost_{ch}_mean"] for ch in channels},
+                "limits": " ".join(f"{v:g}" for v in runs_m[0]["limits"]),
+                "within_channels": int(round(last["share_within_channels"] * last["tasks"])),
+                "share_within_channels": last["share_within_channels"],
+                "share_within_channels_seed_std": float(np.std(per_seed_share)),
+                "within_total": int(round(last["share_within_total"] * last["tasks"])),
+                "share_within_total": last["share_within_total"],
+                "meta_iterations": float(np.mean([r["iterations"] for r in runs_m])),
+                "meta_env_steps": meta_steps,
+                "adapt_env_steps_per_task": adapt_steps * batch,
+                "env_steps_total": meta_steps + adapt_steps * batch,
+                "wall_s_per_run": float(np.nanmean([r["wall_s"] for r in runs_m])) if runs_m else math.nan,
+            }
+        )
+    for run in found:
+        c = run["cfg"]
+        run_table.append(
+            {
+                "run": run["name"],
+                "method": run["algo"],
+                "seed": run["seed"],
+                "env": c["env"],
+                "meta_iterations": run["iterations"],
+                "meta_batch": c["meta_batch"],
+                "inner_steps": c["inner_steps"],
+                "batch_steps": c["batch_steps"],
+                "test_tasks": c["test_tasks"],
+                "adapt_steps": c["adapt_steps"],
+                "meta_env_steps": run["meta_env_steps"],
+                "train_seconds": round(run["train_seconds"], 1),
+                "wall_seconds": run["wall_s"],
+                "sessions": run["sessions"],
+            }
+        )
+    return raw, table, summary, run_table
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    tmp.replace(path)
+
+
+# ============================================================================== plots
+def plot(table: list[dict[str, Any]], summary: list[dict[str, Any]], limits: list[float], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    methods = [s["method"] for s in summary]
+    channels = [
+        k[5:-5] for k in table[0] if k.startswith("cost_") and k.endswith("_mean") and k != "cost_mean"
+    ]
+    panels = [("ret", "episode return", None), ("cost", "episode cost (total)", sum(limits))]
+    if len(channels) == len(limits):
+        panels += [(f"cost_{ch}", f"cost: {ch}", lim) for ch, lim in zip(channels, limits, strict=True)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for i, m in enumerate(methods):
+        rows = [r for r in table if r["method"] == m]
+        x = [r["adapt_step"] for r in rows]
+        for ax, (key, _, _) in zip(axes[0], panels, strict=True):
+            mean = np.array([r[f"{key}_mean"] for r in rows])
+            std = np.array([r[f"{key}_std"] for r in rows])
+            ax.plot(x, mean, marker="o", markersize=3, color=f"C{i}", label=LABELS.get(m, m))
+            ax.fill_between(x, mean - std, mean + std, color=f"C{i}", alpha=0.1, linewidth=0)
+    for ax, (_, title, lim) in zip(axes[0], panels, strict=True):
+        if lim is not None:
+            ax.axhline(lim, color="k", linestyle="--", linewidth=1.0, label=f"limit {lim:g}")
+        ax.set_title(title)
+        ax.set_xlabel("adaptation step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    axes[0][1].legend(fontsize=7)
+    n = ", ".join(f"{LABELS.get(s['method'], s['method'])}: {s['seeds']} seeds" for s in summary)
+    fig.suptitle(f"held-out test tasks, mean ± std over seeds and tasks ({n})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "adaptation.png", dpi=110)
+    plt.close(fig)
+
+    fig, (ax_l, ax_b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for i, m in enumerate(methods):
+        rows = [r for r in table if r["method"] == m]
+        ax_l.plot(
+            [r["adapt_step"] for r in rows],
+            [100 * r["share_within_channels"] for r in rows],
+            marker="o",
+            markersize=3,
+            color=f"C{i}",
+            label=LABELS.get(m, m),
+        )
+    ax_l.axhline(100 * TARGET_SHARE, color="k", linestyle="--", linewidth=1.0, label="target 90%")
+    ax_l.set_title("test tasks within every channel's limit")
+    ax_l.set_xlabel("adaptation step")
+    ax_l.set_ylabel("% of test tasks")
+    ax_l.set_ylim(-3, 103)
+    ax_l.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_l.grid(alpha=0.3)
+    ax_l.legend(fontsize=7)
+    pos = np.arange(len(methods))
+    ch = [100 * s["share_within_channels"] for s in summary]
+    tot = [100 * s["share_within_total"] for s in summary]
+    colors = [f"C{i}" for i in pos]
+    ax_b.bar(pos - 0.2, ch, 0.4, color=colors)
+    ax_b.bar(pos + 0.2, tot, 0.4, color=colors, alpha=0.45, hatch="//", edgecolor="0.3")
+    for p, a, b in zip(pos, ch, tot, strict=True):
+        ax_b.text(p - 0.2, a + 1, f"{a:.0f}", ha="center", fontsize=7)
+        ax_b.text(p + 0.2, b + 1, f"{b:.0f}", ha="center", fontsize=7)
+    ax_b.axhline(100 * TARGET_SHARE, color="k", linestyle="--", linewidth=1.0)
+    ax_b.set_xticks(pos, [LABELS.get(m, m) for m in methods], fontsize=7, rotation=15)
+    ax_b.set_ylim(0, 112)
+    ax_b.set_ylabel("% of test tasks")
+    ax_b.set_title(
+        "after adaptation: solid = every channel within its limit,\nhatched = total within the summed limit",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(out / "share_within_limit.png", dpi=110)
+    plt.close(fig)
+
+
+# ============================================================================== report
+def _episodes(run_cfg: dict[str, Any]) -> int:
+    """Full episodes in one batch of a run (the built-in families' horizon is 200)."""
+    horizon = int(run_cfg.get("horizon") or 200)
+    return (int(run_cfg["batch_steps"]) // int(run_cfg["num_envs"])) // horizon * int(run_cfg["num_envs"])
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def targets(summary: list[dict[str, Any]]) -> list[str]:
+    """The paper's claims as checks against the summary (met / missed / not measured)."""
+    by = {s["method"]: s for s in summary}
+    mc, mt = by.get("meta-cpo"), by.get("meta-trpo")
+    lines = []
+    if mc is None:
+        return ["- Meta-CPO has no finished run yet: no target can be judged."]
+    ok = mc["share_within_channels"] >= TARGET_SHARE
+    lines.append(
+        f"- **Meta-CPO within the limit on >= 90% of test tasks after adaptation: "
+        f"{'MET' if ok else 'MISSED'}** ({mc['within_channels']}/{mc['tasks']} = "
+        f"{_pct(mc['share_within_channels'])} within every channel's limit; total within the summed "
+        f"limit: {mc['within_total']}/{mc['tasks']} = {_pct(mc['share_within_total'])})."
+    )
+    if mt is None:
+        lines.append(
+            "- Meta-CPO more often within the limit than Meta-TRPO: not measured (no Meta-TRPO run)."
+        )
+    else:
+        ok = mc["share_within_channels"] > mt["share_within_channels"]
+        lines.append(
+            f"- **Meta-CPO within the limit more often than Meta-TRPO: {'MET' if ok else 'MISSED'}** "
+            f"({_pct(mc['share_within_channels'])} vs {_pct(mt['share_within_channels'])}; total: "
+            f"{_pct(mc['share_within_total'])} vs {_pct(mt['share_within_total'])})."
+        )
+    keep = [s for s in summary if s["share_within_channels"] >= TARGET_SHARE]
+    if not keep:
+        lines.append(
+            "- **Meta-CPO has the highest return among the methods that keep the limit: MISSED** "
+            "(no method keeps it on >= 90% of the test tasks)."
+        )
+    else:
+        best = max(keep, key=lambda s: s["ret_mean"])
+        ok = best["method"] == "meta-cpo"
+        names = ", ".join(f"{LABELS[s['method']]} {s['ret_mean']:.2f}" for s in keep)
+        lines.append(
+            f"- **Meta-CPO has the highest return among the methods that keep the limit "
+            f"(>= 90% of tasks within every channel's limit): {'MET' if ok else 'MISSED'}** "
+            f"(methods keeping it, return after adaptation: {names})."
+        )
+    lines.append(
+        "  For reference, mean cost after adaptation against the limits (a weaker reading of "
+        '"keeps the limit"): '
+        + "; ".join(
+            f"{LABELS[s['method']]} {s['cost_mean']:.2f} / {sum(map(float, s['limits'].split())):g}"
+            for s in summary
+        )
+        + "."
+    )
+    return lines
+
+
+def report(cfg: BenchConfig) -> None:
+    """Aggregate every finished run into the CSV / Markdown / PNG outputs."""
+    out, runs, _ = _settings(cfg)
+    if not runs.is_dir():
+        print(f"no runs under {runs} yet", flush=True)
+        return
+    found = load_runs(runs)
+    if not found:
+        print(f"no finished runs under {runs} yet", flush=True)
+        return
+    raw, table, summary, run_table = aggregate(found)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(out / "adaptation_rows.csv", raw)
+    _write_csv(out / "adaptation_table.csv", table)
+    _write_csv(out / "adaptation_summary.csv", summary)
+    _write_csv(out / "adaptation_runs.csv", run_table)
+    channels = found[0]["channels"]
+    limits = found[0]["limits"]
+    plot(table, summary, limits, out)
+
+    order = _run_order(cfg)
+    done = {r["name"] for r in found}
+    pending = [f"{a}-seed{s}" for a, s in order if f"{a}-seed{s}" not in done]
+    c0 = found[0]["cfg"]
+    lim_text = ", ".join(f"{ch} {v:g}" for ch, v in zip(channels, limits, strict=False))
+    md = [
+        "# Adaptation to held-out tasks (safenav-button)",
+        "",
+        "Generated by `benchmarks/adaptation.py` from the finished runs under `runs/` (not in git). "
+        "Question: does Meta-CPO do what the paper (Cho & Sun, AAAI-24) claims — adapt to unseen "
+        "tasks while keeping the cost limit?",
+        "",
+        f"Setting: `{c0['env']}`, test split (arena, button and hazard counts outside the training "
+        f"ranges), per-episode cost limit per channel ({lim_text}; the total limit is their sum, "
+        f"{sum(limits):g}), {c0['adapt_steps']} CPO adaptation steps per test task (TRPO steps for "
+        f"Meta-TRPO), {c0['batch_steps']} env steps per batch, {c0['num_envs']} sub-environments, "
+        f"meta-batch {c0['meta_batch']}, {c0['inner_steps']} inner steps, inner delta "
+        f"{c0['inner_delta']}, meta delta {c0['meta_delta']}; otherwise `rl.meta_cpo`'s defaults. "
+        "A test task's cost after step k is the mean episode cost of the on-policy batch of the "
+        "adapted policy phi^k (k = 0: the meta-policy before adaptation). Test tasks differ "
+        "between seeds and are shared by the methods of one seed.",
+        "",
+        "## Scale that ran",
+        "",
+        f"{len(found)} of {len(order)} planned runs finished"
+        + (f"; pending: {', '.join(pending)}" if pending else "")
+        + ".",
+        "",
+        "| run | meta-iterations | meta-train env steps | test tasks | train s | wall s (sessions) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in run_table:
+        md.append(
+            f"| {r['run']} | {r['meta_iterations']} | {r['meta_env_steps']:,} | {r['test_tasks']} | "
+            f"{r['train_seconds']:.0f} | {r['wall_seconds']:.0f} ({r['sessions']}) |"
+        )
+    md += [
+        "",
+        "Wall seconds cover meta-training and meta-test of a run as launched by the benchmark "
+        "(one at a time, `--backend serial --threads 1`, `nice 10`, on a shared 2-core machine: "
+        "timings include contention from other jobs).",
+        "",
+        "## Targets",
+        "",
+        *targets(summary),
+        "",
+        "## After adaptation, per method",
+        "",
+        "Mean ± std over seeds and test tasks. Within limit: the test task's mean episode cost is "
+        "within every channel's limit (the constraints the methods are given); total: the summed "
+        "cost within the summed limit. Env steps to get there: meta-training env steps (last row "
+        "of `progress.csv`, mean over seeds; 0 for CPO from scratch, which has no meta-training by "
+        "design) plus the adaptation batches of one test task (adaptation steps × batch steps; the "
+        "evaluation batch of the final policy is not counted).",
+        "",
+        "| method | seeds | tasks | return | cost (total) | "
+        + " | ".join(f"cost {ch}" for ch in channels)
+        + " | within every channel's limit | total within limit | meta-train env steps "
+        "| + adaptation env steps | total env steps | wall s/run |",
+        "|---|---|---|---|---|" + "---|" * len(channels) + "---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        md.append(
+            f"| {LABELS.get(s['method'], s['method'])} | {s['seeds']} | {s['tasks']} | "
+            f"{s['ret_mean']:.2f} ± {s['ret_std']:.2f} | {s['cost_mean']:.2f} ± {s['cost_std']:.2f} | "
+            + " | ".join(f"{s[f'cost_{ch}_mean']:.2f}" for ch in channels)
+            + f" | {s['within_channels']}/{s['tasks']} ({_pct(s['share_within_channels'])}) | "
+            f"{s['within_total']}/{s['tasks']} ({_pct(s['share_within_total'])}) | "
+            f"{s['meta_env_steps']:,.0f} | {s['adapt_env_steps_per_task']:,} | {s['env_steps_total']:,.0f} | "
+            f"{s['wall_s_per_run']:.0f} |"
+        )
+    md += [
+        "",
+        "## Every adaptation step",
+        "",
+        "| method | step | adaptation env steps | return | cost (total) | "
+        + " | ".join(f"cost {ch}" for ch in channels)
+        + " | within every channel's limit | total within limit |",
+        "|---|---|---|---|---|" + "---|" * len(channels) + "---|---|",
+    ]
+    for r in table:
+        md.append(
+            f"| {LABELS.get(r['method'], r['method'])} | {r['adapt_step']} | {r['adapt_env_steps']:,} | "
+            f"{r['ret_mean']:.2f} ± {r['ret_std']:.2f} | {r['cost_mean']:.2f} ± {r['cost_std']:.2f} | "
+            + " | ".join(f"{r[f'cost_{ch}_mean']:.2f} ± {r[f'cost_{ch}_std']:.2f}" for ch in channels)
+            + f" | {_pct(r['share_within_channels'])} | {_pct(r['share_within_total'])} |"
+        )
+    md += [
+        "",
+        "![return and cost per adaptation step](adaptation.png)",
+        "",
+        "![share of test tasks within the limit](share_within_limit.png)",
+        "",
+        "## Notes",
+        "",
+        "- Every method is judged against the same per-channel limits (from the run's "
+        "`config.json`), Meta-TRPO included although it never sees them. The `cost_limit` column of "
+        "`rl.meta_cpo`'s own `adaptation.csv` is not used: for Meta-TRPO it holds the single "
+        "configured value (5) instead of the summed limit (10) the other methods write.",
+        "- A test task's cost is the mean over the episodes of one on-policy batch "
+        f"({c0['batch_steps']} env steps over {c0['num_envs']} sub-environments: {_episodes(c0)} "
+        "full episodes of the 200-step horizon): a task near the limit can fall on either side of "
+        "it by sampling noise alone.",
+        "- Multi-task CPO takes one CPO step per meta-iteration on the pooled first batches of the "
+        "training tasks, so it spends a third of the meta-training env steps of the meta-learners.",
+        "",
+        "## Files and how to continue",
+        "",
+        "- `adaptation_table.csv` (per method and step), `adaptation_summary.csv` (after adaptation), "
+        "`adaptation_runs.csv` (per run), `adaptation_rows.csv` (every seed, task and step).",
+        "- Continue the runs (finished ones are skipped, interrupted ones resumed from their last "
+        "checkpoint): `nice -n 10 .venv/bin/python benchmarks/adaptation.py`; re-aggregate at any "
+        "time: `.venv/bin/python benchmarks/adaptation.py --report-only`.",
+        "",
+    ]
+    (out / "README.md").write_text("\n".join(md))
+    print(f"report: {len(found)} finished runs -> {out}", flush=True)
+    for s in summary:
+        print(
+            f"  {s['method']:>14}: seeds {s['seeds']}, return {s['ret_mean']:.2f}, cost {s['cost_mean']:.2f}, "
+            f"within limit {_pct(s['share_within_channels'])} (total {_pct(s['share_within_total'])})",
+            flush=True,
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(BenchConfig, argv, exit_on_error=True)
+    if not cfg.report_only:
+        try:
+            run_all(cfg)
+        except KeyboardInterrupt as err:
+            print(f"interrupted ({err}); run the benchmark again to resume", flush=True)
+    report(cfg)
+
+
+if __name__ == "__main__":
+    main()
