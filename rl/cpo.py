@@ -437,6 +437,15 @@ class CPOConfig:
     critic_lr: float = field(default=1e-3, metadata={"help": "critic Adam learning rate"})
     critic_epochs: int = field(default=10, metadata={"help": "critic epochs per iteration"})
     critic_minibatch: int = field(default=128, metadata={"help": "critic minibatch size"})
+    obs_normalize: bool = field(
+        default=True,
+        metadata={
+            "help": "normalise observations with running statistics (frozen during a batch, merged "
+            "after it); false: raw observations, as OmniSafe's CPO defaults. The first merge shifts "
+            "the policy's inputs from raw to normalised ones, a large policy change that the trust "
+            "region does not see when iterations are few and batches large"
+        },
+    )
     dtype: Literal["float64", "float32"] = field(default="float64", metadata={"help": "policy dtype"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads"})
     out: str | None = field(
@@ -595,7 +604,10 @@ def _init_state(cfg: CPOConfig, env: Any) -> _State:
         cost_critic=cost_critic,
         reward_opt=_adam(reward_critic.parameters(), cfg.critic_lr),
         cost_opt=_adam(cost_critic.parameters(), cfg.critic_lr),
-        normalizer=ObsNormalizer(env.obs_dim),
+        # Without normalisation: mean 0, variance 1 for ever and no clipping (raw observations).
+        normalizer=ObsNormalizer(env.obs_dim)
+        if cfg.obs_normalize
+        else ObsNormalizer(env.obs_dim, clip=math.inf),
         generator=gen,
     )
 
@@ -702,6 +714,7 @@ def train(cfg: CPOConfig) -> Path:
                 cost_gamma=cfg.cost_gamma,
                 cost_lam=cfg.cost_lam,
                 generator=st.generator,
+                update_normalizer=cfg.obs_normalize,
             )
             t_sampled = time.perf_counter()
             policy_batch = sum_cost_channels(batch) if cfg.constrain == "total" else batch

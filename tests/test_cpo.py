@@ -433,6 +433,30 @@ def test_num_workers_only_for_safety_gym():
     assert parse_args(["--env", "SafetyPointGoal1-v0", "--num-workers", "2"]).num_workers == 2
 
 
+def test_obs_normalize_off_keeps_raw_observations(tmp_path, monkeypatch):
+    """--no-obs-normalize: the normaliser is never updated and never clips (raw inputs)."""
+    import rl.cpo as cpo_mod
+
+    seen = []
+    real_collect = cpo_mod.collect
+
+    def spy(*args, **kwargs):
+        batch = real_collect(*args, **kwargs)
+        seen.append((kwargs["update_normalizer"], args[4].count, args[4].clip))
+        return batch
+
+    monkeypatch.setattr(cpo_mod, "collect", spy)
+    run = tmp_path / "raw"
+    main([*_SMALL, "--no-obs-normalize", "--out", str(run)])
+    assert seen == [(False, 0, math.inf)] * 3
+    state = torch.load(sorted(run.glob("ckpt_*.pt"))[-1], weights_only=True)
+    assert int(state["normalizer"]["count"]) == 0
+    assert json.loads((run / "config.json").read_text())["obs_normalize"] is False
+    seen.clear()
+    main([*_SMALL, "--out", str(tmp_path / "normalised")])
+    assert [s[0] for s in seen] == [True] * 3 and seen[-1][1] > 0 and seen[-1][2] == 10.0
+
+
 @pytest.mark.parametrize("fused", [False, True])
 def test_fit_critics_equals_separate_fits_on_the_same_minibatches(fused):
     """Joint fitting = each critic fitted alone with the same permutations (own loss, own step)."""
