@@ -389,30 +389,82 @@ class TaskResult:
     problem: str = ""  # why the task's contribution is unusable ("" if finite)
 
 
+class NonFiniteBatch(ValueError):
+    """A sampled batch holds NaN or inf: the task's contribution is skipped (never trained on)."""
+
+
+def _checked_sampler(
+    collect_batch: Callable[[Tensor], Batch], inner_steps: int
+) -> tuple[Callable[[Tensor], Batch], list[int]]:
+    """Wrap ``collect_batch`` so that every batch is checked as it is sampled; also counts steps."""
+    calls, steps = [0], [0]
+
+    def sample(phi: Tensor) -> Batch:
+        k = calls[0]
+        calls[0] += 1
+        batch = collect_batch(phi)
+        steps[0] += batch.env_steps
+        where = f"inner batch {k}" if k < inner_steps else "the validation batch"
+        for name in Batch._TENSORS:
+            if not bool(torch.isfinite(getattr(batch, name)).all()):
+                raise NonFiniteBatch(f"non-finite {name} in {where}")
+        if not np.isfinite(batch.ep_cost).all() or not np.isfinite(batch.ep_ret):
+            raise NonFiniteBatch(f"non-finite episode return or cost in {where}")
+        return batch
+
+    return sample, steps
+
+
+def _skipped_task(theta: Tensor, setup: Setup, problem: str, env_steps: int) -> TaskResult:
+    nan_c = np.full(len(setup.cost_channels), np.nan)
+    m = 0 if setup.limits is None else len(setup.limits)
+    return TaskResult(
+        grad_F=torch.zeros_like(theta),
+        grad_G=theta.new_zeros((m, theta.numel())),
+        cost_val=np.full(m, np.nan),
+        ret_pre=float("nan"),
+        cost_pre=nan_c,
+        ret_post=float("nan"),
+        cost_post=nan_c,
+        first_obs=theta.new_zeros((0, setup.policy.obs_dim)),
+        critic_data=[],
+        cases=[],
+        lams=[],
+        env_steps=env_steps,
+        problem=problem,
+    )
+
+
 def task_meta_gradient(setup: Setup, theta: Tensor, task: Any, seed: int) -> TaskResult:
-    """Inner loop on ``task``, validation batch, and ``dF_i/dtheta``, ``dG_i/dtheta``."""
+    """Inner loop on ``task``, validation batch, and ``dF_i/dtheta``, ``dG_i/dtheta``.
+
+    A batch with NaN or inf (checked as it is sampled), or a non-finite gradient or step, makes
+    the task's contribution unusable: it is returned with ``problem`` naming the cause."""
     cfg = setup.cfg
     generator = torch.Generator().manual_seed(seed)
     env = setup.make_env(task, seed)
     theta_ = theta.detach().clone().requires_grad_(True)
+    sample, steps = _checked_sampler(lambda phi: setup.collect(env, phi, generator), cfg.inner_steps)
     try:
-        objectives, batches, val, results = meta_objectives(
-            setup, theta_, lambda phi: setup.collect(env, phi, generator), cfg.differentiable
-        )
+        objectives, batches, val, results = meta_objectives(setup, theta_, sample, cfg.differentiable)
+        with torch.enable_grad():
+            grads = [
+                torch.autograd.grad(obj, theta_, retain_graph=j < len(objectives) - 1)[0]
+                for j, obj in enumerate(objectives)
+            ]
+    except NonFiniteBatch as err:
+        return _skipped_task(theta, setup, str(err), steps[0])
+    except ValueError as err:  # difftrust refuses non-finite g, A or b at its boundary
+        if "NaN or inf" not in str(err):
+            raise
+        return _skipped_task(theta, setup, f"non-finite step input ({err})", steps[0])
     finally:
         env.close()
-    with torch.enable_grad():
-        grads = [
-            torch.autograd.grad(obj, theta_, retain_graph=j < len(objectives) - 1)[0]
-            for j, obj in enumerate(objectives)
-        ]
     grad_F = grads[0].detach()
     grad_G = torch.stack(grads[1:]).detach() if len(grads) > 1 else theta.new_zeros((0, theta.numel()))
     problem = ""
     if not (torch.isfinite(grad_F).all() and torch.isfinite(grad_G).all()):
         problem = "non-finite meta-gradient"
-    elif not all(torch.isfinite(b.obs).all() and torch.isfinite(b.adv_r).all() for b in [*batches, val]):
-        problem = "non-finite batch"
     view = setup.constrained_view(val)
     return TaskResult(
         grad_F=grad_F,

@@ -283,16 +283,10 @@ def _assert_same_state(a, b, where="state") -> None:
             _assert_same_state(x, y, f"{where}[{i}]")
 
 
-# The skip relies on the NaN reaching task_meta_gradient's final check; difftrust now refuses
-# non-finite inputs at its boundary (ValueError), so the run crashes instead. The fix checks
-# every batch as it is sampled (patch to rl/meta_cpo.py proposed with this test); when it is
-# applied these two tests pass and their xfail markers must go (strict: an XPASS fails).
-NEEDS_PATCH = pytest.mark.xfail(
-    strict=True, reason="needs the rl/meta_cpo.py patch that checks each batch as it is sampled"
-)
+# Every batch is checked as it is sampled (rl.meta_cpo._checked_sampler): the task stops at the
+# poisoned batch and its contribution is skipped with the cause named.
 
 
-@NEEDS_PATCH
 @pytest.mark.parametrize(("field", "value"), [("adv_r", float("nan")), ("obs", float("inf"))])
 def test_non_finite_batch_is_skipped_logged_and_never_checkpointed(
     field, value, tmp_path, monkeypatch, capsys
@@ -318,7 +312,6 @@ def test_non_finite_batch_is_skipped_logged_and_never_checkpointed(
         assert not t.is_floating_point() or torch.isfinite(t).all(), where
 
 
-@NEEDS_PATCH
 @pytest.mark.parametrize(
     ("field", "call", "expected"),
     [
