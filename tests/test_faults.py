@@ -140,7 +140,7 @@ def _assert_rows_equal(rows, ref_rows) -> None:
     assert [int(r["iteration"]) for r in rows] == [int(r["iteration"]) for r in ref_rows]
     for row, ref in zip(rows, ref_rows, strict=True):
         for key in ref:
-            if key != "seconds":
+            if "seconds" not in key:  # timings differ between runs
                 assert row[key] == ref[key], (row["iteration"], key, row[key], ref[key])
 
 
