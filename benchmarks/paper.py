@@ -7,9 +7,12 @@ several seeds; every run meta-trains on the training split, then adapts on held-
 (the test split, mostly outside the training ranges) and writes ``adaptation.csv``. Every finished
 run is then aggregated:
 
-* ``docs/results/paper/``: ``paper_table.csv`` and ``index.md`` (return, cost and the share of
-  test tasks within the cost limit after 0, 1, ..., K_test adaptation steps, per env and method),
-  ``adaptation.png``, ``share_within_limit.png`` and ``training.png``;
+* ``docs/results/paper/``: ``paper_table.csv`` (return, cost and the share of test tasks within
+  the cost limit after 0, 1, ..., K_test adaptation steps, per env and method), the plots
+  ``adaptation.png``, ``share_within_limit.png`` and ``training.png``, and the page ``index.md``
+  (the table and the plots) once ``mkdocs.yml`` lists ``results/paper/index.md`` (an unlisted page
+  fails ``mkdocs build --strict``); the same table in Markdown is always in
+  ``benchmarks/results/paper/paper_table.md``;
 * ``benchmarks/results/paper/``: ``paper_rows.csv`` (every env, method, seed, task and step),
   ``paper_runs.csv`` (one row per run), ``paper_summary.csv`` (after the last adaptation step)
   and ``README.md`` (the budgets chosen beside the published defaults, the planned cost, what
@@ -720,8 +723,9 @@ def report(cfg: BenchConfig) -> None:
         'Safety-Gymnasium"): Meta-CPO, Meta-TRPO, CPO from scratch and first-order Meta-CPO on '
         "`safety-button` (Stochastic Button, Point robot) and `safety-circle` (Stochastic Circle, Car "
         "robot), meta-trained on the training split and adapted on held-out test tasks of the test "
-        "split. The results table and plots are in `docs/results/paper/` (`index.md`, "
-        "`paper_table.csv`, PNGs); here: `paper_rows.csv` (every env, method, seed, task and "
+        "split. The results table: `paper_table.md` here, `paper_table.csv` and the plots (PNG) in "
+        "`docs/results/paper/` (plus `index.md` there once the docs nav lists it); here also: "
+        "`paper_rows.csv` (every env, method, seed, task and "
         "adaptation step), `paper_summary.csv` (after the last adaptation step), `paper_runs.csv` "
         "(one row per finished run). Run folders: `runs/` (not in git).",
         "",
@@ -799,7 +803,7 @@ def report(cfg: BenchConfig) -> None:
     if not found:
         print(f"report: no finished runs under {runs} yet; wrote {out / 'README.md'}", flush=True)
         return
-    _write_docs(cfg, docs, table, summary, found, order)
+    _write_docs(cfg, out, docs, table, summary, found, order)
     print(f"report: {len(found)} finished runs -> {docs} and {out}", flush=True)
     for s in summary:
         print(
@@ -809,7 +813,8 @@ def report(cfg: BenchConfig) -> None:
         )
 
 
-def _write_docs(cfg, docs: Path, table, summary, found, order) -> None:
+def _write_docs(cfg, out: Path, docs: Path, table, summary, found, order) -> None:
+    """``<out>/paper_table.md`` and, when the docs nav lists it, ``<docs>/index.md``."""
     c0 = found[0]["cfg"]
     md = [
         "# Meta-CPO vs baselines on Safety-Gymnasium (reduced budget)",
@@ -862,21 +867,36 @@ def _write_docs(cfg, docs: Path, table, summary, found, order) -> None:
             f"{r['cost_mean']:.1f} ± {r['cost_std']:.1f} | {r['within']}/{r['tasks']} "
             f"({_pct(r['share_within'])}) |"
         )
-    md += [
-        "",
-        "![return and cost per adaptation step](adaptation.png)",
-        "",
-        "![share of test tasks within the limit](share_within_limit.png)",
+    plots = [
+        ("adaptation.png", "return and cost per adaptation step"),
+        ("share_within_limit.png", "share of test tasks within the limit"),
+        ("training.png", "meta-training curves"),
+    ]
+    plots = [(f, t) for f, t in plots if (docs / f).is_file()]
+    tail = [
+        "Files: `docs/results/paper/paper_table.csv` (this table, machine-readable) and the plots "
+        "next to it; every row of every run in `benchmarks/results/paper/paper_rows.csv`.",
         "",
     ]
-    if (docs / "training.png").is_file():
-        md += ["![meta-training curves](training.png)", ""]
-    md += [
-        "Files: `paper_table.csv` (this table, machine-readable), plots above; every row of every run in "
-        "`benchmarks/results/paper/paper_rows.csv`.",
-        "",
-    ]
-    (docs / "index.md").write_text("\n".join(md))
+    # the Markdown table next to the raw outputs: plots named, not linked (the file is also meant
+    # to be included into a docs page with pymdownx.snippets, where a relative link would break)
+    listed = ["Plots: " + ", ".join(f"`docs/results/paper/{f}` ({t})" for f, t in plots) + ".", ""]
+    (out / "paper_table.md").write_text("\n".join([*md, "", *listed, *tail]))
+    # the docs page, only when mkdocs.yml lists it: an unlisted page fails `mkdocs build --strict`
+    page = docs / "index.md"
+    if docs.resolve() == DOCS_OUT.resolve() and not _in_mkdocs_nav("results/paper/index.md"):
+        page.unlink(missing_ok=True)
+        return
+    images = [line for f, t in plots for line in (f"![{t}]({f})", "")]
+    page.write_text("\n".join([*md, "", *images, *tail]))
+
+
+def _in_mkdocs_nav(page: str) -> bool:
+    """Whether ``mkdocs.yml`` names ``page`` (so that a strict docs build accepts it)."""
+    try:
+        return page in (ROOT / "mkdocs.yml").read_text()
+    except FileNotFoundError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> None:
