@@ -15,9 +15,12 @@ Our run uses the settings of OmniSafe's default CPO config where they apply:
 trust region ``delta`` = target_kl 0.01, 15 CG iterations, Fisher damping 0.1,
 20,000 steps per update, gamma 0.99, GAE lambda 0.95 (reward and cost), [64, 64]
 tanh policy and critics, critic Adam lr 1e-3, 10 critic epochs of 128-row
-minibatches, float32 networks. Ours differs where our CPO does: the line search and
-the CPO step of :mod:`difftrust` (exact, DESIGN.md section 1), episode-unit cost
-surrogate, observation normalisation, initial log-std -0.5. Sampling runs 20
+minibatches, float32 networks, raw observations (OmniSafe's CPO default
+``obs_normalize: False``; with ``rl.cpo``'s running normalisation the first merge of
+the statistics after epoch 1 moves the policy far outside the trust region: a first
+run with it went from EpCost 20 to 116 in one iteration). Ours differs where our CPO
+does: the line search and the CPO step of :mod:`difftrust` (exact, DESIGN.md
+section 1), the episode-unit cost surrogate, initial log-std -0.5. Sampling runs 20
 sub-environments (one 1,000-step episode each per epoch, 20 episodes per epoch as
 OmniSafe's single env gives) stepped in 2 worker processes.
 
@@ -87,6 +90,9 @@ class BenchConfig:
     seed: int = field(default=0, metadata={"help": "seed"})
     cost_limit: float = field(default=25.0, metadata={"help": "per-episode cost limit"})
     dtype: Literal["float32", "float64"] = field(default="float32", metadata={"help": "network dtype"})
+    obs_normalize: bool = field(
+        default=False, metadata={"help": "running observation normalisation (OmniSafe's CPO default: off)"}
+    )
     probe_steps: int = field(
         default=2000,
         metadata={
@@ -185,6 +191,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         critic_epochs=10,
         critic_minibatch=128,
         dtype=cfg.dtype,
+        obs_normalize=cfg.obs_normalize,
         threads=1,
         progress=False,
         tensorboard=False,
@@ -227,6 +234,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
             "cpo_config": {k: v for k, v in config_to_dict(cpo_cfg).items() if k != "out"},
             "ours": {
                 "epochs": epochs,
+                "progress_rows": rows,
                 "seconds_per_epoch_mean": float(np.mean(seconds)),
                 "sample_seconds_per_epoch_mean": float(np.mean([e["sample_seconds"] for e in epochs])),
                 "update_seconds_per_epoch_mean": float(np.mean([e["update_seconds"] for e in epochs])),
@@ -286,7 +294,8 @@ def write_outputs(result: dict[str, Any], out: Path) -> None:
         "OmniSafe figures: omnisafe 0.5.0, default CPO config, CPU, as reported in the project's "
         "CPO issue (not rerun here; OmniSafe is not installed). Ours: `rl.cpo`, "
         f"{result['config']['num_envs']} sub-environments in {result['config']['num_workers']} worker "
-        f"processes, {result['config']['dtype']}.",
+        f"processes, {result['config']['dtype']}, "
+        f"{'normalised' if result['config']['obs_normalize'] else 'raw'} observations.",
         "",
         "| epoch | ours s (sample + update) | OmniSafe s | ours EpRet | OmniSafe EpRet "
         "| ours EpCost | OmniSafe EpCost | ours step case |",
