@@ -9,28 +9,14 @@ import imageio.v2 as imageio
 import pytest
 
 from rl.adapt import adapt_to_task, load_run, main
-from rl.meta_cpo import MetaCPOConfig, MetaCPOTrainer
+from rl.meta_cpo import MetaCPOTrainer
+from tests._configs import tiny_meta_config
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "r"
-    cfg = MetaCPOConfig(
-        iterations=1,
-        meta_batch=2,
-        inner_steps=1,
-        batch_steps=400,
-        num_envs=2,
-        hidden=(8,),
-        critic_hidden=(16,),
-        critic_epochs=1,
-        test_tasks=1,
-        adapt_steps=1,
-        progress=False,
-        tensorboard=False,
-        backend="serial",
-        out=str(out),
-    )
+    cfg = tiny_meta_config(iterations=1, adapt_steps=1, out=str(out))
     MetaCPOTrainer(cfg).train()
     return out
 

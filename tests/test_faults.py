@@ -22,6 +22,7 @@ import torch
 import rl.meta_cpo as meta_cpo
 from rl.meta_cpo import MetaCPOConfig, MetaCPOTrainer
 from rl.runtime import list_checkpoints, load_latest_checkpoint
+from tests._configs import tiny_meta_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -224,23 +225,7 @@ def test_last_three_checkpoints_are_kept_and_load_weights_only(reference, reques
 
 # ------------------------------------------------------------------------ non-finite batches
 def _tiny_cfg(**kw) -> MetaCPOConfig:
-    base = dict(
-        iterations=2,
-        meta_batch=2,
-        inner_steps=1,
-        batch_steps=400,
-        num_envs=2,
-        hidden=(8,),
-        critic_hidden=(16,),
-        critic_epochs=1,
-        test_tasks=1,
-        adapt_steps=0,
-        progress=False,
-        tensorboard=False,
-        backend="serial",
-    )
-    base.update(kw)
-    return MetaCPOConfig(**base)
+    return tiny_meta_config(**kw)
 
 
 def _poison(monkeypatch, field: str, value: float, call: int) -> None:

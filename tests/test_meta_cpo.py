@@ -14,7 +14,6 @@ import torch
 
 from rl.envs import make, task_distribution
 from rl.meta_cpo import (
-    MetaCPOConfig,
     MetaCPOTrainer,
     TaskResult,
     main,
@@ -23,26 +22,11 @@ from rl.meta_cpo import (
     parse_args,
     task_meta_gradient,
 )
+from tests._configs import tiny_meta_config
 
 
 def _tiny_cfg(**kw):
-    base = dict(
-        iterations=2,
-        meta_batch=2,
-        inner_steps=2,
-        batch_steps=400,
-        num_envs=2,
-        hidden=(8,),
-        critic_hidden=(16,),
-        critic_epochs=1,
-        test_tasks=2,
-        adapt_steps=1,
-        progress=False,
-        tensorboard=False,
-        backend="serial",
-    )
-    base.update(kw)
-    return MetaCPOConfig(**base)
+    return tiny_meta_config(**{"inner_steps": 2, "test_tasks": 2, "adapt_steps": 1, **kw})
 
 
 def _fixed_data_setup(constrain: str):

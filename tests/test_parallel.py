@@ -12,6 +12,7 @@ import torch
 
 import rl.runtime.parallel as parallel
 from rl.runtime.parallel import TaskPool
+from tests._configs import tiny_meta_config
 
 # rl.meta_cpo is imported inside the tests that need it: spawned workers import this module to
 # find the job functions, and stay light that way.
@@ -20,26 +21,7 @@ TOL = 1e-10
 
 
 def _tiny_cfg(**kw):
-    from rl.meta_cpo import MetaCPOConfig
-
-    base = dict(
-        iterations=2,
-        meta_batch=2,
-        inner_steps=1,
-        batch_steps=400,
-        num_envs=2,
-        hidden=(8,),
-        critic_hidden=(16,),
-        critic_epochs=1,
-        test_tasks=1,
-        adapt_steps=0,
-        progress=False,
-        tensorboard=False,
-        backend="serial",
-        workers=2,
-    )
-    base.update(kw)
-    return MetaCPOConfig(**base)
+    return tiny_meta_config(**{"workers": 2, **kw})
 
 
 def _trainer(**kw):
