@@ -701,6 +701,7 @@ def train(cfg: CPOConfig) -> Path:
         while st.iteration < total:
             it = st.iteration
             t0 = time.perf_counter()
+            stats_before = st.normalizer.stats()
             batch = collect(
                 env,
                 st.policy,
@@ -738,6 +739,12 @@ def train(cfg: CPOConfig) -> Path:
                 cfg.critic_minibatch,
                 st.generator,
             )
+            # collect merged this batch into the observation statistics: re-express the policy and
+            # critics for the new statistics so that the update changes nothing but what CPO chose
+            stats_after = st.normalizer.stats()
+            st.params = st.policy.reparametrize_input(st.params, stats_before, stats_after)
+            st.reward_critic.reparametrize_input(stats_before, stats_after)
+            st.cost_critic.reparametrize_input(stats_before, stats_after)
             st.env_steps += batch.env_steps
             t_done = time.perf_counter()
             st.seconds += t_done - t0

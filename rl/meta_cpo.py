@@ -763,9 +763,15 @@ class MetaCPOTrainer:
         for critic, opt, k in ((setup.reward_critic, self.opt_r, 1), (setup.cost_critic, self.opt_c, 2)):
             targets = torch.cat([d[k] for d in critic_data])
             fit_critic(critic, opt, obs, targets, cfg.critic_epochs, cfg.critic_minibatch, gen)
+        # New observation statistics; the policy and critics are re-expressed for them so that the
+        # statistics update does not move the policy outside the meta trust region.
         norm = setup.normalizer
-        raw = torch.cat(first_obs) * torch.sqrt(norm.var + norm.eps) + norm.mean
-        norm.update(raw)
+        before = norm.stats()
+        norm.update(torch.cat(first_obs) * before[1] + before[0])
+        after = norm.stats()
+        self.theta = setup.policy.reparametrize_input(self.theta, before, after)
+        setup.reward_critic.reparametrize_input(before, after)
+        setup.cost_critic.reparametrize_input(before, after)
 
     def _multitask_step(self, tasks, seeds):
         cfg, setup = self.cfg, self.setup

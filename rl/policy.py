@@ -114,6 +114,19 @@ class GaussianPolicy:
         params[self._log_std] = self.init_log_std
         return params
 
+    def reparametrize_input(
+        self, params: Tensor, old: tuple[Tensor, Tensor], new: tuple[Tensor, Tensor]
+    ) -> Tensor:
+        """Parameters that act on inputs normalised with ``new = (mean, std)`` exactly as ``params`` act
+        on inputs normalised with ``old`` (up to the normaliser's clipping).
+
+        With ``z = (x - m0)/s0`` and ``z' = (x - m1)/s1``: ``z = (s1/s0) z' + (m1 - m0)/s0``, so the first
+        layer becomes ``W' = W diag(s1/s0)``, ``b' = b + W (m1 - m0)/s0``. Updating the observation
+        statistics then leaves the policy unchanged, instead of moving it outside the trust region.
+        """
+        w, shape, b = self._layers[0]
+        return _reparametrize_first_layer(params, w, shape, b, old, new)
+
     def _check_params(self, params: Tensor) -> None:
         if not isinstance(params, Tensor):
             raise TypeError(f"params must be a torch.Tensor, got {type(params).__name__}")
@@ -182,6 +195,24 @@ class GaussianPolicy:
         return params[self._log_std]
 
 
+def _reparametrize_first_layer(
+    params: Tensor,
+    w: slice,
+    shape: tuple[int, int],
+    b: slice,
+    old: tuple[Tensor, Tensor],
+    new: tuple[Tensor, Tensor],
+) -> Tensor:
+    (m0, s0), (m1, s1) = old, new
+    W = params[w].view(shape)
+    scale = (s1 / s0).to(params.dtype)
+    shift = ((m1 - m0) / s0).to(params.dtype)
+    out = params.clone()
+    out[w] = (W * scale).reshape(-1)
+    out[b] = params[b] + W @ shift
+    return out
+
+
 def _orthogonal(
     shape: tuple[int, int], gain: float, generator: torch.Generator | None, dtype: torch.dtype
 ) -> Tensor:
@@ -231,6 +262,16 @@ class Critic(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.net(obs)
+
+    @torch.no_grad()
+    def reparametrize_input(self, old: tuple[Tensor, Tensor], new: tuple[Tensor, Tensor]) -> None:
+        """In place: act on inputs normalised with ``new`` as before on ``old`` (see
+        :meth:`GaussianPolicy.reparametrize_input`)."""
+        lin = self.net[0]
+        (m0, s0), (m1, s1) = old, new
+        W = lin.weight
+        lin.bias += W @ ((m1 - m0) / s0).to(W.dtype)
+        W *= (s1 / s0).to(W.dtype)
 
 
 def fit_critic(
@@ -302,6 +343,10 @@ class ObsNormalizer:
         self.count = 0
         self.mean = torch.zeros(self.obs_dim, dtype=torch.float64)
         self._m2 = torch.zeros(self.obs_dim, dtype=torch.float64)
+
+    def stats(self) -> tuple[Tensor, Tensor]:
+        """``(mean, std)`` as used by :meth:`normalize` (copies)."""
+        return self.mean.clone(), torch.sqrt(self.var + self.eps)
 
     @property
     def var(self) -> Tensor:

@@ -105,10 +105,10 @@ def _kill_after_progress(proc: subprocess.Popen, run_dir: Path, delay: float) ->
 
 
 def _run_with_kills(module, fresh, resume, run_dir: Path, seed: int, max_delay: float) -> list[str]:
-    """Run to completion through kills: two at random delays (drawn from ``seed``) and one in
-    the middle of a checkpoint write, each followed by ``--resume``. Returns what happened."""
+    """Run to completion through kills: one in the middle of a checkpoint write, then up to two at
+    random delays (drawn from ``seed``), each followed by ``--resume``. Returns what happened."""
     rng = np.random.default_rng(seed)
-    plan = ["delay", "mid-save", "delay"]
+    plan = ["mid-save", "delay", "delay"]  # mid-save first: a fresh run always has saves left
     events: list[str] = []
     log = run_dir.parent / f"{run_dir.name}.log"
     for attempt in range(len(plan) + 2):

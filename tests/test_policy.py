@@ -209,3 +209,29 @@ def test_obs_normalizer_state_dict_round_trip():
     assert norm.count == 50
     with pytest.raises(ValueError, match="missing keys"):
         other.load_state_dict({"mean": torch.zeros(4)})
+
+
+def test_reparametrize_input_keeps_policy_and_critic_functions_unchanged():
+    from rl.policy import Critic, GaussianPolicy, ObsNormalizer
+
+    gen = torch.Generator().manual_seed(0)
+    policy = GaussianPolicy(5, 2, hidden=(8, 8))
+    params = policy.init_params(gen)
+    critic = Critic(5, 2, hidden=(8,), generator=gen)
+    norm = ObsNormalizer(5)
+    norm.update(3.0 + 2.0 * torch.randn(100, 5, generator=gen, dtype=torch.float64))
+    raw = 3.0 + 2.0 * torch.randn(50, 5, generator=gen, dtype=torch.float64)
+    before = norm.stats()
+    mean0, log_std0 = policy.mean_log_std(params, norm.normalize(raw))
+    v0 = critic(norm.normalize(raw)).detach()
+    norm.update(-1.0 + 0.5 * torch.randn(300, 5, generator=gen, dtype=torch.float64))
+    after = norm.stats()
+    assert not torch.allclose(before[0], after[0])
+    new = policy.reparametrize_input(params, before, after)
+    critic.reparametrize_input(before, after)
+    mean1, log_std1 = policy.mean_log_std(new, norm.normalize(raw))
+    assert torch.allclose(mean0, mean1, atol=1e-10) and torch.equal(log_std0, log_std1)
+    assert torch.allclose(v0, critic(norm.normalize(raw)).detach(), atol=1e-10)
+    # without the re-expression the policy would have moved
+    moved, _ = policy.mean_log_std(params, norm.normalize(raw))
+    assert (moved - mean0).abs().max() > 1e-3
