@@ -41,6 +41,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="CPO steps per batch size")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--out", default=str(OUT / "cpo_prediction.json"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="batch sizes (env steps)")
+    parser.add_argument("--cost-gamma", type=float, default=0.99, help="cost discount of the advantages")
+    parser.add_argument("--cost-lam", type=float, default=0.95, help="cost GAE lambda (1: Monte Carlo)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -69,7 +72,7 @@ def main() -> None:
     st.load_state_dict(load_latest_checkpoint(run)[1])
     gen = torch.Generator().manual_seed(123)
     eval_steps = 8000 if args.quick else 40000
-    sizes = [2000, 8000] if args.quick else [2000, 4000, 16000, 40000]
+    sizes = args.sizes or ([2000, 8000] if args.quick else [2000, 4000, 16000, 40000])
 
     def batch(params, n):
         env = make_env(CPOConfig(env="safenav-button", num_envs=min(40, n // 200), steps_per_iter=n))
@@ -83,6 +86,8 @@ def main() -> None:
             st.cost_critic,
             generator=gen,
             update_normalizer=False,
+            cost_gamma=args.cost_gamma,
+            cost_lam=args.cost_lam,
         )
 
     truth = batch(st.params, eval_steps)
@@ -115,7 +120,8 @@ def main() -> None:
         "# CPO's linear cost model: predicted vs actual change of the episode cost",
         "",
         f"`safenav-button`, limit {limit} per channel ({', '.join(channels)}), CPO policy from `{run.name}`; "
-        f"truth from {eval_steps}-step evaluation batches; one CPO step (delta 0.01) per row. "
+        f"truth from {eval_steps}-step evaluation batches; one CPO step (delta 0.01) per row; "
+        f"cost advantages with gamma {args.cost_gamma}, GAE lambda {args.cost_lam}. "
         f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
         "",
         "| batch steps | episodes | case | cost estimate (true) | predicted change | actual change |",
