@@ -118,6 +118,10 @@ class MetaCPOConfig:
     )
     damping: float = field(default=0.1, metadata={"help": "Fisher damping (inner and meta)"})
     cg_iters: int = field(default=10, metadata={"help": "conjugate-gradient iterations"})
+    fisher_states: int = field(
+        default=2000,
+        metadata={"help": "states (an even stride of the batch) on which Fisher metrics are built"},
+    )
     cg_tol: float = field(default=1e-10, metadata={"help": "conjugate-gradient relative tolerance"})
     backtrack_coef: float = field(default=0.8, metadata={"help": "line-search shrink factor"})
     max_backtracks: int = field(default=10, metadata={"help": "line-search trials"})
@@ -178,6 +182,7 @@ class MetaCPOConfig:
             "max_backtracks",
             "critic_epochs",
             "critic_minibatch",
+            "fisher_states",
             "test_tasks",
             "threads",
             "workers",
@@ -306,6 +311,13 @@ def resolve_limits(cfg: MetaCPOConfig, channels: tuple[str, ...]) -> list[float]
 
 
 # ============================================================================== inner loop
+def fisher_states(obs: Tensor, limit: int) -> Tensor:
+    """At most ``limit`` states, an even stride of ``obs`` (the Fisher metric's sample: the
+    gradients use the whole batch, the curvature a deterministic subsample, as TRPO does)."""
+    stride = max(1, math.ceil(obs.shape[0] / limit))
+    return obs[::stride]
+
+
 def inner_direction(
     setup: Setup, phi: Tensor, batch: Batch, differentiable: bool
 ) -> tuple[Tensor, StepResult]:
@@ -330,7 +342,7 @@ def inner_direction(
         g = g.detach()
         A = None if A is None else A.detach()
     psi = p if (differentiable and not cfg.frozen_metric) else p.detach()
-    obs = batch.obs
+    obs = fisher_states(batch.obs, cfg.fisher_states)
     metric = FisherMetric(lambda ref, q: policy.kl(ref, q, obs), psi, damping=cfg.damping)
     step = TrustRegionStep(delta=cfg.inner_delta, cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol)
     res = step.solve(g, A, b, metric)
@@ -497,7 +509,8 @@ def meta_update(setup: Setup, theta: Tensor, results: Sequence[TaskResult]) -> t
         cost_val = np.mean([r.cost_val for r in results], axis=0)
         b_theta = torch.as_tensor(cost_val - np.asarray(setup.limits), dtype=theta.dtype)
     if cfg.meta_metric == "fisher":
-        metric = FisherMetric(lambda ref, q: policy.kl(ref, q, obs), theta, damping=cfg.damping)
+        obs_h = fisher_states(obs, cfg.fisher_states)
+        metric = FisherMetric(lambda ref, q: policy.kl(ref, q, obs_h), theta, damping=cfg.damping)
     else:
         metric = None
     step = TrustRegionStep(delta=cfg.meta_delta, cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol)

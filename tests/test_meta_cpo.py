@@ -295,3 +295,14 @@ def test_cli_rejects_unknown_keys_and_wrong_limit_count(tmp_path):
     cfg = parse_args(["--cost-limit", "7", "--algo", "meta-trpo", "--iterations", "5"])
     assert cfg.cost_limit == 7.0 and cfg.algo == "meta-trpo" and not cfg.constrained
     assert math.isfinite(cfg.meta_delta)
+
+
+def test_fisher_states_is_an_even_stride_of_at_most_the_limit():
+    from rl.meta_cpo import fisher_states
+
+    obs = torch.arange(10.0).unsqueeze(1)
+    assert fisher_states(obs, 20).squeeze(1).tolist() == list(range(10))
+    assert fisher_states(obs, 5).squeeze(1).tolist() == [0, 2, 4, 6, 8]
+    assert fisher_states(obs, 3).squeeze(1).tolist() == [0, 4, 8]
+    with pytest.raises(ValueError, match="fisher_states must be >= 1"):
+        MetaCPOTrainer(_tiny_cfg(fisher_states=0))
