@@ -397,8 +397,14 @@ class CPOConfig:
         },
     )
     steps: int = field(default=300_000, metadata={"help": "total environment steps"})
-    steps_per_iter: int = field(default=4000, metadata={"help": "environment steps per CPO iteration"})
-    num_envs: int = field(default=4, metadata={"help": "parallel sub-environments"})
+    steps_per_iter: int = field(
+        default=16000,
+        metadata={
+            "help": "environment steps per CPO iteration (large batches keep the cost near its limit: "
+            "see benchmarks/cpo_prediction.py)"
+        },
+    )
+    num_envs: int = field(default=16, metadata={"help": "parallel sub-environments"})
     num_workers: int = field(
         default=1,
         metadata={
