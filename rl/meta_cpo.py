@@ -105,8 +105,14 @@ class MetaCPOConfig:
         default=False,
         metadata={"help": "APPROXIMATION: treat inner Fisher metrics as constants in the meta-gradient"},
     )
-    batch_steps: int = field(default=2000, metadata={"help": "env steps per inner/validation batch"})
-    num_envs: int = field(default=10, metadata={"help": "sub-environments per task"})
+    batch_steps: int = field(
+        default=8000,
+        metadata={
+            "help": "env steps per inner/validation batch (small batches make the cost constraint "
+            "noisy: see benchmarks/results/cpo_batch_size.md)"
+        },
+    )
+    num_envs: int = field(default=40, metadata={"help": "sub-environments per task"})
     horizon: int | None = field(default=None, metadata={"help": "episode length (none: the family's)"})
     cost_limit: float | tuple[float, ...] = field(
         default=5.0,
