@@ -112,17 +112,79 @@ class BenchConfig:
 
 
 # ============================================================================== running
-def _settings(cfg: BenchConfig) -> tuple[Path, Path, list[str]]:
-    """(out folder for the aggregate, runs folder, extra rl.meta_cpo options)."""
+#: Config keys that may differ between the runs of one benchmark (per run, or how it runs).
+PER_RUN_KEYS = (
+    "algo",
+    "seed",
+    "out",
+    "resume",
+    "progress",
+    "tensorboard",
+    "threads",
+    "backend",
+    "workers",
+    "ray_address",
+    "max_retries",
+    "checkpoint_every",
+    "keep_checkpoints",
+)
+
+
+def _settings(cfg: BenchConfig) -> tuple[Path, Path]:
+    """(out folder for the aggregate, runs folder)."""
     out = Path(cfg.out)
     if cfg.quick:
         out = out / "runs" / "quick"
-        extra = ["--iterations", "2", "--test-tasks", "2", "--batch-steps", "400"]
-    else:
-        extra = ["--iterations", str(cfg.iterations), "--test-tasks", str(cfg.test_tasks)]
+    return out, out / "runs"
+
+
+def _shared(run_cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in run_cfg.items() if k not in PER_RUN_KEYS}
+
+
+def _reference_settings(runs: Path) -> dict[str, Any] | None:
+    """``runs/settings.json``, else the shared settings of the earliest run there, else None."""
+    path = runs / "settings.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    configs = sorted(runs.glob("*/config.json"), key=lambda q: q.stat().st_mtime)
+    return _shared(json.loads(configs[0].read_text())) if configs else None
+
+
+def pinned_settings(cfg: BenchConfig, runs: Path) -> dict[str, Any]:
+    """The rl.meta_cpo settings every run of this runs folder uses (``runs/settings.json``).
+
+    Written once, when the folder's first run starts: from the earliest finished or started run
+    there if any, else from rl.meta_cpo's defaults at that moment plus this benchmark's options.
+    Fresh runs get them with ``--config``, so a later change of rl.meta_cpo's defaults never mixes
+    settings within one folder (start a new ``--out`` for new settings)."""
+    path = runs / "settings.json"
+    settings = _reference_settings(runs)
+    if settings is None or not path.is_file():
+        if settings is None:
+            from dataclasses import asdict
+
+            settings = _shared(asdict(MetaCPOConfig()))
+            settings.update(env=cfg.env, iterations=cfg.iterations, test_tasks=cfg.test_tasks)
+            if cfg.batch_steps is not None:
+                settings["batch_steps"] = cfg.batch_steps
+            if cfg.quick:
+                settings.update(iterations=2, test_tasks=2, batch_steps=400, num_envs=10)
+        runs.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=1))
+    asked = {"env": cfg.env}
+    if not cfg.quick:
+        asked.update(iterations=cfg.iterations, test_tasks=cfg.test_tasks)
         if cfg.batch_steps is not None:
-            extra += ["--batch-steps", str(cfg.batch_steps)]
-    return out, out / "runs", extra
+            asked["batch_steps"] = cfg.batch_steps
+    differ = {k: (v, settings.get(k)) for k, v in asked.items() if settings.get(k) != v}
+    if differ:
+        print(
+            f"warning: {runs} is pinned to other settings ({', '.join(f'{k}: asked {a}, pinned {b}' for k, (a, b) in differ.items())}); "
+            "the pinned ones are used: give another --out for new settings",
+            flush=True,
+        )
+    return settings
 
 
 def _run_order(cfg: BenchConfig) -> list[tuple[str, int]]:
@@ -156,7 +218,7 @@ def _set_nice(level: int) -> None:
 
 def run_all(cfg: BenchConfig) -> None:
     """Run every missing (method, seed), one at a time, resuming interrupted ones."""
-    out, runs, extra = _settings(cfg)
+    out, runs = _settings(cfg)
     runs.mkdir(parents=True, exist_ok=True)
     (runs / "logs").mkdir(exist_ok=True)
     lock_file = open(runs / ".lock", "a+")  # noqa: SIM115 (held for the whole run)
@@ -169,10 +231,12 @@ def run_all(cfg: BenchConfig) -> None:
     lock_file.write(f"{os.getpid()}\n")
     lock_file.flush()
 
+    settings = pinned_settings(cfg, runs)
+    settings_file = runs / "settings.json"
     timings_path = runs / "timings.json"
     timings = _load_timings(timings_path)
     order = _run_order(cfg)
-    total_iters = 2 if cfg.quick else cfg.iterations
+    total_iters = int(settings["iterations"])
     print(
         f"adaptation benchmark: {len(order)} runs ({', '.join(cfg.methods)}; seeds "
         f"{', '.join(map(str, cfg.seeds[:1] if cfg.quick else cfg.seeds))}) into {runs}",
@@ -196,20 +260,19 @@ def run_all(cfg: BenchConfig) -> None:
             continue
         base = [sys.executable, "-m", "rl.meta_cpo", "--backend", "serial", "--threads", "1", "--progress"]
         if (run_dir / "config.json").is_file():
-            cmd = [*base, "--resume", str(run_dir), "--iterations", extra[1]]
+            cmd = [*base, "--resume", str(run_dir), "--iterations", str(total_iters)]
             how = f"resumed at iteration {_iterations_done(run_dir)}"
         else:
             if run_dir.exists():  # killed before its config was written: nothing to keep
                 shutil.rmtree(run_dir)
             cmd = [
                 *base,
+                "--config",
+                str(settings_file),
                 "--algo",
                 algo,
                 "--seed",
                 str(seed),
-                "--env",
-                cfg.env,
-                *extra,
                 "--out",
                 str(run_dir),
             ]
@@ -526,7 +589,7 @@ def diagnose(cfg: BenchConfig, repeats: int = 3, eval_factor: int = 10) -> Path 
     from rl.cpo import surrogates
     from rl.meta_cpo import MetaCPOTrainer, derive_seed
 
-    out, runs, _ = _settings(cfg)
+    out, runs = _settings(cfg)
     run_dir = runs / f"meta-cpo-seed{(cfg.seeds[0])}"
     if not (run_dir / "adaptation.csv").is_file():
         print(f"diagnosis skipped: {run_dir} has not finished", flush=True)
@@ -613,8 +676,9 @@ def _diagnosis_md(out: Path) -> list[str]:
         "gradient is dominated by sampling noise (noise inflates its Fisher norm, hence the "
         "decrease the linear model promises inside the trust region), so the linearised "
         "constraint `b + a'x <= 0` looks satisfiable (inner case `trust-region` or `constrained` "
-        "rather than `recovery`) while the true cost barely moves: a property of the estimator at "
-        "these batch sizes, not of the trust-region solver.",
+        "rather than `recovery`) while the true cost moves by a small fraction of the promised "
+        "change: a property of the gradient estimator at these batch sizes, not of the "
+        "trust-region solver (whose KL stays inside the trust region, column KL).",
         "",
     ]
     return md
@@ -694,7 +758,7 @@ def targets(summary: list[dict[str, Any]]) -> list[str]:
 
 def report(cfg: BenchConfig) -> None:
     """Aggregate every finished run into the CSV / Markdown / PNG outputs."""
-    out, runs, _ = _settings(cfg)
+    out, runs = _settings(cfg)
     if not runs.is_dir():
         print(f"no runs under {runs} yet", flush=True)
         return
@@ -702,6 +766,22 @@ def report(cfg: BenchConfig) -> None:
     if not found:
         print(f"no finished runs under {runs} yet", flush=True)
         return
+    # one setting per folder: runs made with other settings are held back (and named)
+    reference = _reference_settings(runs)
+    mismatched: list[str] = []
+    if reference is not None:
+        kept = []
+        for r in found:
+            shared = _shared(r["cfg"])
+            diff = sorted(k for k in set(reference) | set(shared) if shared.get(k) != reference.get(k))
+            if diff:
+                mismatched.append(f"{r['name']} ({', '.join(f'{k} {shared.get(k)}' for k in diff)})")
+            else:
+                kept.append(r)
+        found = kept
+        if not found:
+            print(f"no finished runs with the settings of {runs} yet", flush=True)
+            return
     # compare methods on the same test tasks: only seeds that every method has finished
     by_seed: dict[int, set[str]] = defaultdict(set)
     for r in found:
@@ -759,6 +839,12 @@ def report(cfg: BenchConfig) -> None:
         + (
             f"; finished but held back until their seed is complete: {', '.join(held_back)}"
             if held_back
+            else ""
+        )
+        + (
+            "; finished with other settings than this folder's `runs/settings.json`, left out: "
+            + "; ".join(mismatched)
+            if mismatched
             else ""
         )
         + ".",
