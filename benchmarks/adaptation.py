@@ -32,7 +32,6 @@ Every other setting is ``rl.meta_cpo``'s default (the main job's), except ``--te
 
 from __future__ import annotations
 
-import csv
 import fcntl
 import json
 import math
@@ -53,8 +52,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import _harness  # noqa: E402
 from rl.meta_cpo import ALGOS, MetaCPOConfig  # noqa: E402
 from rl.runtime import parse_config, read_csv  # noqa: E402
+
+_iterations_done, _ms, _pct = _harness.iterations_done, _harness.mean_std, _harness.pct
+_set_nice, _write_csv = _harness.set_nice, _harness.write_csv
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "adaptation"
 LABELS = {
@@ -203,17 +206,6 @@ def _save_timings(path: Path, timings: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(timings, indent=1, sort_keys=True))
     tmp.replace(path)
-
-
-def _iterations_done(run_dir: Path) -> int:
-    progress = run_dir / "progress.csv"
-    return len(read_csv(progress)) if progress.is_file() else 0
-
-
-def _set_nice(level: int) -> None:
-    current = os.getpriority(os.PRIO_PROCESS, 0)
-    if current < level:
-        os.setpriority(os.PRIO_PROCESS, 0, level)
 
 
 def run_all(cfg: BenchConfig) -> None:
@@ -382,11 +374,6 @@ def _within(row: dict[str, str], run: dict[str, Any]) -> tuple[bool, bool]:
     return ok, total <= sum(limits) if len(limits) > 1 else total <= limits[0]
 
 
-def _ms(values: list[float]) -> tuple[float, float]:
-    a = np.asarray(values, dtype=float)
-    return (float(a.mean()), float(a.std())) if a.size else (math.nan, math.nan)
-
-
 def aggregate(found: list[dict[str, Any]]) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     """(raw rows, per-step table, per-method summary, per-run table)."""
     methods = [m for m in ALGOS if any(r["algo"] == m for r in found)]
@@ -477,19 +464,6 @@ def aggregate(found: list[dict[str, Any]]) -> tuple[list[dict], list[dict], list
             }
         )
     return raw, table, summary, run_table
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns: list[str] = []
-    for r in rows:
-        columns += [k for k in r if k not in columns]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    tmp.replace(path)
 
 
 # ============================================================================== plots
@@ -691,10 +665,6 @@ def _episodes(run_cfg: dict[str, Any]) -> int:
     return (int(run_cfg["batch_steps"]) // int(run_cfg["num_envs"])) // horizon * int(run_cfg["num_envs"])
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.0f}%"
-
-
 def targets(summary: list[dict[str, Any]]) -> list[str]:
     """The paper's claims as checks against the summary (met / missed / not measured)."""
     by = {s["method"]: s for s in summary}
@@ -769,15 +739,20 @@ def report(cfg: BenchConfig) -> None:
     # one setting per folder: runs made with other settings are held back (and named)
     reference = _reference_settings(runs)
     mismatched: list[str] = []
+    soft: dict[str, set[str]] = defaultdict(set)  # key -> runs whose config has it (or lacks it)
     if reference is not None:
         kept = []
         for r in found:
             shared = _shared(r["cfg"])
-            diff = sorted(k for k in set(reference) | set(shared) if shared.get(k) != reference.get(k))
+            diff = sorted(k for k in set(reference) & set(shared) if shared[k] != reference[k])
             if diff:
                 mismatched.append(f"{r['name']} ({', '.join(f'{k} {shared.get(k)}' for k in diff)})")
-            else:
-                kept.append(r)
+                continue
+            # a key only one side has: an option rl.meta_cpo gained between the runs (its default
+            # keeps or approximates the earlier behaviour); aggregated, and named in the README
+            for k in set(reference) ^ set(shared):
+                soft[k].add(f"{r['name']}: {shared.get(k, 'absent')}")
+            kept.append(r)
         found = kept
         if not found:
             print(f"no finished runs with the settings of {runs} yet", flush=True)
@@ -849,6 +824,27 @@ def report(cfg: BenchConfig) -> None:
         )
         + ".",
         "",
+        *(
+            [
+                "Options that `rl.meta_cpo` gained while the runs were made (absent from the older "
+                "runs' config.json, at their default in the newer ones; aggregated together): "
+                + "; ".join(
+                    f"`{k}` ({', '.join(sorted(v))} vs the folder's reference: {reference.get(k, 'absent')})"
+                    for k, v in sorted(soft.items())
+                )
+                + "."
+                + (
+                    " `fisher_states` 2000 with 2,000-step batches leaves every inner Fisher metric "
+                    "as it was (stride 1) and builds the meta-update's Fisher on 2,000 of the "
+                    "meta-batch's 8,000 first-batch states (an even stride) instead of all of them."
+                    if "fisher_states" in soft and c0["batch_steps"] == 2000 and c0["meta_batch"] == 4
+                    else ""
+                ),
+                "",
+            ]
+            if soft
+            else []
+        ),
         "| run | meta-iterations | meta-train env steps | test tasks | train s | wall s (sessions) |",
         "|---|---|---|---|---|---|",
     ]

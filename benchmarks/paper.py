@@ -38,7 +38,6 @@ anything else (no checkpoint yet, or CPO from scratch, which has none) starts ag
 
 from __future__ import annotations
 
-import csv
 import fcntl
 import json
 import math
@@ -59,8 +58,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import _harness  # noqa: E402
 from rl.meta_cpo import ALGOS  # noqa: E402
 from rl.runtime import parse_config, read_csv  # noqa: E402
+
+_iterations_done, _ms, _pct = _harness.iterations_done, _harness.mean_std, _harness.pct
+_set_nice, _write_csv = _harness.set_nice, _harness.write_csv
 
 RAW_OUT = ROOT / "benchmarks" / "results" / "paper"
 DOCS_OUT = ROOT / "docs" / "results" / "paper"
@@ -236,19 +239,8 @@ def _save_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _iterations_done(run_dir: Path) -> int:
-    progress = run_dir / "progress.csv"
-    return len(read_csv(progress)) if progress.is_file() else 0
-
-
 def _has_checkpoint(run_dir: Path) -> bool:
     return any(run_dir.glob("ckpt_*.pt"))
-
-
-def _set_nice(level: int) -> None:
-    current = os.getpriority(os.PRIO_PROCESS, 0)
-    if current < level:
-        os.setpriority(os.PRIO_PROCESS, 0, level)
 
 
 def seconds_per_step(runs: Path) -> tuple[float, str]:
@@ -428,11 +420,6 @@ def load_runs(runs: Path) -> list[dict[str, Any]]:
     return found
 
 
-def _ms(values: list[float]) -> tuple[float, float]:
-    a = np.asarray(values, dtype=float)
-    return (float(a.mean()), float(a.std())) if a.size else (math.nan, math.nan)
-
-
 def aggregate(found: list[dict[str, Any]]) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     """(raw rows, per env/method/step table, per env/method summary, per-run table)."""
     raw: list[dict[str, Any]] = []
@@ -529,19 +516,6 @@ def aggregate(found: list[dict[str, Any]]) -> tuple[list[dict], list[dict], list
             }
         )
     return raw, table, summary, run_table
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns: list[str] = []
-    for r in rows:
-        columns += [k for k in r if k not in columns]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    tmp.replace(path)
 
 
 # ============================================================================== plots
@@ -648,8 +622,6 @@ def plot(table: list[dict], found: list[dict], out: Path) -> None:
 
 
 # ============================================================================== report
-def _pct(x: float) -> str:
-    return f"{100 * x:.0f}%"
 
 
 def budget_lines(cfg: BenchConfig, runs: Path) -> list[str]:
