@@ -688,7 +688,8 @@ def targets(summary: list[dict[str, Any]]) -> list[str]:
         gap = mc["within_channels"] - mt["within_channels"]
         small = (
             f" A gap of {gap:+d} task(s) out of {mc['tasks']}: within the sampling noise of one "
-            "batch per task, so not evidence of a difference."
+            "batch per task, so the share alone is not evidence of a difference (the mean cost "
+            "after adaptation, next to it, is the steadier comparison)."
             if abs(gap) <= 2
             else ""
         )
