@@ -157,38 +157,16 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
+TINY_CLI = (
+    "--meta-batch 2 --inner-steps 1 --batch-steps 400 --num-envs 2 --hidden 8 --critic-hidden 16 "
+    "--critic-epochs 1 --test-tasks 2 --adapt-steps 1 --no-progress --backend serial"
+).split()
+
+
 @pytest.mark.slow
 def test_end_to_end_artifacts_and_exact_resume(tmp_path):
     full = tmp_path / "full"
-    main(
-        [
-            "--iterations",
-            "3",
-            "--meta-batch",
-            "2",
-            "--inner-steps",
-            "1",
-            "--batch-steps",
-            "400",
-            "--num-envs",
-            "2",
-            "--hidden",
-            "8",
-            "--critic-hidden",
-            "16",
-            "--critic-epochs",
-            "1",
-            "--test-tasks",
-            "2",
-            "--adapt-steps",
-            "1",
-            "--no-progress",
-            "--backend",
-            "serial",
-            "--out",
-            str(full),
-        ]
-    )
+    main(["--iterations", "3", *TINY_CLI, "--out", str(full)])
     for name in ("progress.csv", "adaptation.csv", "config.json", "training.png", "adaptation.png"):
         assert (full / name).is_file() and (full / name).stat().st_size > 0, name
     assert list(full.glob("ckpt_*.pt")) and list(full.glob("events.out.tfevents*"))
@@ -220,31 +198,7 @@ def test_end_to_end_artifacts_and_exact_resume(tmp_path):
 
     # the same run stopped after iteration 1, then resumed to 3
     part = tmp_path / "part"
-    args = [
-        "--meta-batch",
-        "2",
-        "--inner-steps",
-        "1",
-        "--batch-steps",
-        "400",
-        "--num-envs",
-        "2",
-        "--hidden",
-        "8",
-        "--critic-hidden",
-        "16",
-        "--critic-epochs",
-        "1",
-        "--test-tasks",
-        "2",
-        "--adapt-steps",
-        "1",
-        "--no-progress",
-        "--backend",
-        "serial",
-        "--out",
-        str(part),
-    ]
+    args = [*TINY_CLI, "--out", str(part)]
     main(["--iterations", "2", *args])
     # an extra row past the checkpoint, as if the process died after logging it: resume cuts it back
     with open(part / "progress.csv", "a") as f:
