@@ -27,7 +27,10 @@ a run folder with a ``config.json`` is continued with ``--resume``. Start it aga
     .venv/bin/python benchmarks/adaptation.py --report-only          # aggregate finished runs now
     .venv/bin/python benchmarks/adaptation.py --quick                # smoke test, tiny settings
 
-Every other setting is ``rl.meta_cpo``'s default (the main job's), except ``--test-tasks``.
+Every other setting is ``rl.meta_cpo``'s default (the main job's), except ``--test-tasks``, as it
+was when the folder's first run started: the settings are pinned in ``<out>/runs/settings.json``
+and passed to every later run with ``--config``, so a change of the defaults never mixes settings
+within one folder (use another ``--out`` for new settings).
 """
 
 from __future__ import annotations
@@ -796,7 +799,8 @@ def report(cfg: BenchConfig) -> None:
         f"{sum(limits):g}), {c0['adapt_steps']} CPO adaptation steps per test task (TRPO steps for "
         f"Meta-TRPO), {c0['batch_steps']} env steps per batch, {c0['num_envs']} sub-environments, "
         f"meta-batch {c0['meta_batch']}, {c0['inner_steps']} inner steps, inner delta "
-        f"{c0['inner_delta']}, meta delta {c0['meta_delta']}; otherwise `rl.meta_cpo`'s defaults. "
+        f"{c0['inner_delta']}, meta delta {c0['meta_delta']}; otherwise `rl.meta_cpo`'s defaults as of the folder's first run (pinned in "
+        "`runs/settings.json`). "
         "A test task's cost after step k is the mean episode cost of the on-policy batch of the "
         "adapted policy phi^k (k = 0: the meta-policy before adaptation). Test tasks differ "
         "between seeds and are shared by the methods of one seed.",
