@@ -662,6 +662,11 @@ def _diagnosis_md(out: Path) -> list[str]:
 
 
 # ============================================================================== report
+def _secs(value: float) -> str:
+    """Seconds for the tables ("-" where not measured, e.g. a run moved in from elsewhere)."""
+    return "-" if value is None or not math.isfinite(float(value)) else f"{float(value):.0f}"
+
+
 def _episodes(run_cfg: dict[str, Any]) -> int:
     """Full episodes in one batch of a run (the built-in families' horizon is 200)."""
     horizon = int(run_cfg.get("horizon") or 200)
@@ -856,7 +861,7 @@ def report(cfg: BenchConfig) -> None:
     for r in run_table:
         md.append(
             f"| {r['run']} | {r['meta_iterations']} | {r['meta_env_steps']:,} | {r['test_tasks']} | "
-            f"{r['train_seconds']:.0f} | {r['wall_seconds']:.0f} ({r['sessions']}) |"
+            f"{r['train_seconds']:.0f} | {_secs(r['wall_seconds'])} ({r['sessions']}) |"
         )
     md += [
         "",
@@ -891,7 +896,7 @@ def report(cfg: BenchConfig) -> None:
             + f" | {s['within_channels']}/{s['tasks']} ({_pct(s['share_within_channels'])}) | "
             f"{s['within_total']}/{s['tasks']} ({_pct(s['share_within_total'])}) | "
             f"{s['meta_env_steps']:,.0f} | {s['adapt_env_steps_per_task']:,} | {s['env_steps_total']:,.0f} | "
-            f"{s['wall_s_per_run']:.0f} |"
+            f"{_secs(s['wall_s_per_run'])} |"
         )
     md += [
         "",
