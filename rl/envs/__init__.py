@@ -16,9 +16,28 @@ Safety-Gymnasium id (``SafetyPointGoal1-v0``, ...) is accepted by :func:`make`.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 from typing import Any
 
-from rl.envs.base import VecEnv
+
+def _import_gymnasium_quietly() -> None:
+    """Import gymnasium once, dropping the notice that the installed gymnasium-robotics prints
+    about its Adroit environments when gymnasium loads its plugins (other output passes through)."""
+    if "gymnasium" in sys.modules:
+        return
+    captured = io.StringIO()
+    with contextlib.redirect_stderr(captured):
+        import gymnasium  # noqa: F401
+    kept = [line for line in captured.getvalue().splitlines() if "AdroitHand" not in line]
+    if kept:
+        print("\n".join(kept), file=sys.stderr)
+
+
+_import_gymnasium_quietly()
+
+from rl.envs.base import VecEnv  # noqa: E402
 
 BUILTIN_FAMILIES = ("safenav-goal", "safenav-button")
 SAFETY_FAMILIES = ("safety-button", "safety-circle")
