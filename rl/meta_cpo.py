@@ -919,7 +919,10 @@ class MetaCPOTrainer:
         cfg = self.cfg
         path = self.run_dir / "adaptation.csv"
         tasks = self.dist.sample(cfg.test_tasks, split="test", seed=derive_seed(cfg.seed, 0, 0, 6))
-        limit = float(np.sum(self.setup.limits)) if self.setup.limits else float(np.sum(cfg.cost_limit))
+        limits = self.setup.limits
+        if limits is None:  # meta-trpo: record the limits the constrained methods are given
+            limits = resolve_limits(replace(cfg, algo="cpo-scratch"), self.setup.cost_channels)
+        limit = float(np.sum(limits))
         tmp = path.with_suffix(".csv.tmp")
         tmp.unlink(missing_ok=True)
         logger = CSVLogger(tmp)
