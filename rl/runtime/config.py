@@ -524,7 +524,9 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
     if description is None:
         doc = cls.__doc__ or ""
         description = None if doc.startswith(cls.__name__ + "(") else doc.strip() or None
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # "python -m pkg.mod"
     parser = argparse.ArgumentParser(
+        prog=f"python -m {main_spec.name}" if main_spec is not None and main_spec.name else None,
         description=description,
         argument_default=argparse.SUPPRESS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
