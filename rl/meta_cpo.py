@@ -112,7 +112,13 @@ class MetaCPOConfig:
             "noisy: see benchmarks/results/cpo_batch_size.md)"
         },
     )
-    num_envs: int = field(default=40, metadata={"help": "sub-environments per task"})
+    num_envs: int | None = field(
+        default=None,
+        metadata={
+            "help": "sub-environments per task (none: batch_steps // horizon, so that every "
+            "sub-environment runs whole episodes)"
+        },
+    )
     horizon: int | None = field(default=None, metadata={"help": "episode length (none: the family's)"})
     cost_limit: float | tuple[float, ...] = field(
         default=5.0,
@@ -183,7 +189,6 @@ class MetaCPOConfig:
             "meta_batch",
             "inner_steps",
             "batch_steps",
-            "num_envs",
             "cg_iters",
             "max_backtracks",
             "critic_epochs",
@@ -200,8 +205,10 @@ class MetaCPOConfig:
         for name in ("iterations", "adapt_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.batch_steps < self.num_envs:
-            raise ValueError(f"batch_steps ({self.batch_steps}) must be >= num_envs ({self.num_envs})")
+        if self.num_envs is not None and not 1 <= self.num_envs <= self.batch_steps:
+            raise ValueError(
+                f"num_envs must be in [1, batch_steps = {self.batch_steps}], got {self.num_envs}"
+            )
         for name in ("inner_delta", "meta_delta", "kl_tolerance", "critic_lr"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -636,13 +643,16 @@ class MetaCPOTrainer:
         from rl.envs import make, task_distribution
 
         cfg.validate()
-        self.cfg = cfg
         torch.set_num_threads(cfg.threads)
         self.dist = task_distribution(cfg.env)
         probe_task = self.dist.sample(1, split="train", seed=cfg.seed)[0]
         probe = make(cfg.env, task=probe_task, num_envs=1, seed=cfg.seed)
         obs_dim, act_dim, channels = probe.obs_dim, probe.act_dim, tuple(probe.cost_channels)
+        horizon = cfg.horizon or probe.horizon
         probe.close()
+        if cfg.num_envs is None:  # whole episodes per sub-environment (recorded in config.json)
+            cfg = replace(cfg, num_envs=max(1, cfg.batch_steps // horizon))
+        self.cfg = cfg
         init = torch.Generator().manual_seed(derive_seed(cfg.seed, 0, 0, 1))
         torch.manual_seed(derive_seed(cfg.seed, 0, 0, 2))  # critic initialisation
         policy = GaussianPolicy(obs_dim, act_dim, hidden=cfg.hidden, init_log_std=cfg.init_log_std)

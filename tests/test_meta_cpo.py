@@ -260,3 +260,11 @@ def test_fisher_states_is_an_even_stride_of_at_most_the_limit():
     assert fisher_states(obs, 3).squeeze(1).tolist() == [0, 4, 8]
     with pytest.raises(ValueError, match="fisher_states must be >= 1"):
         MetaCPOTrainer(_tiny_cfg(fisher_states=0))
+
+
+def test_num_envs_defaults_to_whole_episodes_per_sub_environment():
+    trainer = MetaCPOTrainer(_tiny_cfg(num_envs=None, batch_steps=800, horizon=100))
+    assert trainer.cfg.num_envs == 8 and trainer.setup.cfg.num_envs == 8
+    assert MetaCPOTrainer(_tiny_cfg(num_envs=None, batch_steps=400)).cfg.num_envs == 2  # horizon 200
+    with pytest.raises(ValueError, match="num_envs must be in"):
+        MetaCPOTrainer(_tiny_cfg(num_envs=500, batch_steps=400))
