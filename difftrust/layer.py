@@ -92,10 +92,8 @@ class _Record:
     metric: Metric | None
     cg_iters: int
     cg_tol: float
-    delta_is_tensor: bool
     P: Tensor | None = None
     L: Tensor | None = None
-    K: Tensor | None = None
     w: Tensor | None = None
     x: Tensor | None = None
     solutions: list[ReducedSolution] = field(default_factory=list)
@@ -144,19 +142,19 @@ class _TrustRegionFunction(torch.autograd.Function):
         rec.leaves = leaves
         w = torch.stack([s.w.detach() for s in sols]).to(g.dtype)
         x = (P @ w.unsqueeze(2)).squeeze(2)
-        rec.P, rec.K, rec.w, rec.x, rec.solutions = P, K, w, x, sols
+        rec.P, rec.w, rec.x, rec.solutions = P, w, x, sols
         return x
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
         ctx.rec = inputs[4]
-        ctx.saved_inputs = inputs[:4] + inputs[5:]
+        ctx.metric_tensors = inputs[5:]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, xbar: Tensor) -> tuple:
         rec: _Record = ctx.rec
-        g, A, b, delta, *tensors = ctx.saved_inputs
+        tensors = ctx.metric_tensors
         P, w, x = rec.P, rec.w, rec.x
         need = ctx.needs_input_grad
         wbar = (P.transpose(1, 2) @ xbar.unsqueeze(2)).squeeze(2)  # (B, m+1)
@@ -314,19 +312,19 @@ def _normalise_metric(
     )
 
 
-def _check_delta(delta: Any, like: Tensor) -> tuple[Tensor, bool]:
+def _check_delta(delta: Any, like: Tensor) -> Tensor:
     if isinstance(delta, Tensor):
         if delta.numel() != 1 or not delta.is_floating_point():
             raise ValueError(f"delta must be a positive scalar, got a tensor of shape {tuple(delta.shape)}")
         d = float(delta.detach())
         if not (math.isfinite(d) and d > 0):
             raise ValueError(f"delta must be a finite scalar > 0, got {d!r}")
-        return delta.reshape(()).to(dtype=like.dtype, device=like.device), True
+        return delta.reshape(()).to(dtype=like.dtype, device=like.device)
     if isinstance(delta, bool) or not isinstance(delta, (int, float)):
         raise TypeError(f"delta must be a positive float or scalar tensor, got {type(delta).__name__}")
     if not (math.isfinite(delta) and delta > 0):
         raise ValueError(f"delta must be a finite scalar > 0, got {delta!r}")
-    return torch.tensor(float(delta), dtype=like.dtype, device=like.device), False
+    return torch.tensor(float(delta), dtype=like.dtype, device=like.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,8 +350,8 @@ def trust_region_step(
     if solver == "analytic" and m > 1:
         raise ValueError(f"solver='analytic' handles m <= 1 constraints, got m = {m}; use 'auto' or 'conic'")
     kind, metric_obj, tensors = _normalise_metric(metric, g2, batched)
-    d, d_is_tensor = _check_delta(delta, g2)
-    rec = _Record(kind, solver, metric_obj, cg_iters, cg_tol, d_is_tensor)
+    d = _check_delta(delta, g2)
+    rec = _Record(kind, solver, metric_obj, cg_iters, cg_tol)
     x = _TrustRegionFunction.apply(g2, A3, b2, d, rec, *tensors)
     sols = rec.solutions
     lam = torch.stack([s.lam for s in sols]).to(g2.dtype)

@@ -409,7 +409,6 @@ class TaskResult:
     first_obs: Tensor  # states of the first inner batch (for H_theta and the normaliser)
     critic_data: list[tuple[Tensor, Tensor, Tensor]]  # (obs, ret_r, ret_c) of every batch
     cases: list[str]
-    lams: list[float]
     env_steps: int
     problem: str = ""  # why the task's contribution is unusable ("" if finite)
 
@@ -454,7 +453,6 @@ def _skipped_task(theta: Tensor, setup: Setup, problem: str, env_steps: int) -> 
         first_obs=theta.new_zeros((0, setup.policy.obs_dim)),
         critic_data=[],
         cases=[],
-        lams=[],
         env_steps=env_steps,
         problem=problem,
     )
@@ -502,7 +500,6 @@ def task_meta_gradient(setup: Setup, theta: Tensor, task: Any, seed: int) -> Tas
         first_obs=batches[0].obs.detach(),
         critic_data=[(b.obs, b.ret_r, b.ret_c) for b in [*batches, val]],
         cases=[str(r.case) for r in results],
-        lams=[float(r.lam) for r in results],
         env_steps=sum(b.env_steps for b in [*batches, val]),
         problem=problem,
     )
@@ -838,7 +835,6 @@ class MetaCPOTrainer:
                 first_obs=b.obs,
                 critic_data=[],
                 cases=[],
-                lams=[],
                 env_steps=b.env_steps,
             )
             for b in batches

@@ -130,7 +130,6 @@ def test_meta_step_satisfies_linearised_constraint_and_trust_region(offset):
             first_obs=obs,
             critic_data=[],
             cases=[],
-            lams=[],
             env_steps=0,
         )
         for _ in range(3)
