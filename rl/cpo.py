@@ -62,7 +62,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from difftrust import FisherMetric, StepResult, TrustRegionStep
+from difftrust import FisherMetric, Metric, StepResult, TrustRegionStep, conjugate_gradient
 from rl.policy import Critic, GaussianPolicy, ObsNormalizer
 from rl.rollout import Batch, collect
 
@@ -71,6 +71,7 @@ __all__ = [
     "cost_offsets",
     "cpo_direction",
     "cpo_update",
+    "debiased_offsets",
     "fit_critics",
     "line_search",
     "main",
@@ -132,6 +133,88 @@ def sum_cost_channels(batch: Batch) -> Batch:
     )
 
 
+# ------------------------------------------------------------------- constraint optimism
+def _halves(batch: Batch) -> Tensor:
+    """Mask of the first half of the batch's episodes: sub-environments ``0 .. N/2 - 1``
+    (rows ``i`` with ``i % num_envs < num_envs // 2``), or the first half of the steps for
+    one sub-environment."""
+    idx = torch.arange(len(batch))
+    n_envs = int(getattr(batch, "num_envs", 1))
+    mask = idx % n_envs < n_envs // 2 if n_envs >= 2 else idx < len(batch) // 2
+    if bool(mask.all()) or not bool(mask.any()):
+        raise ValueError(f"debiasing needs a batch of at least 2 rows, got {len(batch)}")
+    return mask
+
+
+def debiased_offsets(
+    policy: GaussianPolicy,
+    params: Tensor,
+    batch: Batch,
+    cost_limits: float | Sequence[float] | Tensor,
+    step: TrustRegionStep,
+    damping: float = 0.1,
+    iterations: int = 5,
+    metric: Metric | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Constraint offsets corrected for the optimism of a step chosen on noisy gradients.
+
+    The CPO step is chosen so that the *estimated* cost change ``a_j'x`` meets the
+    constraint, but ``x`` depends on the estimation noise ``e_j`` of ``a_j``, and it
+    exploits it: the true change ``(a_j - e_j)'x`` is larger than predicted by the
+    optimism ``o_j = E[e_j'x]``, which for thousands of parameters dominates the
+    prediction (``benchmarks/results/cpo_prediction.md``). For a step ``x = H^-1 G'w``
+    (``G`` the rows ``g, a_1, ..., a_C``, ``w`` the coefficients of the reduced
+    problem), ``o_j = sum_i w_i E[e_j'H^-1 e_i]``. The noise cross-powers are estimated
+    from two independent halves of the batch (sub-environments ``0 .. N/2-1`` and the
+    rest): ``D = (G_A - G_B) sqrt(n_A n_B) / n`` has the covariance of the full-batch
+    noise, so ``E[e_j'H^-1 e_i] ~ D_j'H^-1 D_i`` (one extra CG solve with ``C + 1``
+    right-hand sides). The corrected constraint ``b_j + a_j'x - o_j <= 0`` is the
+    program with offsets ``b'_j = b_j - o_j``; as ``w`` depends on ``b'``, the fixed
+    point is iterated ``iterations`` times on the reduced ``(C+1)``-variable problem.
+
+    ``metric`` is the step's metric (default: the damped Fisher on ``batch.obs``, as
+    :func:`cpo_direction` uses).
+
+    Returns:
+        ``(b_eff, optimism)``: the corrected offsets ``b - o`` to pass to
+        :func:`cpo_direction` and the line search, and ``-o`` (the predicted
+        underestimate of each channel's cost change, >= 0 when the step leans on the
+        noise), both ``(C,)`` and detached.
+    """
+    if not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be a positive int, got {iterations!r}")
+    theta = params.detach().requires_grad_(True)
+    b = cost_offsets(batch, cost_limits, params.dtype)
+    mask = _halves(batch)
+    n_a, n_b, n = int(mask.sum()), int((~mask).sum()), len(batch)
+    with torch.enable_grad():
+        ratio = torch.exp(policy.log_prob(theta, batch.obs, batch.act) - batch.logp)
+        terms = torch.cat(
+            [(ratio * batch.adv_r).unsqueeze(-1), batch.ep_len * ratio.unsqueeze(-1) * batch.adv_c], 1
+        )
+        outs = torch.cat([terms[mask].mean(0), terms[~mask].mean(0)])
+        rows = torch.stack([torch.autograd.grad(o, theta, retain_graph=True)[0] for o in outs])
+    k = terms.shape[1]
+    G = (n_a * rows[:k] + n_b * rows[k:]) / n
+    D = (rows[:k] - rows[k:]) * (math.sqrt(n_a * n_b) / n)
+    if metric is None:
+        obs = batch.obs
+        metric = FisherMetric(lambda ref, p: policy.kl(ref, p, obs), theta.detach(), damping)
+    operator = metric.operator(*[t.detach() for t in metric.tensors])
+    sol = conjugate_gradient(operator, torch.cat([G, D]).T, max_iter=step.cg_iters, tol=step.cg_tol).x
+    K = G @ sol[:, :k]
+    N = D @ sol[:, k:]
+    K, N = (K + K.T) / 2, (N + N.T) / 2
+    K = K + 1e-12 * K.diagonal().sum() * torch.eye(k, dtype=K.dtype)  # g parallel to a: keep K SPD
+    reduced = TrustRegionStep(step.delta, solver=step.solver)
+    b_eff = b
+    for _ in range(iterations):
+        w = reduced(K[0], K[1:], b_eff, K)  # the step's coefficients in the basis H^-1 G'
+        optimism = N[1:] @ w
+        b_eff = b - optimism
+    return b_eff.detach(), (-optimism).detach()
+
+
 # ------------------------------------------------------------------------------- direction
 def cpo_direction(
     policy: GaussianPolicy,
@@ -141,6 +224,7 @@ def cpo_direction(
     step: TrustRegionStep,
     damping: float = 0.1,
     create_graph: bool = False,
+    offsets: Tensor | None = None,
 ) -> tuple[Tensor, StepResult]:
     """The CPO step ``x`` at ``params`` (TRPO when ``cost_limits`` is ``None``).
 
@@ -159,6 +243,8 @@ def cpo_direction(
         step: The trust-region layer (its ``delta``, CG settings, solver).
         damping: Damping added to the Fisher metric.
         create_graph: Build a differentiable step (Meta-CPO inner loop).
+        offsets: The constraint offsets ``b`` to use instead of ``ep_cost - cost_limits``
+            (for example :func:`debiased_offsets`), shape ``(C,)``; constants.
 
     Returns:
         ``(x, result)``: the step ``(n,)`` and the :class:`difftrust.StepResult`
@@ -176,7 +262,7 @@ def cpo_direction(
             (g,) = torch.autograd.grad(loss_r, theta, create_graph=create_graph)
             A = b = None
         else:
-            b = cost_offsets(batch, cost_limits, params.dtype)
+            b = cost_offsets(batch, cost_limits, params.dtype) if offsets is None else offsets.detach()
             outputs = torch.cat([loss_r.reshape(1), loss_c])
             rows = [
                 torch.autograd.grad(out, theta, create_graph=create_graph, retain_graph=True)[0]
@@ -260,8 +346,13 @@ def cpo_update(
     backtrack_coef: float = 0.8,
     max_backtracks: int = 15,
     kl_tolerance: float = 1.5,
+    debias: bool = False,
 ) -> tuple[Tensor, dict[str, Any]]:
     """One CPO policy update: :func:`cpo_direction`, then :func:`line_search`.
+
+    With ``debias=True`` (and a constraint) the offsets are :func:`debiased_offsets`,
+    used by both the step and the line search; ``info["optimism"]`` holds the
+    correction per constraint (0 otherwise).
 
     Returns:
         ``(new_params, info)``; ``info`` holds ``case``, ``lam``, ``nu`` (list, one per
@@ -269,8 +360,13 @@ def cpo_update(
         ``cg_residual`` (largest relative CG residual) and the line-search keys
         ``accepted``, ``backtracks``, ``kl``, ``improve_r``, ``change_c``.
     """
-    x, res = cpo_direction(policy, params, batch, cost_limits, step, damping=damping)
-    b = None if cost_limits is None else cost_offsets(batch, cost_limits, params.dtype)
+    b = optimism = None
+    if cost_limits is not None:
+        b = cost_offsets(batch, cost_limits, params.dtype)
+        optimism = torch.zeros_like(b)
+        if debias:
+            b, optimism = debiased_offsets(policy, params, batch, cost_limits, step, damping=damping)
+    x, res = cpo_direction(policy, params, batch, cost_limits, step, damping=damping, offsets=b)
     delta = float(step.delta)
     new, ls = line_search(
         policy,
@@ -293,6 +389,7 @@ def cpo_update(
         "lam": float(res.lam),
         "nu": [float(v) for v in res.nu.reshape(-1)],
         "b": [] if b is None else b.tolist(),
+        "optimism": [] if optimism is None else optimism.tolist(),
         "expected_improve": float(g @ x.detach()),
         "step_norm": float(x.detach().norm()),
         "cg_residual": float("nan") if res.cg_residuals is None else float(res.cg_residuals.max()),
@@ -424,6 +521,13 @@ class CPOConfig:
     constrain: Literal["channels", "total"] = field(
         default="channels",
         metadata={"help": "channels: one constraint per cost channel; total: one on their sum"},
+    )
+    debias: bool = field(
+        default=False,
+        metadata={
+            "help": "correct the constraints for the optimism of a step chosen on noisy cost "
+            "gradients (estimated from two halves of the batch; see rl.cpo.debiased_offsets)"
+        },
     )
     delta: float = field(default=0.01, metadata={"help": "trust region: 0.5 x'Hx <= delta"})
     damping: float = field(default=0.1, metadata={"help": "Fisher damping"})
@@ -648,13 +752,14 @@ def _row(it: int, st: _State, batch: Batch, info: dict[str, Any], extra: dict[st
         {"ep_len": batch.ep_len, "episodes": batch.num_episodes, "kl": info["kl"], "case": info["case"]}
     )
     row["lam"] = info["lam"]
-    nu = info["nu"]
     names = extra.pop("constraint_names")
-    if len(names) == 1:
-        row["nu"] = nu[0] if nu else None
-    else:
-        for name, value in zip(names, nu or [None] * len(names), strict=True):
-            row[f"nu_{name}"] = value
+    for key in ("nu", "optimism"):
+        values = info.get(key) or [None] * len(names)
+        if len(names) == 1:
+            row[key] = values[0]
+        else:
+            for name, value in zip(names, values, strict=True):
+                row[f"{key}_{name}"] = value
     row.update(
         {
             "accepted": info["accepted"],
@@ -735,6 +840,7 @@ def train(cfg: CPOConfig) -> Path:
                 backtrack_coef=cfg.backtrack_coef,
                 max_backtracks=cfg.max_backtracks,
                 kl_tolerance=cfg.kl_tolerance,
+                debias=cfg.debias,
             )
             loss_vr, loss_vc = fit_critics(
                 (st.reward_critic, st.cost_critic),

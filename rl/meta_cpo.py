@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 
 from difftrust import FisherMetric, StepResult, TrustRegionStep
-from rl.cpo import cost_offsets, cpo_update, sum_cost_channels, surrogates
+from rl.cpo import cost_offsets, cpo_update, debiased_offsets, sum_cost_channels, surrogates
 from rl.policy import Critic, GaussianPolicy, ObsNormalizer, fit_critic
 from rl.rollout import Batch, collect
 
@@ -100,6 +100,13 @@ class MetaCPOConfig:
     meta_delta: float = field(default=0.01, metadata={"help": "meta trust region size delta_theta"})
     meta_metric: Literal["fisher", "identity"] = field(
         default="fisher", metadata={"help": "H_theta of the meta-update: damped Fisher of pi_theta, or I"}
+    )
+    debias: bool = field(
+        default=False,
+        metadata={
+            "help": "correct the inner (and multi-task) constraints for the optimism of a step chosen "
+            "on noisy cost gradients (rl.cpo.debiased_offsets; the offsets are constants of the data)"
+        },
     )
     frozen_metric: bool = field(
         default=False,
@@ -358,6 +365,8 @@ def inner_direction(
     obs = fisher_states(batch.obs, cfg.fisher_states)
     metric = FisherMetric(lambda ref, q: policy.kl(ref, q, obs), psi, damping=cfg.damping)
     step = TrustRegionStep(delta=cfg.inner_delta, cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol)
+    if cfg.debias and b is not None:
+        b, _ = debiased_offsets(policy, p, view, setup.limits, step, metric=metric)
     res = step.solve(g, A, b, metric)
     return res.x, res
 
@@ -820,6 +829,7 @@ class MetaCPOTrainer:
             backtrack_coef=cfg.backtrack_coef,
             max_backtracks=cfg.max_backtracks,
             kl_tolerance=cfg.kl_tolerance,
+            debias=cfg.debias,
         )
         info["b_theta"] = info.pop("b", [])
         nan_c = np.full(len(setup.cost_channels), np.nan)

@@ -73,6 +73,8 @@ class Batch:
             extrapolated from the unfinished ones, see :func:`collect`).
         env_steps: Environment steps in the batch (``T``).
         cost_channels: Names of the cost channels.
+        num_envs: Sub-environments the batch was stepped in; row ``i`` of the tensors
+            comes from sub-environment ``i % num_envs`` (time-major layout).
     """
 
     obs: Tensor
@@ -88,6 +90,7 @@ class Batch:
     num_episodes: int
     env_steps: int
     cost_channels: tuple[str, ...]
+    num_envs: int = 1
 
     _TENSORS = ("obs", "act", "logp", "adv_r", "adv_c", "ret_r", "ret_c")
 
@@ -346,4 +349,5 @@ def collect(
         num_episodes=len(finished_len),
         env_steps=steps * n_envs,
         cost_channels=channels,
+        num_envs=n_envs,
     )

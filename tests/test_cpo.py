@@ -16,6 +16,7 @@ from rl.cpo import (
     cost_offsets,
     cpo_direction,
     cpo_update,
+    debiased_offsets,
     fit_critics,
     line_search,
     main,
@@ -227,6 +228,78 @@ def test_cost_offsets_shapes():
     assert cost_offsets(batch, [1.0, 2.0], torch.float64).tolist() == [2.0, 28.0]
     with pytest.raises(ValueError, match=r"shape \(2,\)"):
         cost_offsets(batch, [1.0, 2.0, 3.0], torch.float64)
+
+
+# ---------------------------------------------------------------- constraint optimism
+def _two_env_batch(n_cost: int = 1, identical_halves: bool = False, seed: int = 3):
+    """A recorded batch laid out as two sub-environments (row i from env i % 2)."""
+    pi, params, batch = _recorded_batch(seed=seed, n_cost=n_cost, ep_cost=(25.0,) * n_cost)
+    batch.num_envs = 2
+    if identical_halves:  # env 1 repeats env 0 row by row: the halves carry no noise
+        from dataclasses import replace
+
+        even = torch.arange(0, len(batch), 2)
+        rep = torch.repeat_interleave(even, 2)
+        batch = replace(batch, **{name: getattr(batch, name)[rep] for name in Batch._TENSORS})
+    return pi, params, batch
+
+
+def test_debiased_offsets_vanish_without_noise():
+    pi, params, batch = _two_env_batch(n_cost=2, identical_halves=True)
+    step = TrustRegionStep(delta=DELTA, cg_iters=200, cg_tol=1e-14)
+    b_eff, optimism = debiased_offsets(pi, params, batch, [24.0, 26.0], step, damping=DAMPING)
+    assert b_eff.tolist() == pytest.approx([1.0, -1.0], abs=1e-12)
+    assert optimism.tolist() == pytest.approx([0.0, 0.0], abs=1e-12)
+
+
+@pytest.mark.parametrize("limit", [25.0, 25.3, 20.0])
+def test_debiased_offsets_equal_independent_formula(limit):
+    """b' = b - D_a' H^-1 D' w at the fixed point, written out with dense matrices: D from
+    the two halves' gradients, w the coefficients of the step solved with b'."""
+    pi, params, batch = _two_env_batch()
+    step = TrustRegionStep(delta=DELTA, cg_iters=200, cg_tol=1e-14)
+    b_eff, optimism = debiased_offsets(pi, params, batch, limit, step, damping=DAMPING, iterations=200)
+
+    _, _, H = _grads_and_fisher(pi, params, batch)
+    halves = []
+    for rows in (slice(0, None, 2), slice(1, None, 2)):
+        sub = Batch(**{**batch.__dict__, **{n: getattr(batch, n)[rows] for n in Batch._TENSORS}})
+        g, A, _ = _grads_and_fisher(pi, params, sub)
+        halves.append(torch.cat([g.unsqueeze(0), A]))
+    G = (halves[0] + halves[1]) / 2
+    D = (halves[0] - halves[1]) / 2
+    x, _ = cpo_direction(pi, params, batch, limit, step, damping=DAMPING, offsets=b_eff)
+    P = torch.linalg.solve(H, G.T)
+    w = torch.linalg.lstsq(P, x.unsqueeze(1)).solution.squeeze(1)
+    torch.testing.assert_close(P @ w, x, rtol=1e-6, atol=1e-10)  # x lies in span(H^-1 [g, a])
+    o = D[1:] @ torch.linalg.solve(H, D.T) @ w
+    b = float(batch.ep_cost[0]) - limit
+    assert optimism.tolist() == pytest.approx((-o).tolist(), rel=1e-5, abs=1e-9)
+    assert b_eff.tolist() == pytest.approx((b - o).tolist(), rel=1e-5, abs=1e-9)
+    # the full-batch gradients are the mean of the halves: the step is CPO's step with b'
+    g_full, A_full, _ = _grads_and_fisher(pi, params, batch)
+    torch.testing.assert_close(G, torch.cat([g_full.unsqueeze(0), A_full]), rtol=1e-10, atol=1e-12)
+
+
+def test_cpo_update_debias_reports_and_uses_corrected_offsets():
+    pi, params, batch = _two_env_batch()
+    batch.ep_cost = np.array([25.0 + _binding_offset(pi, params, batch)])
+    step = TrustRegionStep(delta=DELTA, cg_iters=50)
+    _, plain = cpo_update(pi, params, batch, 25.0, step, damping=DAMPING)
+    _, info = cpo_update(pi, params, batch, 25.0, step, damping=DAMPING, debias=True)
+    b_eff, optimism = debiased_offsets(pi, params, batch, 25.0, step, damping=DAMPING)
+    assert plain["optimism"] == [0.0]
+    assert info["optimism"] == pytest.approx(optimism.tolist(), rel=1e-9)
+    assert info["b"] == pytest.approx(b_eff.tolist(), rel=1e-9)
+    assert info["b"][0] == pytest.approx(plain["b"][0] + info["optimism"][0], rel=1e-9)
+    assert info["change_c"][0] <= max(-info["b"][0], 0.0) + 1e-12
+
+
+def test_debiased_offsets_errors():
+    pi, params, batch = _two_env_batch()
+    step = TrustRegionStep(delta=DELTA)
+    with pytest.raises(ValueError, match="iterations must be a positive int, got 0"):
+        debiased_offsets(pi, params, batch, 25.0, step, iterations=0)
 
 
 # ------------------------------------------------------------------------ line search

@@ -12,10 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from difftrust import FisherMetric, TrustRegionStep
+from rl.cpo import debiased_offsets, surrogates
 from rl.envs import make, task_distribution
 from rl.meta_cpo import (
     MetaCPOTrainer,
     TaskResult,
+    fisher_states,
+    inner_direction,
     main,
     meta_objectives,
     meta_update,
@@ -93,6 +97,33 @@ def test_first_order_variant_differs_from_exact_gradient():
         grads[differentiable] = torch.autograd.grad(objs[0], theta)[0]
     rel = (grads[True] - grads[False]).norm() / grads[True].norm()
     assert rel > 1e-3  # the first-order shortcut is an approximation, and measurably so
+
+
+@pytest.mark.parametrize("differentiable", [False, True])
+def test_debiased_inner_step_is_cpo_step_with_corrected_offsets(differentiable):
+    setup, theta0, data = _fixed_data_setup("channels")
+    setup = replace(setup, cfg=replace(setup.cfg, debias=True))
+    theta = theta0.clone().requires_grad_(differentiable)
+    x, res = inner_direction(setup, theta, data[0], differentiable=differentiable)
+    cfg, view = setup.cfg, setup.constrained_view(data[0])
+    obs = fisher_states(view.obs, cfg.fisher_states)
+    metric = FisherMetric(lambda ref, q: setup.policy.kl(ref, q, obs), theta0, damping=cfg.damping)
+    step = TrustRegionStep(delta=cfg.inner_delta, cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol)
+    b_eff, optimism = debiased_offsets(setup.policy, theta0, view, setup.limits, step, metric=metric)
+    assert float(optimism.abs().max()) > 0  # the correction is not a no-op on real data
+    plain, _ = inner_direction(replace(setup, cfg=replace(cfg, debias=False)), theta0, data[0], False)
+    assert not torch.allclose(plain, x.detach())
+    # the reference: CPO's step on the same data and metric, offsets replaced by b_eff
+    ref = step.solve(*_rows(setup, theta0, view), b_eff, metric).x
+    torch.testing.assert_close(x.detach(), ref, rtol=1e-8, atol=1e-12)
+    assert x.requires_grad == differentiable
+
+
+def _rows(setup, theta, view):
+    p = theta.detach().requires_grad_(True)
+    loss_r, loss_c = surrogates(setup.policy, p, view)
+    rows = [torch.autograd.grad(o, p, retain_graph=True)[0] for o in [loss_r, *loss_c]]
+    return rows[0], torch.stack(rows[1:])
 
 
 def test_inner_loop_leaves_theta_untouched_and_tasks_share_no_state():
