@@ -11,7 +11,10 @@ batch sizes, computes one CPO step per batch and compares
 
 It explains why costs settle above the limit when batches hold few episodes: ``b`` and ``a`` are
 noisy, the step exploits the noise (``s = a'H^-1 a`` is inflated), and the promised decrease does
-not materialise. Usage::
+not materialise. It also checks the correction of :func:`rl.cpo.debiased_offsets`: the optimism of
+the plain step estimated from two halves of the batch (``corrected`` = ``a'x`` plus the estimated
+optimism, which should be unbiased for the actual change), and the step taken with the corrected
+offsets (``--debias`` in ``rl.cpo``) with its own predicted and actual change. Usage::
 
     python benchmarks/cpo_prediction.py [--run DIR] [--repeats 3] [--quick]
 """
@@ -28,7 +31,16 @@ import numpy as np
 import torch
 
 from difftrust import TrustRegionStep
-from rl.cpo import CPOConfig, _init_state, cost_offsets, cpo_direction, make_env, surrogates, train
+from rl.cpo import (
+    CPOConfig,
+    _init_state,
+    cost_offsets,
+    cpo_direction,
+    debiased_offsets,
+    make_env,
+    surrogates,
+    train,
+)
 from rl.rollout import collect
 from rl.runtime import load_latest_checkpoint
 
@@ -101,6 +113,13 @@ def main() -> None:
             _, lc = surrogates(st.policy, p, b)
             A = torch.stack([torch.autograd.grad(lc[j], p, retain_graph=True)[0] for j in range(lc.shape[0])])
             after = batch(st.params + x, eval_steps)
+            # the optimism of this (plain) step: one fixed-point iteration evaluates it at the plain w
+            _, optimism = debiased_offsets(st.policy, st.params, b, [limit, limit], step, iterations=1)
+            b_eff, _ = debiased_offsets(st.policy, st.params, b, [limit, limit], step)
+            x_d, res_d = cpo_direction(
+                st.policy, st.params, b, [limit, limit], step, damping=0.1, offsets=b_eff
+            )
+            after_d = batch(st.params + x_d, eval_steps)
             rows.append(
                 {
                     "batch_steps": n,
@@ -112,6 +131,13 @@ def main() -> None:
                     "b": cost_offsets(b, [limit, limit], torch.float64).tolist(),
                     "predicted_change": (A @ x).tolist(),
                     "actual_change": (np.asarray(after.ep_cost) - np.asarray(truth.ep_cost)).tolist(),
+                    "corrected_change": (A @ x + optimism).tolist(),
+                    "debiased_case": str(res_d.case),
+                    "debiased_b": b_eff.tolist(),
+                    "debiased_predicted_change": (A @ x_d).tolist(),
+                    "debiased_actual_change": (
+                        np.asarray(after_d.ep_cost) - np.asarray(truth.ep_cost)
+                    ).tolist(),
                 }
             )
             print(rows[-1], flush=True)
@@ -124,36 +150,52 @@ def main() -> None:
         f"cost advantages with gamma {args.cost_gamma}, GAE lambda {args.cost_lam}. "
         f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
         "",
-        "| batch steps | episodes | case | cost estimate (true) | predicted change | actual change |",
-        "|---:|---:|---|---|---|---|",
+        "Plain step: `a'x` (predicted), `a'x` + estimated optimism (corrected), actual change. Step with "
+        "the corrected offsets (`--debias`): its case, predicted `a'x`, actual change.",
+        "",
+        "| batch steps | episodes | case | cost estimate (true) | predicted | corrected | actual "
+        "| debiased: case | predicted | actual |",
+        "|---:|---:|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda v: ", ".join(f"{x:+.2f}" for x in v)  # noqa: E731
     for r in rows:
         est = ", ".join(f"{e:.2f} ({t:.2f})" for e, t in zip(r["cost_estimate"], r["cost_true"], strict=True))
         lines.append(
             f"| {r['batch_steps']} | {r['episodes']} | {r['case']} | {est} | {fmt(r['predicted_change'])} | "
-            f"{fmt(r['actual_change'])} |"
+            f"{fmt(r['corrected_change'])} | {fmt(r['actual_change'])} | {r['debiased_case']} | "
+            f"{fmt(r['debiased_predicted_change'])} | {fmt(r['debiased_actual_change'])} |"
         )
     summary = {}
     for n in sizes:
         sel = [r for r in rows if r["batch_steps"] == n]
-        err = np.abs(
-            np.array([r["predicted_change"] for r in sel]) - np.array([r["actual_change"] for r in sel])
-        )
+        col = lambda key, sel=sel: np.array([r[key] for r in sel])  # noqa: E731
+        err = np.abs(col("predicted_change") - col("actual_change"))
         est_err = np.abs(
             np.array([r["cost_estimate"] for r in sel]) - np.array([r["cost_true"] for r in sel])
         )
         summary[n] = {
             "mean_abs_prediction_error": float(err.mean()),
             "mean_abs_cost_estimate_error": float(est_err.mean()),
+            "mean_prediction_bias": float((col("predicted_change") - col("actual_change")).mean()),
+            "mean_corrected_bias": float((col("corrected_change") - col("actual_change")).mean()),
+            "mean_abs_corrected_error": float(np.abs(col("corrected_change") - col("actual_change")).mean()),
+            "mean_actual_change": float(col("actual_change").mean()),
+            "mean_debiased_actual_change": float(col("debiased_actual_change").mean()),
         }
     lines += [
         "",
-        "| batch steps | mean abs error of the predicted change | mean abs error of the cost estimate |",
-        "|---:|---:|---:|",
+        "Means over rows and channels (bias: predicted minus actual; negative = the step promised "
+        "more than it delivered):",
+        "",
+        "| batch steps | cost estimate abs error | predicted: bias | abs error | corrected: bias | abs error "
+        "| actual change: plain step | debiased step |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {n} | {v['mean_abs_prediction_error']:.2f} | {v['mean_abs_cost_estimate_error']:.2f} |"
+        f"| {n} | {v['mean_abs_cost_estimate_error']:.2f} | {v['mean_prediction_bias']:+.2f} | "
+        f"{v['mean_abs_prediction_error']:.2f} | {v['mean_corrected_bias']:+.2f} | "
+        f"{v['mean_abs_corrected_error']:.2f} | {v['mean_actual_change']:+.2f} | "
+        f"{v['mean_debiased_actual_change']:+.2f} |"
         for n, v in summary.items()
     ]
     lines += ["", f"Total time {time.perf_counter() - t0:.0f} s."]

@@ -523,10 +523,11 @@ class CPOConfig:
         metadata={"help": "channels: one constraint per cost channel; total: one on their sum"},
     )
     debias: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "correct the constraints for the optimism of a step chosen on noisy cost "
-            "gradients (estimated from two halves of the batch; see rl.cpo.debiased_offsets)"
+            "gradients (estimated from two halves of the batch; see rl.cpo.debiased_offsets); "
+            "--no-debias: the textbook CPO step, whose costs settle above the limits"
         },
     )
     delta: float = field(default=0.01, metadata={"help": "trust region: 0.5 x'Hx <= delta"})

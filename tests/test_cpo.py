@@ -594,14 +594,14 @@ def test_safety_gym_workers_give_the_same_run(tmp_path):
 # ----------------------------------------------------------------------- integration
 @pytest.mark.slow
 def test_cpo_learns_corridor_within_cost_limit(tmp_path):
-    """CPO on the corridor task: return rises while the episode cost settles at the limit.
+    """CPO on the corridor task: return rises while the episode cost stays within the limit.
 
     The direct path crosses the hazard (about 8 cost per crossing), so chasing the
-    reward alone violates the limit (the early iterations do). CPO steers the
-    estimated episode cost to the limit, so per-iteration estimates (8 episodes
-    each) fluctuate around it; the mean over the last 10 iterations (80 episodes)
-    must stay within 30% of the limit (about two standard errors; over seeds 0-2 it
-    was 1.2, 4.2 and 6.2 for a limit of 5) while the return rises from ~0.3 to >10.
+    reward alone violates the limit (the early iterations do). The mean cost over the
+    last 10 iterations (80 episodes) must be within the limit while the return rises
+    from ~0.3 to >10. With the optimism correction (the default) it was 3.65, 4.29 and
+    2.88 over seeds 0-2 for a limit of 5 (returns 13.6, 11.1, 16.9); the textbook
+    step (``debias=False``) settles above it: 5.92, 5.16, 6.31 (returns 13.0, 13.4, 17.3).
     """
     limit = 5.0
     run = train(
@@ -625,4 +625,4 @@ def test_cpo_learns_corridor_within_cost_limit(tmp_path):
     assert len(rows) == 30
     assert cost[:15].max() > 2 * limit  # the reward-greedy path is costly
     assert ret[-5:].mean() > ret[:3].mean() + 5.0
-    assert cost[-10:].mean() <= 1.3 * limit
+    assert cost[-10:].mean() <= limit
