@@ -73,6 +73,7 @@ __all__ = [
     "cpo_update",
     "debiased_offsets",
     "fit_critics",
+    "optimism_offsets",
     "line_search",
     "main",
     "make_env",
@@ -186,7 +187,7 @@ def debiased_offsets(
     theta = params.detach().requires_grad_(True)
     b = cost_offsets(batch, cost_limits, params.dtype)
     mask = _halves(batch)
-    n_a, n_b, n = int(mask.sum()), int((~mask).sum()), len(batch)
+    n_a, n_b = int(mask.sum()), int((~mask).sum())
     with torch.enable_grad():
         ratio = torch.exp(policy.log_prob(theta, batch.obs, batch.act) - batch.logp)
         terms = torch.cat(
@@ -195,18 +196,47 @@ def debiased_offsets(
         outs = torch.cat([terms[mask].mean(0), terms[~mask].mean(0)])
         rows = torch.stack([torch.autograd.grad(o, theta, retain_graph=True)[0] for o in outs])
     k = terms.shape[1]
-    G = (n_a * rows[:k] + n_b * rows[k:]) / n
-    D = (rows[:k] - rows[k:]) * (math.sqrt(n_a * n_b) / n)
     if metric is None:
         obs = batch.obs
         metric = FisherMetric(lambda ref, p: policy.kl(ref, p, obs), theta.detach(), damping)
-    operator = metric.operator(*[t.detach() for t in metric.tensors])
-    sol = conjugate_gradient(operator, torch.cat([G, D]).T, max_iter=step.cg_iters, tol=step.cg_tol).x
-    K = G @ sol[:, :k]
-    N = D @ sol[:, k:]
+    return optimism_offsets(rows[:k], rows[k:], n_a, n_b, b, metric, step, iterations)
+
+
+def optimism_offsets(
+    rows_a: Tensor,
+    rows_b: Tensor,
+    n_a: float,
+    n_b: float,
+    b: Tensor,
+    metric: Metric | None,
+    step: TrustRegionStep,
+    iterations: int = 5,
+) -> tuple[Tensor, Tensor]:
+    """The optimism correction of :func:`debiased_offsets` from two independent estimates.
+
+    ``rows_a`` and ``rows_b`` are ``(m+1, n)``: the rows ``g, a_1, ..., a_m`` estimated on two
+    independent parts of the data, of sizes ``n_a`` and ``n_b`` (samples, or tasks for the
+    meta-update); the full estimate is their weighted mean. ``metric`` is the step's metric
+    (``None``: identity), ``b`` the uncorrected offsets ``(m,)``. Returns ``(b - o, -o)``.
+    """
+    if not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be a positive int, got {iterations!r}")
+    n = n_a + n_b
+    k = rows_a.shape[0]
+    G = (n_a * rows_a + n_b * rows_b) / n
+    D = (rows_a - rows_b) * (math.sqrt(n_a * n_b) / n)
+    rhs = torch.cat([G, D]).detach().T
+    if metric is None:
+        sol = rhs
+    else:
+        operator = metric.operator(*[t.detach() for t in metric.tensors])
+        sol = conjugate_gradient(operator, rhs, max_iter=step.cg_iters, tol=step.cg_tol).x
+    K = G.detach() @ sol[:, :k]
+    N = D.detach() @ sol[:, k:]
     K, N = (K + K.T) / 2, (N + N.T) / 2
     K = K + 1e-12 * K.diagonal().sum() * torch.eye(k, dtype=K.dtype)  # g parallel to a: keep K SPD
     reduced = TrustRegionStep(step.delta, solver=step.solver)
+    b = b.detach()
     b_eff = b
     for _ in range(iterations):
         w = reduced(K[0], K[1:], b_eff, K)  # the step's coefficients in the basis H^-1 G'

@@ -58,7 +58,14 @@ import torch
 from torch import Tensor
 
 from difftrust import FisherMetric, StepResult, TrustRegionStep
-from rl.cpo import cost_offsets, cpo_update, debiased_offsets, sum_cost_channels, surrogates
+from rl.cpo import (
+    cost_offsets,
+    cpo_update,
+    debiased_offsets,
+    optimism_offsets,
+    sum_cost_channels,
+    surrogates,
+)
 from rl.policy import Critic, GaussianPolicy, ObsNormalizer, fit_critic
 from rl.rollout import Batch, collect
 
@@ -104,8 +111,9 @@ class MetaCPOConfig:
     debias: bool = field(
         default=False,
         metadata={
-            "help": "correct the inner (and multi-task) constraints for the optimism of a step chosen "
-            "on noisy cost gradients (rl.cpo.debiased_offsets; the offsets are constants of the data)"
+            "help": "correct the constraints of the inner steps (halves of each batch), the meta-step "
+            "(halves of the meta-batch) and the multi-task step for the optimism of a step chosen on "
+            "noisy cost gradients (rl.cpo.debiased_offsets; the offsets are constants of the data)"
         },
     )
     frozen_metric: bool = field(
@@ -533,6 +541,22 @@ def meta_update(setup: Setup, theta: Tensor, results: Sequence[TaskResult]) -> t
     else:
         metric = None
     step = TrustRegionStep(delta=cfg.meta_delta, cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol)
+    optimism = None
+    if cfg.debias and b_theta is not None and len(results) >= 2:
+        # the two halves of the meta-batch are independent estimates of (dF, dG)
+        half = len(results) // 2
+        rows = [
+            torch.cat(
+                [
+                    torch.stack([r.grad_F for r in part]).mean(0, keepdim=True),
+                    torch.stack([r.grad_G for r in part]).mean(0),
+                ]
+            )
+            for part in (results[:half], results[half:])
+        ]
+        b_theta, optimism = optimism_offsets(
+            rows[0], rows[1], half, len(results) - half, b_theta, metric, step
+        )
     res = step.solve(dF, dG, b_theta, metric)
     x = res.x.detach()
     info: dict[str, Any] = {
@@ -540,6 +564,7 @@ def meta_update(setup: Setup, theta: Tensor, results: Sequence[TaskResult]) -> t
         "lam": float(res.lam),
         "nu": [float(v) for v in res.nu.reshape(-1)],
         "b_theta": [] if b_theta is None else b_theta.tolist(),
+        "optimism_theta": [] if optimism is None else optimism.tolist(),
         "step_norm": float(x.norm()),
     }
     if not torch.isfinite(x).all():
@@ -832,6 +857,7 @@ class MetaCPOTrainer:
             debias=cfg.debias,
         )
         info["b_theta"] = info.pop("b", [])
+        info["optimism_theta"] = info.pop("optimism", [])
         nan_c = np.full(len(setup.cost_channels), np.nan)
         fake = [
             TaskResult(
@@ -884,6 +910,10 @@ class MetaCPOTrainer:
         b_theta = list(info.get("b_theta", []))
         for j, name in enumerate(names):
             row[f"b_{name}"] = b_theta[j] if j < len(b_theta) else float("nan")
+        if self.cfg.debias:
+            optimism = list(info.get("optimism_theta", []))
+            for j, name in enumerate(names):
+                row[f"optimism_{name}"] = optimism[j] if j < len(optimism) else float("nan")
         return row
 
     # ------------------------------------------------------------------ the whole run

@@ -182,6 +182,55 @@ def test_meta_step_satisfies_linearised_constraint_and_trust_region(offset):
     assert info["accepted"] > 0
 
 
+@pytest.mark.parametrize("offset", [-30.0, 30.0])
+def test_debiased_meta_step_corrects_offsets_from_halves_of_the_meta_batch(offset):
+    """The meta-step's optimism from tasks {0, 1} vs {2, 3}, written out with dense matrices
+    (offsets far from the boundary: the step's coefficients w do not depend on b')."""
+    trainer = MetaCPOTrainer(_tiny_cfg(constrain="total", meta_delta=0.01, debias=True))
+    setup, theta = trainer.setup, trainer.theta
+    n = theta.numel()
+    gen = torch.Generator().manual_seed(5)
+    obs = torch.randn(300, setup.policy.obs_dim, generator=gen, dtype=theta.dtype)
+    common_F = torch.randn(n, generator=gen, dtype=theta.dtype)
+    common_G = torch.randn(1, n, generator=gen, dtype=theta.dtype)
+    results = [
+        TaskResult(
+            grad_F=common_F + 0.5 * torch.randn(n, generator=gen, dtype=theta.dtype),
+            grad_G=common_G + 0.5 * torch.randn(1, n, generator=gen, dtype=theta.dtype),
+            cost_val=np.array([setup.limits[0] + offset]),
+            ret_pre=0.0,
+            cost_pre=np.zeros(2),
+            ret_post=0.0,
+            cost_post=np.zeros(2),
+            first_obs=obs,
+            critic_data=[],
+            cases=[],
+            env_steps=0,
+        )
+        for _ in range(4)
+    ]
+    new, info = meta_update(setup, theta, results)
+    assert info["case"] == ("recovery" if offset > 0 else "trust-region")
+    H = torch.autograd.functional.hessian(lambda q: setup.policy.kl(theta, q, obs), theta)
+    H = H + setup.cfg.damping * torch.eye(n, dtype=theta.dtype)
+    rows = [
+        torch.stack([torch.stack([r.grad_F, r.grad_G[0]]) for r in part]).mean(0)
+        for part in (results[:2], results[2:])
+    ]
+    G, D = (rows[0] + rows[1]) / 2, (rows[0] - rows[1]) / 2
+    K = G @ torch.linalg.solve(H, G.T)
+    if offset > 0:  # recovery: x = -sqrt(2 delta / s) H^-1 a
+        w = torch.stack([torch.zeros(()), -torch.sqrt(2 * 0.01 / K[1, 1])]).to(theta.dtype)
+    else:  # trust region: x = sqrt(2 delta / q) H^-1 g
+        w = torch.stack([torch.sqrt(2 * 0.01 / K[0, 0]), torch.zeros(())]).to(theta.dtype)
+    o = float(D[1] @ torch.linalg.solve(H, D.T) @ w)
+    assert info["optimism_theta"][0] == pytest.approx(-o, rel=1e-4)
+    assert info["b_theta"][0] == pytest.approx(offset - o, rel=1e-4, abs=1e-6)
+    plain = MetaCPOTrainer(_tiny_cfg(constrain="total", meta_delta=0.01))
+    _, info_plain = meta_update(plain.setup, theta, results)
+    assert info_plain["b_theta"][0] == pytest.approx(offset) and info_plain["optimism_theta"] == []
+
+
 def _read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
