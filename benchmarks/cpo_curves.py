@@ -1,4 +1,9 @@
-"""CPO learning curves (and TRPO, the unconstrained reference) on the task families.
+"""CPO learning curves (with and without the optimism correction, and TRPO, the unconstrained
+reference) on the task families.
+
+Algorithms: ``cpo`` (``rl.cpo``'s default: the constraints corrected for the optimism of a step
+chosen on noisy cost gradients, :func:`rl.cpo.debiased_offsets`), ``cpo-plain`` (the textbook
+step, ``--no-debias``) and ``trpo`` (no constraint).
 
 Runs ``rl.cpo.train`` for every (environment, algorithm, seed) and writes under
 ``--out`` (default ``benchmarks/results``):
@@ -40,6 +45,8 @@ from rl.runtime import parse_config, read_csv  # noqa: E402
 
 #: Per-episode cost limit per channel, for each environment family.
 LIMITS = {"safenav-goal": 5.0, "safenav-button": 2.0, "safety-button": 10.0, "safety-circle": 10.0}
+ALGOS = ("cpo", "cpo-plain", "trpo")
+COLORS = {"cpo": "C0", "cpo-plain": "C2", "trpo": "C1"}
 
 
 @dataclass
@@ -50,11 +57,13 @@ class BenchConfig:
         default=("safenav-goal", "safenav-button", "safety-button"),
         metadata={"help": "environment families (safety-* are skipped when safety-gymnasium is missing)"},
     )
-    algos: tuple[str, ...] = field(default=("cpo", "trpo"), metadata={"help": "cpo and/or trpo"})
+    algos: tuple[str, ...] = field(default=ALGOS, metadata={"help": "any of " + ", ".join(ALGOS)})
     seeds: tuple[int, ...] = field(default=(0,), metadata={"help": "seeds per (env, algo)"})
-    steps: int = field(default=120_000, metadata={"help": "env steps per run on the built-in tasks"})
-    safety_steps: int = field(default=40_000, metadata={"help": "env steps per run on safety-* tasks"})
-    steps_per_iter: int = field(default=4000, metadata={"help": "env steps per iteration"})
+    steps: int = field(default=400_000, metadata={"help": "env steps per run on the built-in tasks"})
+    safety_steps: int = field(default=160_000, metadata={"help": "env steps per run on safety-* tasks"})
+    steps_per_iter: int = field(
+        default=16_000, metadata={"help": "env steps per iteration (rl.cpo's default)"}
+    )
     threads: int = field(default=1, metadata={"help": "torch CPU threads"})
     out: str = field(default=str(ROOT / "benchmarks" / "results"), metadata={"help": "output folder"})
 
@@ -80,15 +89,16 @@ def run(cfg: BenchConfig) -> list[dict[str, str]]:
         for env in envs:
             steps = cfg.safety_steps if env.startswith("safety-") else cfg.steps
             for algo in cfg.algos:
-                if algo not in ("cpo", "trpo"):
-                    raise ValueError(f"algos must be 'cpo' or 'trpo', got {algo!r}")
+                if algo not in ALGOS:
+                    raise ValueError(f"algos must be among {list(ALGOS)}, got {algo!r}")
                 for seed in cfg.seeds:
                     run_cfg = CPOConfig(
                         env=env,
                         steps=steps,
                         steps_per_iter=cfg.steps_per_iter,
                         seed=seed,
-                        cost_limit=LIMITS.get(env, 25.0) if algo == "cpo" else None,
+                        cost_limit=None if algo == "trpo" else LIMITS.get(env, 25.0),
+                        debias=algo == "cpo",
                         threads=cfg.threads,
                         tensorboard=False,
                         out=str(Path(tmp) / f"{env}-{algo}-{seed}"),
@@ -104,7 +114,7 @@ def run(cfg: BenchConfig) -> list[dict[str, str]]:
     return rows
 
 
-def write_outputs(rows: list[dict[str, str]], out: Path) -> None:
+def write_outputs(rows: list[dict[str, str]], out: Path, note: str = "") -> None:
     """CSV, PNG and Markdown summary of the combined rows."""
     out.mkdir(parents=True, exist_ok=True)
     columns: list[str] = []
@@ -132,7 +142,7 @@ def write_outputs(rows: list[dict[str, str]], out: Path) -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for i, env in enumerate(envs):
-        for algo in ("cpo", "trpo"):
+        for algo in ALGOS:
             by_it = groups.get((env, algo))
             if not by_it:
                 continue
@@ -140,7 +150,7 @@ def write_outputs(rows: list[dict[str, str]], out: Path) -> None:
             x = [float(by_it[t][0]["env_steps"]) for t in its]
             ret = np.array([np.mean([float(r["ep_ret"]) for r in by_it[t]]) for t in its])
             cost = np.array([np.mean([float(r["ep_cost"]) for r in by_it[t]]) for t in its])
-            color = "C0" if algo == "cpo" else "C1"
+            color = COLORS[algo]
             axes[i, 0].plot(x, ret, label=algo, color=color)
             cost_cols = [k for k in by_it[its[0]][0] if k.startswith("cost_")] or ["ep_cost"]
             for j, col in enumerate(cost_cols):
@@ -160,7 +170,7 @@ def write_outputs(rows: list[dict[str, str]], out: Path) -> None:
                 )
             seconds = np.mean([float(by_it[its[-1]][k]["seconds"]) for k in range(len(by_it[its[-1]]))])
             n_seeds = len(by_it[its[-1]])
-            limit = LIMITS.get(env, 25.0) if algo == "cpo" else None
+            limit = None if algo == "trpo" else LIMITS.get(env, 25.0)
             lines.append(
                 f"| {env} | {algo} | {n_seeds} | {int(x[-1])} | {ret[-5:].mean():.2f} | {cost[-5:].mean():.2f}{per_channel} "
                 f"| {'-' if limit is None else limit} | {seconds:.0f} |"
@@ -176,14 +186,25 @@ def write_outputs(rows: list[dict[str, str]], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "cpo_curves.png", dpi=110)
     plt.close(fig)
-    (out / "cpo_curves.md").write_text("\n".join(lines) + "\n")
+    (out / "cpo_curves.md").write_text((note + "\n\n" if note else "") + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(BenchConfig, argv, exit_on_error=True)
     rows = run(cfg)
-    write_outputs(rows, Path(cfg.out))
+    import os
+    import time
+
+    note = (
+        f"# CPO learning curves\n\n`python benchmarks/cpo_curves.py`, measured {time.strftime('%Y-%m-%d')}: "
+        f"{cfg.steps:,} env steps per run on the built-in tasks, {cfg.safety_steps:,} on Safety-Gymnasium, "
+        f"{cfg.steps_per_iter:,} steps per iteration, seeds {', '.join(map(str, cfg.seeds))}; mean of the "
+        f"last 5 iterations. `cpo` corrects the constraints for the optimism of the step (the default of "
+        f"`rl.cpo`), `cpo-plain` is the textbook step. Load average at the end: {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} cores (shared machine: seconds are upper bounds)."
+    )
+    write_outputs(rows, Path(cfg.out), note)
 
 
 if __name__ == "__main__":
