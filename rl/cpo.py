@@ -225,22 +225,26 @@ def optimism_offsets(
     k = rows_a.shape[0]
     G = (n_a * rows_a + n_b * rows_b) / n
     D = (rows_a - rows_b) * (math.sqrt(n_a * n_b) / n)
-    rhs = torch.cat([G, D]).detach().T
+    G, D = G.detach(), D.detach()
+    rhs = torch.cat([G, D[1:]]).T  # H^-1 D_g is not needed: N[j, g] = (H^-1 D_j)'D_g
     if metric is None:
         sol = rhs
     else:
         operator = metric.operator(*[t.detach() for t in metric.tensors])
         sol = conjugate_gradient(operator, rhs, max_iter=step.cg_iters, tol=step.cg_tol).x
-    K = G.detach() @ sol[:, :k]
-    N = D.detach() @ sol[:, k:]
-    K, N = (K + K.T) / 2, (N + N.T) / 2
+    K = G @ sol[:, :k]
+    K = (K + K.T) / 2
+    N = (
+        D[1:] @ sol[:, k:]
+    )  # rows: constraints; N[:, 1:] = D_a' H^-1 D_a (symmetrised), N[:, 0] = D_a' H^-1 D_g
+    N = torch.cat([(sol[:, k:].T @ D[0]).unsqueeze(1), (N + N.T) / 2], 1)
     K = K + 1e-12 * K.diagonal().sum() * torch.eye(k, dtype=K.dtype)  # g parallel to a: keep K SPD
     reduced = TrustRegionStep(step.delta, solver=step.solver)
     b = b.detach()
     b_eff = b
     for _ in range(iterations):
         w = reduced(K[0], K[1:], b_eff, K)  # the step's coefficients in the basis H^-1 G'
-        optimism = N[1:] @ w
+        optimism = N @ w
         b_eff = b - optimism
     return b_eff.detach(), (-optimism).detach()
 
