@@ -85,6 +85,9 @@ class BenchConfig:
     env: str = field(default="safenav-button", metadata={"help": "task distribution"})
     iterations: int = field(default=40, metadata={"help": "meta-iterations (cpo-scratch: none)"})
     test_tasks: int = field(default=10, metadata={"help": "held-out test tasks per run"})
+    adapt_steps: int | None = field(
+        default=None, metadata={"help": "CPO adaptation steps per test task (none: rl.meta_cpo's default)"}
+    )
     batch_steps: int | None = field(
         default=None, metadata={"help": "env steps per batch (none: rl.meta_cpo's default)"}
     )
@@ -108,6 +111,8 @@ class BenchConfig:
     poll: float = field(default=60.0, metadata={"help": "seconds between progress lines of a run"})
 
     def validate(self) -> None:
+        if self.adapt_steps is not None and self.adapt_steps < 0:
+            raise ValueError(f"adapt_steps must be >= 0 or none, got {self.adapt_steps}")
         bad = [m for m in self.methods if m not in ALGOS]
         if bad:
             raise ValueError(f"methods must be among {list(ALGOS)}, got {bad}")
@@ -172,6 +177,8 @@ def pinned_settings(cfg: BenchConfig, runs: Path) -> dict[str, Any]:
 
             settings = _shared(asdict(MetaCPOConfig()))
             settings.update(env=cfg.env, iterations=cfg.iterations, test_tasks=cfg.test_tasks)
+            if cfg.adapt_steps is not None:
+                settings["adapt_steps"] = cfg.adapt_steps
             if cfg.batch_steps is not None:
                 settings["batch_steps"] = cfg.batch_steps
             if cfg.quick:
@@ -183,6 +190,8 @@ def pinned_settings(cfg: BenchConfig, runs: Path) -> dict[str, Any]:
         asked.update(iterations=cfg.iterations, test_tasks=cfg.test_tasks)
         if cfg.batch_steps is not None:
             asked["batch_steps"] = cfg.batch_steps
+        if cfg.adapt_steps is not None:
+            asked["adapt_steps"] = cfg.adapt_steps
     differ = {k: (v, settings.get(k)) for k, v in asked.items() if settings.get(k) != v}
     if differ:
         print(

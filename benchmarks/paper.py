@@ -121,6 +121,13 @@ class BenchConfig:
     critic_hidden: tuple[int, ...] = field(default=(128, 128), metadata={"help": "critic hidden sizes"})
     test_tasks: int = field(default=4, metadata={"help": "held-out test tasks per run"})
     adapt_steps: int = field(default=5, metadata={"help": "K_test: adaptation steps per test task"})
+    debias: bool = field(
+        default=False,
+        metadata={
+            "help": "rl.meta_cpo --debias (the optimism correction); the published comparison and the "
+            "runs so far use the textbook step"
+        },
+    )
     backend: str = field(default="serial", metadata={"help": "rl.meta_cpo --backend (serial or processes)"})
     workers: int = field(default=2, metadata={"help": "worker processes with --backend processes"})
     out: str = field(default=str(RAW_OUT), metadata={"help": "raw outputs (runs under <out>/runs)"})
@@ -212,6 +219,7 @@ def run_args(cfg: BenchConfig, env: str, algo: str, seed: int) -> list[str]:
         "--critic-hidden", *map(str, cfg.critic_hidden),
         "--test-tasks", str(cfg.test_tasks),
         "--adapt-steps", str(cfg.adapt_steps),
+        "--debias" if cfg.debias else "--no-debias",
     ]  # fmt: skip
 
 

@@ -109,11 +109,12 @@ class MetaCPOConfig:
         default="fisher", metadata={"help": "H_theta of the meta-update: damped Fisher of pi_theta, or I"}
     )
     debias: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "correct the constraints of the inner steps (halves of each batch), the meta-step "
             "(halves of the meta-batch) and the multi-task step for the optimism of a step chosen on "
-            "noisy cost gradients (rl.cpo.debiased_offsets; the offsets are constants of the data)"
+            "noisy cost gradients (rl.cpo.debiased_offsets; the offsets are constants of the data); "
+            "--no-debias: the textbook steps"
         },
     )
     frozen_metric: bool = field(
