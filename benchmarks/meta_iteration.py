@@ -57,9 +57,15 @@ PUBLISHED_S = (84.0, 116.0)
 BACKENDS = [("serial", 1), ("processes", 1), ("processes", 2), ("ray", 1), ("ray", 2)]
 
 
-def make_config(quick: bool, backend: str = "serial", workers: int = 1) -> MetaCPOConfig:
-    """The benchmarked configuration (published defaults, or a small one with ``quick``)."""
+def make_config(
+    quick: bool, backend: str = "serial", workers: int = 1, debias: bool = False
+) -> MetaCPOConfig:
+    """The benchmarked configuration (published defaults, or a small one with ``quick``).
+
+    ``debias=False`` by default: the published algorithm has no optimism correction (``--debias``
+    times rl.meta_cpo's default, which adds its CG solves to every inner step)."""
     common = dict(
+        debias=debias,
         iterations=100,
         seed=0,
         backend=backend,
@@ -254,6 +260,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark and write the JSON and Markdown results."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small safenav-button configuration")
+    parser.add_argument(
+        "--debias", action="store_true", help="time with the optimism correction (rl.meta_cpo's default)"
+    )
     parser.add_argument("--iters", type=int, default=3, help="timed meta-iterations per configuration")
     parser.add_argument(
         "--backends",
@@ -270,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     backends = []
     for backend, workers in pairs:
-        cfg = make_config(args.quick, backend, workers)
+        cfg = make_config(args.quick, backend, workers, args.debias)
         print(f"{backend} x{workers} ...", file=sys.stderr, flush=True)
         result = run_backend(cfg, args.iters, breakdown=backend == "serial")
         print(f"  median {result['median_s']:.2f} s  {result['seconds']}", file=sys.stderr, flush=True)
@@ -280,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r["speedup"] = serial["median_s"] / r["median_s"]
         r["efficiency"] = r["speedup"] / r["workers"]
 
-    cfg = make_config(args.quick)
+    cfg = make_config(args.quick, debias=args.debias)
     phases = serial["phases_median_s"]
     reverse_over_forward = phases["meta_gradient_reverse"] / phases["inner_steps"]
     sampled = cfg.meta_batch * (cfg.inner_steps + 1) * cfg.batch_steps
