@@ -93,6 +93,10 @@ class BenchConfig:
     obs_normalize: bool = field(
         default=False, metadata={"help": "running observation normalisation (OmniSafe's CPO default: off)"}
     )
+    debias: bool = field(
+        default=True,
+        metadata={"help": "the optimism correction (rl.cpo's default); --no-debias: the textbook step"},
+    )
     probe_steps: int = field(
         default=2000,
         metadata={
@@ -192,6 +196,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         critic_minibatch=128,
         dtype=cfg.dtype,
         obs_normalize=cfg.obs_normalize,
+        debias=cfg.debias,
         threads=1,
         progress=False,
         tensorboard=False,
@@ -295,7 +300,12 @@ def write_outputs(result: dict[str, Any], out: Path) -> None:
         "CPO issue (not rerun here; OmniSafe is not installed). Ours: `rl.cpo`, "
         f"{result['config']['num_envs']} sub-environments in {result['config']['num_workers']} worker "
         f"processes, {result['config']['dtype']}, "
-        f"{'normalised' if result['config']['obs_normalize'] else 'raw'} observations.",
+        f"{'normalised' if result['config']['obs_normalize'] else 'raw'} observations, "
+        + (
+            "constraints corrected for the step's optimism (the default)."
+            if result["config"].get("debias", True)
+            else "the textbook CPO step (`--no-debias`)."
+        ),
         "",
         "| epoch | ours s (sample + update) | OmniSafe s | ours EpRet | OmniSafe EpRet "
         "| ours EpCost | OmniSafe EpCost | ours step case |",
