@@ -102,8 +102,21 @@ def surrogates(policy: GaussianPolicy, params: Tensor, batch: Batch) -> tuple[Te
     return loss_r, loss_c
 
 
-def cost_offsets(batch: Batch, cost_limits: float | Sequence[float] | Tensor, dtype: torch.dtype) -> Tensor:
-    """``b = ep_cost - cost_limits``, shape ``(C,)`` (a scalar limit applies to every channel)."""
+def cost_offsets(
+    batch: Batch,
+    cost_limits: float | Sequence[float] | Tensor,
+    dtype: torch.dtype,
+    confidence: float = 0.5,
+) -> Tensor:
+    """``b = ep_cost + z sem - cost_limits``, shape ``(C,)`` (a scalar limit applies to every channel).
+
+    ``z`` is the standard normal quantile of ``confidence`` and ``sem`` the standard error of
+    the episode cost (:attr:`rl.rollout.Batch.ep_cost_sem`): ``confidence = 0.5`` (``z = 0``)
+    constrains the estimated mean, a larger one an upper confidence bound of it, so that a
+    policy judged within the limit is so with about that probability.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     limits = torch.as_tensor(cost_limits, dtype=dtype)
     n_cost = len(batch.cost_channels)
     if limits.ndim == 0:
@@ -115,7 +128,11 @@ def cost_offsets(batch: Batch, cost_limits: float | Sequence[float] | Tensor, dt
         )
     if not bool(torch.isfinite(limits).all()):
         raise ValueError(f"cost_limits must be finite, got {limits.tolist()}")
-    return torch.as_tensor(batch.ep_cost, dtype=dtype) - limits
+    b = torch.as_tensor(batch.ep_cost, dtype=dtype) - limits
+    if confidence != 0.5:
+        z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(confidence, dtype=torch.float64)))
+        b = b + z * torch.as_tensor(batch.ep_cost_sem, dtype=dtype)
+    return b
 
 
 def sum_cost_channels(batch: Batch) -> Batch:
@@ -131,6 +148,7 @@ def sum_cost_channels(batch: Batch) -> Batch:
         adv_c=batch.adv_c.sum(-1, keepdim=True),
         ep_cost=np.asarray([float(np.sum(batch.ep_cost))]),
         cost_channels=("total",),
+        episode_costs=None if batch.episode_costs is None else batch.episode_costs.sum(-1, keepdims=True),
     )
 
 
@@ -156,6 +174,7 @@ def debiased_offsets(
     damping: float = 0.1,
     iterations: int = 5,
     metric: Metric | None = None,
+    confidence: float = 0.5,
 ) -> tuple[Tensor, Tensor]:
     """Constraint offsets corrected for the optimism of a step chosen on noisy gradients.
 
@@ -174,7 +193,7 @@ def debiased_offsets(
     point is iterated ``iterations`` times on the reduced ``(C+1)``-variable problem.
 
     ``metric`` is the step's metric (default: the damped Fisher on ``batch.obs``, as
-    :func:`cpo_direction` uses).
+    :func:`cpo_direction` uses); ``confidence`` is passed to :func:`cost_offsets`.
 
     Returns:
         ``(b_eff, optimism)``: the corrected offsets ``b - o`` to pass to
@@ -185,7 +204,7 @@ def debiased_offsets(
     if not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations must be a positive int, got {iterations!r}")
     theta = params.detach().requires_grad_(True)
-    b = cost_offsets(batch, cost_limits, params.dtype)
+    b = cost_offsets(batch, cost_limits, params.dtype, confidence)
     mask = _halves(batch)
     n_a, n_b = int(mask.sum()), int((~mask).sum())
     with torch.enable_grad():
@@ -381,12 +400,13 @@ def cpo_update(
     max_backtracks: int = 15,
     kl_tolerance: float = 1.5,
     debias: bool = False,
+    confidence: float = 0.5,
 ) -> tuple[Tensor, dict[str, Any]]:
     """One CPO policy update: :func:`cpo_direction`, then :func:`line_search`.
 
     With ``debias=True`` (and a constraint) the offsets are :func:`debiased_offsets`,
     used by both the step and the line search; ``info["optimism"]`` holds the
-    correction per constraint (0 otherwise).
+    correction per constraint (0 otherwise). ``confidence`` is passed to :func:`cost_offsets`.
 
     Returns:
         ``(new_params, info)``; ``info`` holds ``case``, ``lam``, ``nu`` (list, one per
@@ -396,10 +416,12 @@ def cpo_update(
     """
     b = optimism = None
     if cost_limits is not None:
-        b = cost_offsets(batch, cost_limits, params.dtype)
+        b = cost_offsets(batch, cost_limits, params.dtype, confidence)
         optimism = torch.zeros_like(b)
         if debias:
-            b, optimism = debiased_offsets(policy, params, batch, cost_limits, step, damping=damping)
+            b, optimism = debiased_offsets(
+                policy, params, batch, cost_limits, step, damping=damping, confidence=confidence
+            )
     x, res = cpo_direction(policy, params, batch, cost_limits, step, damping=damping, offsets=b)
     delta = float(step.delta)
     new, ls = line_search(
@@ -564,6 +586,13 @@ class CPOConfig:
             "--no-debias: the textbook CPO step, whose costs settle above the limits"
         },
     )
+    cost_confidence: float = field(
+        default=0.5,
+        metadata={
+            "help": "constrain an upper confidence bound of the episode cost: ep_cost + z * standard "
+            "error, z the normal quantile of this level (0.5: the estimated mean, as in CPO)"
+        },
+    )
     delta: float = field(default=0.01, metadata={"help": "trust region: 0.5 x'Hx <= delta"})
     damping: float = field(default=0.1, metadata={"help": "Fisher damping"})
     cg_iters: int = field(default=15, metadata={"help": "conjugate-gradient iterations"})
@@ -627,6 +656,8 @@ class CPOConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.damping < 0:
             raise ValueError(f"damping must be >= 0, got {self.damping}")
+        if not 0 < self.cost_confidence < 1:
+            raise ValueError(f"cost_confidence must be in (0, 1), got {self.cost_confidence}")
         if not 0 < self.backtrack_coef < 1:
             raise ValueError(f"backtrack_coef must be in (0, 1), got {self.backtrack_coef}")
         for name in ("gamma", "lam", "cost_gamma", "cost_lam"):
@@ -876,6 +907,7 @@ def train(cfg: CPOConfig) -> Path:
                 max_backtracks=cfg.max_backtracks,
                 kl_tolerance=cfg.kl_tolerance,
                 debias=cfg.debias,
+                confidence=cfg.cost_confidence,
             )
             loss_vr, loss_vc = fit_critics(
                 (st.reward_critic, st.cost_critic),

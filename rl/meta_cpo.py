@@ -108,6 +108,13 @@ class MetaCPOConfig:
     meta_metric: Literal["fisher", "identity"] = field(
         default="fisher", metadata={"help": "H_theta of the meta-update: damped Fisher of pi_theta, or I"}
     )
+    cost_confidence: float = field(
+        default=0.5,
+        metadata={
+            "help": "inner (and multi-task) steps constrain an upper confidence bound of the episode "
+            "cost: ep_cost + z * standard error, z the normal quantile of this level (0.5: the mean)"
+        },
+    )
     debias: bool = field(
         default=True,
         metadata={
@@ -233,6 +240,8 @@ class MetaCPOConfig:
             raise ValueError(f"damping and cg_tol must be >= 0, got {self.damping}, {self.cg_tol}")
         if not 0 < self.backtrack_coef < 1:
             raise ValueError(f"backtrack_coef must be in (0, 1), got {self.backtrack_coef}")
+        if not 0 < self.cost_confidence < 1:
+            raise ValueError(f"cost_confidence must be in (0, 1), got {self.cost_confidence}")
         for name in ("gamma", "lam", "cost_gamma", "cost_lam"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -366,7 +375,7 @@ def inner_direction(
                     for j in range(loss_c.shape[0])
                 ]
             )
-            b = cost_offsets(view, setup.limits, p.dtype)
+            b = cost_offsets(view, setup.limits, p.dtype, cfg.cost_confidence)
     if not differentiable:
         g = g.detach()
         A = None if A is None else A.detach()
@@ -375,7 +384,9 @@ def inner_direction(
     metric = FisherMetric(lambda ref, q: policy.kl(ref, q, obs), psi, damping=cfg.damping)
     step = TrustRegionStep(delta=cfg.inner_delta, cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol)
     if cfg.debias and b is not None:
-        b, _ = debiased_offsets(policy, p, view, setup.limits, step, metric=metric)
+        b, _ = debiased_offsets(
+            policy, p, view, setup.limits, step, metric=metric, confidence=cfg.cost_confidence
+        )
     res = step.solve(g, A, b, metric)
     return res.x, res
 
@@ -658,6 +669,9 @@ def _concat(batches: Sequence[Batch]) -> Batch:
         ep_len=float(sum(wi * b.ep_len for wi, b in zip(w, batches, strict=True))),
         num_episodes=int(sum(b.num_episodes for b in batches)),
         env_steps=int(sum(b.env_steps for b in batches)),
+        episode_costs=None
+        if any(b.episode_costs is None for b in batches)
+        else np.concatenate([b.episode_costs for b in batches]),
     )
 
 
@@ -856,6 +870,7 @@ class MetaCPOTrainer:
             max_backtracks=cfg.max_backtracks,
             kl_tolerance=cfg.kl_tolerance,
             debias=cfg.debias,
+            confidence=cfg.cost_confidence,
         )
         info["b_theta"] = info.pop("b", [])
         info["optimism_theta"] = info.pop("optimism", [])

@@ -75,6 +75,8 @@ class Batch:
         cost_channels: Names of the cost channels.
         num_envs: Sub-environments the batch was stepped in; row ``i`` of the tensors
             comes from sub-environment ``i % num_envs`` (time-major layout).
+        episode_costs: ``(E, C)`` undiscounted cost of every finished episode per channel
+            (``None``: not recorded); :attr:`ep_cost_sem` is computed from it.
     """
 
     obs: Tensor
@@ -91,12 +93,22 @@ class Batch:
     env_steps: int
     cost_channels: tuple[str, ...]
     num_envs: int = 1
+    episode_costs: np.ndarray | None = None
 
     _TENSORS = ("obs", "act", "logp", "adv_r", "adv_c", "ret_r", "ret_c")
 
     def to(self, dtype: torch.dtype) -> Batch:
         """A copy whose tensors have floating dtype ``dtype``."""
         return replace(self, **{name: getattr(self, name).to(dtype) for name in self._TENSORS})
+
+    @property
+    def ep_cost_sem(self) -> np.ndarray:
+        """``(C,)`` standard error of :attr:`ep_cost` over the finished episodes (0 with fewer
+        than two episodes recorded)."""
+        costs = self.episode_costs
+        if costs is None or len(costs) < 2:
+            return np.zeros(len(self.cost_channels))
+        return np.std(costs, axis=0, ddof=1) / np.sqrt(len(costs))
 
     @property
     def ep_cost_total(self) -> float:
@@ -350,4 +362,5 @@ def collect(
         env_steps=steps * n_envs,
         cost_channels=channels,
         num_envs=n_envs,
+        episode_costs=np.stack(finished_cost) if finished_cost else np.zeros((0, n_cost)),
     )

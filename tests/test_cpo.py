@@ -222,6 +222,26 @@ def test_two_constraints_satisfy_linearisation():
     assert total.adv_c.shape == (64, 1) and total.ep_cost.tolist() == [float(np.sum(batch.ep_cost))]
 
 
+def test_cost_offsets_with_confidence_add_the_normal_quantile_of_the_standard_error():
+    _, _, batch = _recorded_batch(n_cost=2, ep_cost=(3.0, 30.0))
+    batch.episode_costs = np.array([[2.0, 28.0], [4.0, 32.0], [3.0, 30.0]])
+    sem = np.array([1.0, 2.0]) / np.sqrt(3)
+    np.testing.assert_allclose(batch.ep_cost_sem, sem, rtol=1e-12)
+    z90 = 1.2815515655446004
+    got = cost_offsets(batch, 25.0, torch.float64, confidence=0.9)
+    np.testing.assert_allclose(got.numpy(), [-22.0 + z90 * sem[0], 5.0 + z90 * sem[1]], rtol=1e-10)
+    lower = cost_offsets(batch, 25.0, torch.float64, confidence=0.1)
+    np.testing.assert_allclose(lower.numpy(), [-22.0 - z90 * sem[0], 5.0 - z90 * sem[1]], rtol=1e-10)
+    assert cost_offsets(batch, 25.0, torch.float64).tolist() == [-22.0, 5.0]
+    total = sum_cost_channels(batch)  # the total's error comes from the per-episode totals
+    np.testing.assert_allclose(total.ep_cost_sem, [np.std([30.0, 36.0, 33.0], ddof=1) / np.sqrt(3)])
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=f"confidence must be in \\(0, 1\\), got {bad}"):
+            cost_offsets(batch, 25.0, torch.float64, confidence=bad)
+    with pytest.raises(ValueError, match="cost_confidence must be in"):
+        CPOConfig(cost_confidence=1.0).validate()
+
+
 def test_cost_offsets_shapes():
     _, _, batch = _recorded_batch(n_cost=2, ep_cost=(3.0, 30.0))
     assert cost_offsets(batch, 25.0, torch.float64).tolist() == [-22.0, 5.0]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from difftrust import FisherMetric, TrustRegionStep
-from rl.cpo import debiased_offsets, surrogates
+from rl.cpo import cost_offsets, debiased_offsets, surrogates
 from rl.envs import make, task_distribution
 from rl.meta_cpo import (
     MetaCPOTrainer,
@@ -127,6 +127,21 @@ def test_debiased_inner_step_is_cpo_step_with_corrected_offsets(differentiable):
     ref = step.solve(*_rows(setup, theta0, view), b_eff, metric).x
     torch.testing.assert_close(x.detach(), ref, rtol=1e-8, atol=1e-12)
     assert x.requires_grad == differentiable
+
+
+def test_inner_step_with_confidence_constrains_the_upper_bound():
+    setup, theta0, data = _fixed_data_setup("channels")
+    batch = replace(data[0], episode_costs=np.array([[1.0, 0.0], [0.0, 2.0]]))  # spread: a margin
+    cfg = replace(setup.cfg, cost_confidence=0.9)
+    x, _ = inner_direction(replace(setup, cfg=cfg), theta0, batch, differentiable=False)
+    view = setup.constrained_view(batch)
+    b = cost_offsets(view, setup.limits, theta0.dtype, 0.9)
+    assert bool((b > cost_offsets(view, setup.limits, theta0.dtype)).all())  # a margin was added
+    obs = fisher_states(view.obs, cfg.fisher_states)
+    metric = FisherMetric(lambda ref, q: setup.policy.kl(ref, q, obs), theta0, damping=cfg.damping)
+    step = TrustRegionStep(delta=cfg.inner_delta, cg_iters=cfg.cg_iters, cg_tol=cfg.cg_tol)
+    ref = step.solve(*_rows(setup, theta0, view), b, metric).x
+    torch.testing.assert_close(x, ref, rtol=1e-8, atol=1e-12)
 
 
 def _rows(setup, theta, view):
@@ -321,6 +336,7 @@ def test_existing_non_empty_out_is_refused(tmp_path):
         (dict(meta_delta=-1.0), "meta_delta must be > 0"),
         (dict(inner_steps=0), "inner_steps must be >= 1"),
         (dict(cost_limit=-1.0), "cost_limit must be finite and >= 0"),
+        (dict(cost_confidence=0.0), r"cost_confidence must be in \(0, 1\), got 0.0"),
     ],
 )
 def test_invalid_configuration_raises_named_errors(override, message):

@@ -153,6 +153,28 @@ def test_extrapolated_episode_figures_without_finished_episodes():
     np.testing.assert_allclose(batch.ep_cost, [0.25 * 100, 0.5 * 100])
 
 
+def test_episode_costs_and_their_standard_error_on_safenav():
+    from rl.envs import make
+
+    env = make("safenav-button", num_envs=4, seed=0)
+    pi = GaussianPolicy(env.obs_dim, env.act_dim, hidden=(8,))
+    gen = torch.Generator().manual_seed(0)
+    params = pi.init_params(gen)
+    norm = ObsNormalizer(env.obs_dim)
+    batch = collect(env, pi, params, 1600, norm, Critic(env.obs_dim), Critic(env.obs_dim, 2), generator=gen)
+    costs = batch.episode_costs
+    assert costs.shape == (batch.num_episodes, 2) == (8, 2)
+    np.testing.assert_allclose(costs.mean(0), batch.ep_cost, rtol=1e-12)
+    expected = np.array([np.std(costs[:, j], ddof=1) / np.sqrt(8) for j in range(2)])
+    np.testing.assert_allclose(batch.ep_cost_sem, expected, rtol=1e-12)
+    assert float(batch.ep_cost_sem.max()) > 0
+    # without finished episodes there is no standard error to report
+    env1 = TinyEnv(horizon=100, terminate_at=None)
+    extrapolated, _, _, _ = _tiny_batch(env=env1)
+    assert extrapolated.episode_costs.shape == (0, 2)
+    assert extrapolated.ep_cost_sem.tolist() == [0.0, 0.0]
+
+
 def test_batch_to_dtype():
     batch, _, _, _ = _tiny_batch()
     b32 = batch.to(torch.float32)
