@@ -35,7 +35,12 @@ from rl.runtime import read_csv  # noqa: E402
 
 
 def readapt(run_dir: Path, level: float) -> list[dict[str, str]]:
-    """The meta-test of ``run_dir`` repeated with ``cost_confidence = level`` (in a copy)."""
+    """The meta-test of ``run_dir`` repeated with ``cost_confidence = level`` (in a copy); the
+    run's own ``adaptation.csv`` when ``level`` is the run's setting (the meta-test is
+    deterministic)."""
+    own = json.loads((run_dir / "config.json").read_text()).get("cost_confidence", 0.5)
+    if level == own:
+        return [{**r, "run": run_dir.name, "level": str(level)} for r in read_csv(run_dir / "adaptation.csv")]
     with tempfile.TemporaryDirectory(prefix="adapt_confidence_") as tmp:
         copy = Path(tmp) / run_dir.name
         shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("events.*", "*.png", "adaptation.csv"))
@@ -52,7 +57,7 @@ def summary(rows: list[dict[str, str]]) -> list[str]:
     lines = [
         "| level | runs | tasks | return | cost | " + " | ".join(c[5:] for c in channels) + " | within every "
         "channel's limit | within the total limit |",
-        "|---" * (6 + len(channels)) + "|",
+        "|---" * (7 + len(channels)) + "|",
     ]
     for level in dict.fromkeys(r["level"] for r in rows):
         sel = [r for r in rows if r["level"] == level and int(r["adapt_step"]) == last]
