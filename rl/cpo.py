@@ -240,6 +240,7 @@ def optimism_offsets(
     """
     if not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations must be a positive int, got {iterations!r}")
+    b = b.detach()
     n = n_a + n_b
     k = rows_a.shape[0]
     G = (n_a * rows_a + n_b * rows_b) / n
@@ -253,13 +254,14 @@ def optimism_offsets(
         sol = conjugate_gradient(operator, rhs, max_iter=step.cg_iters, tol=step.cg_tol).x
     K = G @ sol[:, :k]
     K = (K + K.T) / 2
+    if not float(K.diagonal().sum()) > 0:  # g = 0 and a = 0: no step, nothing to correct
+        return b.detach(), torch.zeros_like(b)
     N = (
         D[1:] @ sol[:, k:]
     )  # rows: constraints; N[:, 1:] = D_a' H^-1 D_a (symmetrised), N[:, 0] = D_a' H^-1 D_g
     N = torch.cat([(sol[:, k:].T @ D[0]).unsqueeze(1), (N + N.T) / 2], 1)
     K = K + 1e-12 * K.diagonal().sum() * torch.eye(k, dtype=K.dtype)  # g parallel to a: keep K SPD
     reduced = TrustRegionStep(step.delta, solver=step.solver)
-    b = b.detach()
     b_eff = b
     for _ in range(iterations):
         w = reduced(K[0], K[1:], b_eff, K)  # the step's coefficients in the basis H^-1 G'

@@ -301,6 +301,19 @@ def test_debiased_offsets_equal_independent_formula(limit):
     torch.testing.assert_close(G, torch.cat([g_full.unsqueeze(0), A_full]), rtol=1e-10, atol=1e-12)
 
 
+def test_debiased_offsets_with_a_cost_free_channel_and_without_any_signal():
+    pi, params, batch = _two_env_batch(n_cost=2)
+    batch.adv_c[:, 1] = 0.0  # a channel that never costs: a_2 = 0 in both halves
+    step = TrustRegionStep(delta=DELTA, cg_iters=200, cg_tol=1e-14)
+    b_eff, optimism = debiased_offsets(pi, params, batch, [25.0, 30.0], step, damping=DAMPING)
+    assert optimism[1].item() == 0.0 and b_eff[1].item() == -5.0
+    assert torch.isfinite(b_eff).all() and optimism[0].item() != 0.0
+    batch.adv_r[:] = 0.0
+    batch.adv_c[:] = 0.0  # g = 0 and A = 0: nothing to correct, and no error
+    b_eff, optimism = debiased_offsets(pi, params, batch, [25.0, 30.0], step, damping=DAMPING)
+    assert b_eff.tolist() == [0.0, -5.0] and optimism.tolist() == [0.0, 0.0]
+
+
 def test_cpo_update_debias_reports_and_uses_corrected_offsets():
     pi, params, batch = _two_env_batch()
     batch.ep_cost = np.array([25.0 + _binding_offset(pi, params, batch)])
