@@ -762,7 +762,13 @@ def report(cfg: BenchConfig) -> None:
         kept = []
         for r in found:
             shared = _shared(r["cfg"])
-            diff = sorted(k for k in set(reference) & set(shared) if shared[k] != reference[k])
+            # a pinned None is rl.meta_cpo's default, which the run's config.json records resolved
+            # (num_envs: batch_steps // horizon)
+            diff = sorted(
+                k
+                for k in set(reference) & set(shared)
+                if reference[k] is not None and shared[k] != reference[k]
+            )
             if diff:
                 mismatched.append(f"{r['name']} ({', '.join(f'{k} {shared.get(k)}' for k in diff)})")
                 continue
