@@ -34,18 +34,20 @@ from rl.meta_cpo import MetaCPOTrainer  # noqa: E402
 from rl.runtime import read_csv  # noqa: E402
 
 
-def readapt(run_dir: Path, level: float) -> list[dict[str, str]]:
-    """The meta-test of ``run_dir`` repeated with ``cost_confidence = level`` (in a copy); the
-    run's own ``adaptation.csv`` when ``level`` is the run's setting (the meta-test is
-    deterministic)."""
-    own = json.loads((run_dir / "config.json").read_text()).get("cost_confidence", 0.5)
-    if level == own:
+def readapt(run_dir: Path, level: float, adapt_steps: int | None = None) -> list[dict[str, str]]:
+    """The meta-test of ``run_dir`` repeated with ``cost_confidence = level`` (and
+    ``adapt_steps`` if given) in a copy; the run's own ``adaptation.csv`` when both are the
+    run's settings (the meta-test is deterministic)."""
+    own = json.loads((run_dir / "config.json").read_text())
+    if level == own.get("cost_confidence", 0.5) and adapt_steps in (None, own["adapt_steps"]):
         return [{**r, "run": run_dir.name, "level": str(level)} for r in read_csv(run_dir / "adaptation.csv")]
     with tempfile.TemporaryDirectory(prefix="adapt_confidence_") as tmp:
         copy = Path(tmp) / run_dir.name
         shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("events.*", "*.png", "adaptation.csv"))
         cfg = json.loads((copy / "config.json").read_text())
         cfg.update(cost_confidence=level, progress=False, tensorboard=False)
+        if adapt_steps is not None:
+            cfg["adapt_steps"] = adapt_steps
         (copy / "config.json").write_text(json.dumps(cfg))
         trainer = MetaCPOTrainer.from_run(copy)
         return [{**r, "run": run_dir.name, "level": str(level)} for r in read_csv(trainer.meta_test())]
@@ -79,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="finished rl.meta_cpo run folders")
     parser.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.9], help="cost_confidence values")
+    parser.add_argument("--adapt-steps", type=int, default=None, help="adaptation steps (default: the runs')")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="output folder")
     args = parser.parse_args()
     t0 = time.perf_counter()
@@ -89,7 +92,7 @@ def main() -> None:
             continue
         for level in args.levels:
             print(f"{run.name}: cost_confidence {level}", file=sys.stderr, flush=True)
-            rows += readapt(run, level)
+            rows += readapt(run, level, args.adapt_steps)
     if not rows:
         sys.exit("no finished run folder given")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -111,6 +114,9 @@ def main() -> None:
         "",
         *summary(rows),
     ]
+    if args.adapt_steps is not None:
+        text.insert(3, f"Adaptation steps: {args.adapt_steps} (the runs' own: see their config.json).")
+        text.insert(4, "")
     (args.out / "adapt_confidence.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
 
