@@ -115,8 +115,7 @@ def main() -> None:
         *summary(rows),
     ]
     if args.adapt_steps is not None:
-        text.insert(3, f"Adaptation steps: {args.adapt_steps} (the runs' own: see their config.json).")
-        text.insert(4, "")
+        text[3:3] = ["", f"Adaptation steps: {args.adapt_steps} (the runs' own: see their config.json)."]
     (args.out / "adapt_confidence.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
 
