@@ -273,6 +273,20 @@ def test_identical_to_the_raw_package_for_a_raw_id():
     assert ours["obs"].shape == (200, 60)
 
 
+def test_observation_space_check_is_skipped_only_in_our_instances():
+    env = make("SafetyPointGoal1-v0", seed=0, horizon=10)
+    raw = import_safety_gymnasium().make("SafetyPointGoal1-v0")
+    try:
+        ours = env._groups[0].envs[0].env.task.obs_info.obs_space_dict
+        theirs = raw.unwrapped.task.obs_info.obs_space_dict
+        bad = {key: np.full(space.shape, 1e9) for key, space in theirs.spaces.items()}
+        assert not theirs.contains(bad)  # the package's own check is intact
+        assert ours.contains(bad)  # ours skips it (it never changes an observation)
+    finally:
+        env.close()
+        raw.close()
+
+
 def test_fast_reset_identical_to_package_reset_for_a_task():
     task = task_distribution("safety-button").sample(1, "train", seed=2)[0]
     actions = _forward_actions(2, 199)
