@@ -62,11 +62,12 @@ from rl.cpo import (
     cost_offsets,
     cpo_update,
     debiased_offsets,
+    fit_critics,
     optimism_offsets,
     sum_cost_channels,
     surrogates,
 )
-from rl.policy import Critic, GaussianPolicy, ObsNormalizer, fit_critic
+from rl.policy import Critic, GaussianPolicy, ObsNormalizer
 from rl.rollout import Batch, collect
 
 __all__ = [
@@ -633,20 +634,11 @@ def adapt(
             x, _ = inner_direction(local, phi, batch, differentiable=False)
             phi = (phi + x).detach()
             params.append(phi)
-            fit_critic(
-                local.reward_critic,
-                opt_r,
+            fit_critics(
+                (local.reward_critic, local.cost_critic),
+                (opt_r, opt_c),
                 batch.obs,
-                batch.ret_r,
-                cfg.critic_epochs,
-                cfg.critic_minibatch,
-                generator,
-            )
-            fit_critic(
-                local.cost_critic,
-                opt_c,
-                batch.obs,
-                batch.ret_c,
+                (batch.ret_r, batch.ret_c),
                 cfg.critic_epochs,
                 cfg.critic_minibatch,
                 generator,
@@ -835,9 +827,15 @@ class MetaCPOTrainer:
         cfg, setup = self.cfg, self.setup
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, self.iteration, 0, 5))
         obs = torch.cat([d[0] for d in critic_data])
-        for critic, opt, k in ((setup.reward_critic, self.opt_r, 1), (setup.cost_critic, self.opt_c, 2)):
-            targets = torch.cat([d[k] for d in critic_data])
-            fit_critic(critic, opt, obs, targets, cfg.critic_epochs, cfg.critic_minibatch, gen)
+        fit_critics(
+            (setup.reward_critic, setup.cost_critic),
+            (self.opt_r, self.opt_c),
+            obs,
+            [torch.cat([d[k] for d in critic_data]) for k in (1, 2)],
+            cfg.critic_epochs,
+            cfg.critic_minibatch,
+            gen,
+        )
         # New observation statistics; the policy and critics are re-expressed for them so that the
         # statistics update does not move the policy outside the meta trust region.
         norm = setup.normalizer
