@@ -68,6 +68,7 @@ from rl.rollout import Batch, collect
 
 __all__ = [
     "CPOConfig",
+    "confidence_z",
     "cost_offsets",
     "cpo_direction",
     "cpo_update",
@@ -130,9 +131,15 @@ def cost_offsets(
         raise ValueError(f"cost_limits must be finite, got {limits.tolist()}")
     b = torch.as_tensor(batch.ep_cost, dtype=dtype) - limits
     if confidence != 0.5:
-        z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(confidence, dtype=torch.float64)))
-        b = b + z * torch.as_tensor(batch.ep_cost_sem, dtype=dtype)
+        b = b + confidence_z(confidence) * torch.as_tensor(batch.ep_cost_sem, dtype=dtype)
     return b
+
+
+def confidence_z(confidence: float) -> float:
+    """The standard normal quantile of ``confidence`` in (0, 1) (0.5 -> 0, 0.9 -> 1.2816)."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    return float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(confidence, dtype=torch.float64)))
 
 
 def sum_cost_channels(batch: Batch) -> Batch:

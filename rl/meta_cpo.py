@@ -59,6 +59,7 @@ from torch import Tensor
 
 from difftrust import FisherMetric, StepResult, TrustRegionStep
 from rl.cpo import (
+    confidence_z,
     cost_offsets,
     cpo_update,
     debiased_offsets,
@@ -112,8 +113,9 @@ class MetaCPOConfig:
     cost_confidence: float = field(
         default=0.5,
         metadata={
-            "help": "inner (and multi-task) steps constrain an upper confidence bound of the episode "
-            "cost: ep_cost + z * standard error, z the normal quantile of this level (0.5: the mean)"
+            "help": "constrain upper confidence bounds of the episode cost, z the normal quantile of "
+            "this level (0.5: the means): inner and multi-task steps ep_cost + z * its standard "
+            "error; the meta-step the mean over the meta-batch + z * its standard error over tasks"
         },
     )
     debias: bool = field(
@@ -546,7 +548,11 @@ def meta_update(setup: Setup, theta: Tensor, results: Sequence[TaskResult]) -> t
         dG, b_theta = None, None
     else:
         dG = torch.stack([r.grad_G for r in results]).mean(0)
-        cost_val = np.mean([r.cost_val for r in results], axis=0)
+        cost_vals = np.array([r.cost_val for r in results])
+        cost_val = cost_vals.mean(0)
+        if cfg.cost_confidence != 0.5 and len(results) >= 2:  # upper bound of the mean over tasks
+            sem = cost_vals.std(0, ddof=1) / math.sqrt(len(results))
+            cost_val = cost_val + confidence_z(cfg.cost_confidence) * sem
         b_theta = torch.as_tensor(cost_val - np.asarray(setup.limits), dtype=theta.dtype)
     if cfg.meta_metric == "fisher":
         obs_h = fisher_states(obs, cfg.fisher_states)

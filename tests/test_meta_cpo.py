@@ -256,6 +256,34 @@ def test_debiased_meta_step_corrects_offsets_from_halves_of_the_meta_batch(offse
     assert info_plain["b_theta"][0] == pytest.approx(offset) and info_plain["optimism_theta"] == []
 
 
+def test_meta_step_with_confidence_bounds_the_mean_over_tasks():
+    trainer = MetaCPOTrainer(_tiny_cfg(constrain="total", debias=False, cost_confidence=0.9))
+    setup, theta = trainer.setup, trainer.theta
+    n = theta.numel()
+    gen = torch.Generator().manual_seed(4)
+    obs = torch.randn(200, setup.policy.obs_dim, generator=gen, dtype=theta.dtype)
+    costs = [2.0, 6.0, 4.0]
+    results = [
+        TaskResult(
+            grad_F=torch.randn(n, generator=gen, dtype=theta.dtype),
+            grad_G=torch.randn(1, n, generator=gen, dtype=theta.dtype),
+            cost_val=np.array([c]),
+            ret_pre=0.0,
+            cost_pre=np.zeros(2),
+            ret_post=0.0,
+            cost_post=np.zeros(2),
+            first_obs=obs,
+            critic_data=[],
+            cases=[],
+            env_steps=0,
+        )
+        for c in costs
+    ]
+    _, info = meta_update(setup, theta, results)
+    expected = 4.0 + 1.2815515655446004 * 2.0 / math.sqrt(3) - setup.limits[0]  # std of (2, 6, 4) is 2
+    assert info["b_theta"][0] == pytest.approx(expected, rel=1e-9)
+
+
 def _read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
