@@ -116,8 +116,6 @@ def cost_offsets(
     constrains the estimated mean, a larger one an upper confidence bound of it, so that a
     policy judged within the limit is so with about that probability.
     """
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     limits = torch.as_tensor(cost_limits, dtype=dtype)
     n_cost = len(batch.cost_channels)
     if limits.ndim == 0:
@@ -165,7 +163,7 @@ def _halves(batch: Batch) -> Tensor:
     (rows ``i`` with ``i % num_envs < num_envs // 2``), or the first half of the steps for
     one sub-environment."""
     idx = torch.arange(len(batch))
-    n_envs = int(getattr(batch, "num_envs", 1))
+    n_envs = batch.num_envs
     mask = idx % n_envs < n_envs // 2 if n_envs >= 2 else idx < len(batch) // 2
     if bool(mask.all()) or not bool(mask.any()):
         raise ValueError(f"debiasing needs a batch of at least 2 rows, got {len(batch)}")

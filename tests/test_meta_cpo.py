@@ -167,18 +167,13 @@ def test_inner_loop_leaves_theta_untouched_and_tasks_share_no_state():
     assert torch.equal(trainer.theta, theta)
 
 
-@pytest.mark.parametrize("offset", [-3.0, 0.05, 2.0])
-def test_meta_step_satisfies_linearised_constraint_and_trust_region(offset):
-    trainer = MetaCPOTrainer(_tiny_cfg(constrain="total", meta_delta=0.01, debias=False))
-    setup, theta = trainer.setup, trainer.theta
-    n = theta.numel()
-    gen = torch.Generator().manual_seed(2)
-    obs = torch.randn(300, setup.policy.obs_dim, generator=gen, dtype=theta.dtype)
-    results = [
+def _task_results(obs, grads, costs):
+    """TaskResults with the given meta-gradients ``(grad_F, grad_G)`` and validation costs."""
+    return [
         TaskResult(
-            grad_F=torch.randn(n, generator=gen, dtype=theta.dtype),
-            grad_G=torch.randn(1, n, generator=gen, dtype=theta.dtype),
-            cost_val=np.array([setup.limits[0] + offset]),
+            grad_F=grad_F,
+            grad_G=grad_G,
+            cost_val=np.array([c]),
             ret_pre=0.0,
             cost_pre=np.zeros(2),
             ret_post=0.0,
@@ -188,15 +183,36 @@ def test_meta_step_satisfies_linearised_constraint_and_trust_region(offset):
             cases=[],
             env_steps=0,
         )
+        for (grad_F, grad_G), c in zip(grads, costs, strict=True)
+    ]
+
+
+def _dense_fisher(setup, theta, obs):
+    H = torch.autograd.functional.hessian(lambda q: setup.policy.kl(theta, q, obs), theta)
+    return H + setup.cfg.damping * torch.eye(theta.numel(), dtype=theta.dtype)
+
+
+@pytest.mark.parametrize("offset", [-3.0, 0.05, 2.0])
+def test_meta_step_satisfies_linearised_constraint_and_trust_region(offset):
+    trainer = MetaCPOTrainer(_tiny_cfg(constrain="total", meta_delta=0.01, debias=False))
+    setup, theta = trainer.setup, trainer.theta
+    n = theta.numel()
+    gen = torch.Generator().manual_seed(2)
+    obs = torch.randn(300, setup.policy.obs_dim, generator=gen, dtype=theta.dtype)
+    grads = [
+        (
+            torch.randn(n, generator=gen, dtype=theta.dtype),
+            torch.randn(1, n, generator=gen, dtype=theta.dtype),
+        )
         for _ in range(3)
     ]
+    results = _task_results(obs, grads, [setup.limits[0] + offset] * 3)
     new, info = meta_update(setup, theta, results)
     x = new - theta
     dG = torch.stack([r.grad_G for r in results]).mean(0)
     b = torch.tensor(info["b_theta"], dtype=theta.dtype)
     assert float(b[0]) == pytest.approx(offset)
-    H = torch.autograd.functional.hessian(lambda q: setup.policy.kl(theta, q, obs), theta)
-    H = H + setup.cfg.damping * torch.eye(n, dtype=theta.dtype)
+    H = _dense_fisher(setup, theta, obs)
     full = x / info["accepted"]
     assert 0.5 * float(full @ H @ full) <= setup.cfg.meta_delta * (1 + 1e-4)
     assert float(setup.policy.kl(theta, new, obs)) <= setup.cfg.kl_tolerance * setup.cfg.meta_delta
@@ -218,26 +234,17 @@ def test_debiased_meta_step_corrects_offsets_from_halves_of_the_meta_batch(offse
     obs = torch.randn(300, setup.policy.obs_dim, generator=gen, dtype=theta.dtype)
     common_F = torch.randn(n, generator=gen, dtype=theta.dtype)
     common_G = torch.randn(1, n, generator=gen, dtype=theta.dtype)
-    results = [
-        TaskResult(
-            grad_F=common_F + 0.5 * torch.randn(n, generator=gen, dtype=theta.dtype),
-            grad_G=common_G + 0.5 * torch.randn(1, n, generator=gen, dtype=theta.dtype),
-            cost_val=np.array([setup.limits[0] + offset]),
-            ret_pre=0.0,
-            cost_pre=np.zeros(2),
-            ret_post=0.0,
-            cost_post=np.zeros(2),
-            first_obs=obs,
-            critic_data=[],
-            cases=[],
-            env_steps=0,
+    grads = [
+        (
+            common_F + 0.5 * torch.randn(n, generator=gen, dtype=theta.dtype),
+            common_G + 0.5 * torch.randn(1, n, generator=gen, dtype=theta.dtype),
         )
         for _ in range(4)
     ]
+    results = _task_results(obs, grads, [setup.limits[0] + offset] * 4)
     new, info = meta_update(setup, theta, results)
     assert info["case"] == ("recovery" if offset > 0 else "trust-region")
-    H = torch.autograd.functional.hessian(lambda q: setup.policy.kl(theta, q, obs), theta)
-    H = H + setup.cfg.damping * torch.eye(n, dtype=theta.dtype)
+    H = _dense_fisher(setup, theta, obs)
     rows = [
         torch.stack([torch.stack([r.grad_F, r.grad_G[0]]) for r in part]).mean(0)
         for part in (results[:2], results[2:])
@@ -263,22 +270,14 @@ def test_meta_step_with_confidence_bounds_the_mean_over_tasks():
     gen = torch.Generator().manual_seed(4)
     obs = torch.randn(200, setup.policy.obs_dim, generator=gen, dtype=theta.dtype)
     costs = [2.0, 6.0, 4.0]
-    results = [
-        TaskResult(
-            grad_F=torch.randn(n, generator=gen, dtype=theta.dtype),
-            grad_G=torch.randn(1, n, generator=gen, dtype=theta.dtype),
-            cost_val=np.array([c]),
-            ret_pre=0.0,
-            cost_pre=np.zeros(2),
-            ret_post=0.0,
-            cost_post=np.zeros(2),
-            first_obs=obs,
-            critic_data=[],
-            cases=[],
-            env_steps=0,
+    grads = [
+        (
+            torch.randn(n, generator=gen, dtype=theta.dtype),
+            torch.randn(1, n, generator=gen, dtype=theta.dtype),
         )
-        for c in costs
+        for _ in costs
     ]
+    results = _task_results(obs, grads, costs)
     _, info = meta_update(setup, theta, results)
     expected = 4.0 + 1.2815515655446004 * 2.0 / math.sqrt(3) - setup.limits[0]  # std of (2, 6, 4) is 2
     assert info["b_theta"][0] == pytest.approx(expected, rel=1e-9)
