@@ -34,41 +34,50 @@ from rl.meta_cpo import MetaCPOTrainer  # noqa: E402
 from rl.runtime import read_csv  # noqa: E402
 
 
-def readapt(run_dir: Path, level: float, adapt_steps: int | None = None) -> list[dict[str, str]]:
+def readapt(
+    run_dir: Path, level: float, adapt_steps: int | None = None, adapt_batch_steps: int | None = None
+) -> list[dict[str, str]]:
     """The meta-test of ``run_dir`` repeated with ``cost_confidence = level`` (and
-    ``adapt_steps`` if given) in a copy; the run's own ``adaptation.csv`` when both are the
-    run's settings (the meta-test is deterministic)."""
+    ``adapt_steps`` / ``adapt_batch_steps`` if given) in a copy; the run's own ``adaptation.csv``
+    when all are the run's settings (the meta-test is deterministic)."""
     own = json.loads((run_dir / "config.json").read_text())
-    if level == own.get("cost_confidence", 0.5) and adapt_steps in (None, own["adapt_steps"]):
-        return [{**r, "run": run_dir.name, "level": str(level)} for r in read_csv(run_dir / "adaptation.csv")]
+    changes = {"cost_confidence": level, "adapt_steps": adapt_steps, "adapt_batch_steps": adapt_batch_steps}
+    changes = {k: v for k, v in changes.items() if v is not None and v != own.get(k)}
+    if changes.get("cost_confidence") == 0.5 and "cost_confidence" not in own:  # runs older than the option
+        del changes["cost_confidence"]
+    tag = {"run": run_dir.name, "level": str(level), "adapt_batch_steps": str(adapt_batch_steps or "")}
+    if not changes:
+        return [{**r, **tag} for r in read_csv(run_dir / "adaptation.csv")]
     with tempfile.TemporaryDirectory(prefix="adapt_confidence_") as tmp:
         copy = Path(tmp) / run_dir.name
         shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("events.*", "*.png", "adaptation.csv"))
         cfg = json.loads((copy / "config.json").read_text())
-        cfg.update(cost_confidence=level, progress=False, tensorboard=False)
-        if adapt_steps is not None:
-            cfg["adapt_steps"] = adapt_steps
+        cfg.update(changes, progress=False, tensorboard=False)
         (copy / "config.json").write_text(json.dumps(cfg))
         trainer = MetaCPOTrainer.from_run(copy)
-        return [{**r, "run": run_dir.name, "level": str(level)} for r in read_csv(trainer.meta_test())]
+        return [{**r, **tag} for r in read_csv(trainer.meta_test())]
 
 
 def summary(rows: list[dict[str, str]]) -> list[str]:
     channels = sorted(k for k in rows[0] if k.startswith("cost_") and k != "cost_limit")
     last = max(int(r["adapt_step"]) for r in rows)
     lines = [
-        "| level | runs | tasks | return | cost | " + " | ".join(c[5:] for c in channels) + " | within every "
+        "| method | level | runs | tasks | return | cost | "
+        + " | ".join(c[5:] for c in channels)
+        + " | within every "
         "channel's limit | within the total limit |",
-        "|---" * (7 + len(channels)) + "|",
+        "|---" * (8 + len(channels)) + "|",
     ]
-    for level in dict.fromkeys(r["level"] for r in rows):
-        sel = [r for r in rows if r["level"] == level and int(r["adapt_step"]) == last]
+    for method, level in dict.fromkeys((r["method"], r["level"]) for r in rows):
+        sel = [
+            r for r in rows if (r["method"], r["level"]) == (method, level) and int(r["adapt_step"]) == last
+        ]
         limit = float(sel[0]["cost_limit"])
         per = limit / len(channels)  # the benchmarks give every channel the same limit
         ok = [all(float(r[c]) <= per for c in channels) for r in sel]
         ok_total = [float(r["ep_cost"]) <= limit for r in sel]
         lines.append(
-            f"| {level} | {len({r['run'] for r in sel})} | {len(sel)} | "
+            f"| {method} | {level} | {len({r['run'] for r in sel})} | {len(sel)} | "
             f"{np.mean([float(r['ep_ret']) for r in sel]):.2f} | {np.mean([float(r['ep_cost']) for r in sel]):.2f} | "
             + " | ".join(f"{np.mean([float(r[c]) for r in sel]):.2f}" for c in channels)
             + f" | {sum(ok)}/{len(ok)} ({100 * np.mean(ok):.0f}%) | {sum(ok_total)}/{len(ok_total)} "
@@ -82,6 +91,13 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="finished rl.meta_cpo run folders")
     parser.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.9], help="cost_confidence values")
     parser.add_argument("--adapt-steps", type=int, default=None, help="adaptation steps (default: the runs')")
+    parser.add_argument(
+        "--adapt-batch-steps",
+        type=int,
+        default=None,
+        help="env steps per adaptation/evaluation batch (default: the runs')",
+    )
+    parser.add_argument("--name", default="adapt_confidence", help="stem of the output files")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="output folder")
     args = parser.parse_args()
     t0 = time.perf_counter()
@@ -92,12 +108,12 @@ def main() -> None:
             continue
         for level in args.levels:
             print(f"{run.name}: cost_confidence {level}", file=sys.stderr, flush=True)
-            rows += readapt(run, level, args.adapt_steps)
+            rows += readapt(run, level, args.adapt_steps, args.adapt_batch_steps)
     if not rows:
         sys.exit("no finished run folder given")
     args.out.mkdir(parents=True, exist_ok=True)
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    with open(args.out / "adapt_confidence.csv", "w", newline="") as f:
+    with open(args.out / f"{args.name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
@@ -106,7 +122,7 @@ def main() -> None:
         "# Adapting with a confidence margin on the cost",
         "",
         f"`python benchmarks/adapt_confidence.py` on {', '.join(runs)} (their meta-policies, test tasks, "
-        "seeds and adaptation steps; only `cost_confidence` changes). After the last adaptation step; "
+        "seeds and adaptation steps; only the options named below change). After the last adaptation step; "
         "level 0.5 constrains the estimated mean (the runs' own setting), a higher level "
         "`ep_cost + z * standard error`. "
         f"Measured {time.strftime('%Y-%m-%d')} in {time.perf_counter() - t0:.0f} s, load average "
@@ -114,9 +130,10 @@ def main() -> None:
         "",
         *summary(rows),
     ]
-    if args.adapt_steps is not None:
-        text[3:3] = ["", f"Adaptation steps: {args.adapt_steps} (the runs' own: see their config.json)."]
-    (args.out / "adapt_confidence.md").write_text("\n".join(text) + "\n")
+    for name in ("adapt_steps", "adapt_batch_steps"):
+        if getattr(args, name) is not None:
+            text[3:3] = ["", f"`{name}`: {getattr(args, name)} (the runs' own: see their config.json)."]
+    (args.out / f"{args.name}.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
 
 

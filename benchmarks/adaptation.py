@@ -91,6 +91,31 @@ class BenchConfig:
     batch_steps: int | None = field(
         default=None, metadata={"help": "env steps per batch (none: rl.meta_cpo's default)"}
     )
+    adapt_batch_steps: int | None = field(
+        default=None,
+        metadata={"help": "env steps per adaptation/evaluation batch at meta-test (none: batch_steps)"},
+    )
+    adapt_confidence: float | None = field(
+        default=None,
+        metadata={
+            "help": "cost_confidence of the adaptation steps at meta-test (none: the runs' cost_confidence)"
+        },
+    )
+    eval_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "env steps of an independent evaluation batch of each test task's policy before "
+            "and after adaptation (none: rl.meta_cpo's default, no such batch)"
+        },
+    )
+    retest_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "another benchmark folder whose finished runs are copied and only meta-tested "
+            "again with this folder's meta-test options (adapt_steps, adapt_batch_steps, "
+            "adapt_confidence, eval_steps, test_tasks); training settings come from that folder"
+        },
+    )
     out: str = field(default=str(DEFAULT_OUT), metadata={"help": "aggregate outputs (runs under <out>/runs)"})
     report_only: bool = field(default=False, metadata={"help": "only aggregate the finished runs"})
     quick: bool = field(
@@ -113,6 +138,16 @@ class BenchConfig:
     def validate(self) -> None:
         if self.adapt_steps is not None and self.adapt_steps < 0:
             raise ValueError(f"adapt_steps must be >= 0 or none, got {self.adapt_steps}")
+        if self.eval_steps is not None and self.eval_steps < 0:
+            raise ValueError(f"eval_steps must be >= 0 or none, got {self.eval_steps}")
+        if self.adapt_confidence is not None and not 0 < self.adapt_confidence < 1:
+            raise ValueError(f"adapt_confidence must be in (0, 1) or none, got {self.adapt_confidence}")
+        if self.retest_from is not None and not (Path(self.retest_from) / "runs" / "settings.json").is_file():
+            raise ValueError(
+                f"retest_from must be a benchmark folder with runs/settings.json, got {self.retest_from!r}"
+            )
+        if self.adapt_batch_steps is not None and self.adapt_batch_steps < 1:
+            raise ValueError(f"adapt_batch_steps must be >= 1 or none, got {self.adapt_batch_steps}")
         bad = [m for m in self.methods if m not in ALGOS]
         if bad:
             raise ValueError(f"methods must be among {list(ALGOS)}, got {bad}")
@@ -139,6 +174,24 @@ PER_RUN_KEYS = (
     "checkpoint_every",
     "keep_checkpoints",
 )
+
+
+#: rl.meta_cpo options that only the meta-test reads (a retest may change them).
+META_TEST_KEYS = ("adapt_steps", "adapt_batch_steps", "adapt_confidence", "eval_steps")
+
+
+def _retest_copy(source: Path, run_dir: Path, settings: dict[str, Any]) -> None:
+    """Copy a finished run (config, checkpoints, training logs) for a new meta-test with the
+    meta-test options of ``settings`` (recorded in the copy's config.json)."""
+    shutil.copytree(
+        source,
+        run_dir,
+        ignore=shutil.ignore_patterns("adaptation.csv", "evaluation.csv", "*.png", "*.tmp"),
+    )
+    path = run_dir / "config.json"
+    run_cfg = json.loads(path.read_text())
+    run_cfg.update({k: settings[k] for k in (*META_TEST_KEYS, "test_tasks") if k in settings})
+    path.write_text(json.dumps(run_cfg, indent=2) + "\n")
 
 
 def _settings(cfg: BenchConfig) -> tuple[Path, Path]:
@@ -171,6 +224,9 @@ def pinned_settings(cfg: BenchConfig, runs: Path) -> dict[str, Any]:
     settings within one folder (start a new ``--out`` for new settings)."""
     path = runs / "settings.json"
     settings = _reference_settings(runs)
+    if settings is None and cfg.retest_from is not None:  # the trained runs' settings + ours
+        settings = json.loads((Path(cfg.retest_from) / "runs" / "settings.json").read_text())
+        settings.update({k: getattr(cfg, k) for k in META_TEST_KEYS if getattr(cfg, k) is not None})
     if settings is None or not path.is_file():
         if settings is None:
             from dataclasses import asdict
@@ -179,8 +235,9 @@ def pinned_settings(cfg: BenchConfig, runs: Path) -> dict[str, Any]:
             settings.update(env=cfg.env, iterations=cfg.iterations, test_tasks=cfg.test_tasks)
             if cfg.adapt_steps is not None:
                 settings["adapt_steps"] = cfg.adapt_steps
-            if cfg.batch_steps is not None:
-                settings["batch_steps"] = cfg.batch_steps
+            for name in ("batch_steps", *META_TEST_KEYS):
+                if getattr(cfg, name) is not None:
+                    settings[name] = getattr(cfg, name)
             if cfg.quick:
                 settings.update(iterations=2, test_tasks=2, batch_steps=400, num_envs=10)
         runs.mkdir(parents=True, exist_ok=True)
@@ -188,10 +245,9 @@ def pinned_settings(cfg: BenchConfig, runs: Path) -> dict[str, Any]:
     asked = {"env": cfg.env}
     if not cfg.quick:
         asked.update(iterations=cfg.iterations, test_tasks=cfg.test_tasks)
-        if cfg.batch_steps is not None:
-            asked["batch_steps"] = cfg.batch_steps
-        if cfg.adapt_steps is not None:
-            asked["adapt_steps"] = cfg.adapt_steps
+        for name in ("batch_steps", *META_TEST_KEYS):
+            if getattr(cfg, name) is not None:
+                asked[name] = getattr(cfg, name)
     differ = {k: (v, settings.get(k)) for k, v in asked.items() if settings.get(k) != v}
     if differ:
         print(
@@ -263,6 +319,14 @@ def run_all(cfg: BenchConfig) -> None:
             print(f"{tag}: finished before, skipped", flush=True)
             continue
         base = [sys.executable, "-m", "rl.meta_cpo", "--backend", "serial", "--threads", "1", "--progress"]
+        if cfg.retest_from is not None and not (run_dir / "config.json").is_file():
+            source = Path(cfg.retest_from) / "runs" / name
+            if not (source / "adaptation.csv").is_file():
+                print(f"{tag}: {source} is not finished, skipped", flush=True)
+                continue
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            _retest_copy(source, run_dir, settings)
         if (run_dir / "config.json").is_file():
             cmd = [*base, "--resume", str(run_dir), "--iterations", str(total_iters)]
             how = f"resumed at iteration {_iterations_done(run_dir)}"
@@ -355,6 +419,7 @@ def load_runs(runs: Path) -> list[dict[str, Any]]:
             continue
         channels = [c[5:] for c in rows[0] if c.startswith("cost_") and c != "cost_limit"]
         progress = read_csv(run_dir / "progress.csv") if (run_dir / "progress.csv").is_file() else []
+        evaluation = read_csv(run_dir / "evaluation.csv") if (run_dir / "evaluation.csv").is_file() else []
         algo = run_cfg["algo"]
         found.append(
             {
@@ -363,6 +428,7 @@ def load_runs(runs: Path) -> list[dict[str, Any]]:
                 "seed": int(run_cfg["seed"]),
                 "cfg": run_cfg,
                 "rows": rows,
+                "eval": evaluation,
                 "channels": channels,
                 "limits": _limits(run_cfg, channels),
                 "iterations": len(progress),
@@ -400,7 +466,7 @@ def aggregate(found: list[dict[str, Any]]) -> tuple[list[dict], list[dict], list
     for m in methods:
         steps = sorted(per_step[m])
         runs_m = [r for r in found if r["algo"] == m]
-        batch = int(runs_m[0]["cfg"]["batch_steps"])
+        batch = _adapt_batch(runs_m[0]["cfg"])
         for k in steps:
             pairs = per_step[m][k]
             rm, rs = _ms([float(r["ep_ret"]) for r, _ in pairs])
@@ -429,6 +495,33 @@ def aggregate(found: list[dict[str, Any]]) -> tuple[list[dict], list[dict], list
         for run in runs_m:
             final = [r for r in run["rows"] if int(r["adapt_step"]) == steps[-1]]
             per_seed_share.append(np.mean([_within(r, run)[0] for r in final]))
+        evaluated = {}  # the independent evaluation batches (rl.meta_cpo --eval-steps), if every run has them
+        if all(run["eval"] for run in runs_m):
+            for when, pick in (("before", min), ("after", max)):
+                pairs = []
+                for run in runs_m:
+                    k = pick(int(r["adapt_step"]) for r in run["eval"])
+                    pairs += [(r, run) for r in run["eval"] if int(r["adapt_step"]) == k]
+                ok = [_within(r, run) for r, run in pairs]
+                evaluated.update(
+                    {
+                        f"eval_{when}_ret": float(np.mean([float(r["ep_ret"]) for r, _ in pairs])),
+                        f"eval_{when}_cost": float(np.mean([float(r["ep_cost"]) for r, _ in pairs])),
+                        **{
+                            f"eval_{when}_cost_{ch}": float(
+                                np.mean([float(r[f"cost_{ch}"]) for r, _ in pairs])
+                            )
+                            for ch in channels
+                        },
+                        f"eval_{when}_within_channels": int(sum(o[0] for o in ok)),
+                        f"eval_{when}_within_total": int(sum(o[1] for o in ok)),
+                        f"eval_{when}_tasks": len(ok),
+                    }
+                )
+            evaluated["eval_episodes"] = int(float(runs_m[0]["eval"][0]["episodes"]))
+            evaluated["eval_sem_mean"] = float(
+                np.mean([float(r[f"sem_{ch}"]) for run in runs_m for r in run["eval"] for ch in channels])
+            )
         meta_steps = float(np.mean([r["meta_env_steps"] for r in runs_m]))
         adapt_steps = int(runs_m[0]["cfg"]["adapt_steps"])
         summary.append(
@@ -453,6 +546,7 @@ def aggregate(found: list[dict[str, Any]]) -> tuple[list[dict], list[dict], list
                 "adapt_env_steps_per_task": adapt_steps * batch,
                 "env_steps_total": meta_steps + adapt_steps * batch,
                 "wall_s_per_run": float(np.nanmean([r["wall_s"] for r in runs_m])) if runs_m else math.nan,
+                **evaluated,
             }
         )
     for run in found:
@@ -676,10 +770,50 @@ def _secs(value: float) -> str:
     return "-" if value is None or not math.isfinite(float(value)) else f"{float(value):.0f}"
 
 
-def _episodes(run_cfg: dict[str, Any]) -> int:
-    """Full episodes in one batch of a run (the built-in families' horizon is 200)."""
+def _eval_steps(found: list[dict[str, Any]]) -> int:
+    """Env steps of the runs' independent evaluation batches."""
+    return int(float(next(run["eval"][0]["env_steps"] for run in found if run["eval"])))
+
+
+def _adapt_sem(found: list[dict[str, Any]]) -> float:
+    """Typical standard error of a channel's mean episode cost on one adaptation batch, scaled
+    from the evaluation batches' (standard errors shrink as 1/sqrt(episodes))."""
+    sems, ratios = [], []
+    for run in found:
+        for r in run["eval"]:
+            eps = float(r["episodes"])
+            sems += [float(v) for k, v in r.items() if k.startswith("sem_")]
+            ratios.append(math.sqrt(eps / max(_episodes(run["cfg"], _adapt_batch(run["cfg"])), 1)))
+    return float(np.mean(sems) * np.mean(ratios)) if sems else math.nan
+
+
+def _adapt_batch(run_cfg: dict[str, Any]) -> int:
+    """Env steps of one adaptation/evaluation batch of a run."""
+    return int(run_cfg.get("adapt_batch_steps") or run_cfg["batch_steps"])
+
+
+def _episodes(run_cfg: dict[str, Any], steps: int | None = None) -> int:
+    """Full episodes in one batch of ``steps`` env steps (default: a training batch) of a run,
+    its sub-environments scaled with the batch (the built-in families' horizon is 200)."""
     horizon = int(run_cfg.get("horizon") or 200)
-    return (int(run_cfg["batch_steps"]) // int(run_cfg["num_envs"])) // horizon * int(run_cfg["num_envs"])
+    batch = int(run_cfg["batch_steps"])
+    steps = batch if steps is None else steps
+    envs = max(1, round(int(run_cfg["num_envs"]) * steps / batch))
+    return (steps // envs) // horizon * envs
+
+
+def _judged(s: dict[str, Any]) -> tuple[int, int, int, str]:
+    """(tasks within every channel's limit, within the total limit, tasks, on what) after
+    adaptation: the independent evaluation batches where the runs have them, else the last
+    on-policy batch."""
+    if "eval_after_tasks" in s:
+        return (
+            s["eval_after_within_channels"],
+            s["eval_after_within_total"],
+            s["eval_after_tasks"],
+            f"independent evaluation, {s['eval_episodes']} episodes per policy",
+        )
+    return s["within_channels"], s["within_total"], s["tasks"], "the last on-policy batch"
 
 
 def targets(summary: list[dict[str, Any]]) -> list[str]:
@@ -689,54 +823,69 @@ def targets(summary: list[dict[str, Any]]) -> list[str]:
     lines = []
     if mc is None:
         return ["- Meta-CPO has no finished run yet: no target can be judged."]
-    ok = mc["share_within_channels"] >= TARGET_SHARE
+    c_ok, c_tot, c_n, how = _judged(mc)
+    ok = c_ok / c_n >= TARGET_SHARE
+    also = (
+        f" On the last on-policy adaptation batch ({mc['tasks']} tasks, noisier): "
+        f"{mc['within_channels']}/{mc['tasks']} = {_pct(mc['share_within_channels'])}."
+        if "eval_after_tasks" in mc
+        else ""
+    )
     lines.append(
         f"- **Meta-CPO within the limit on >= 90% of test tasks after adaptation: "
-        f"{'MET' if ok else 'MISSED'}** ({mc['within_channels']}/{mc['tasks']} = "
-        f"{_pct(mc['share_within_channels'])} within every channel's limit; total within the summed "
-        f"limit: {mc['within_total']}/{mc['tasks']} = {_pct(mc['share_within_total'])})."
+        f"{'MET' if ok else 'MISSED'}** ({c_ok}/{c_n} = {_pct(c_ok / c_n)} within every channel's "
+        f"limit; total within the summed limit: {c_tot}/{c_n} = {_pct(c_tot / c_n)}; judged on {how}).{also}"
     )
     if mt is None:
         lines.append(
             "- Meta-CPO more often within the limit than Meta-TRPO: not measured (no Meta-TRPO run)."
         )
     else:
-        ok = mc["share_within_channels"] > mt["share_within_channels"]
-        gap = mc["within_channels"] - mt["within_channels"]
+        t_ok, t_tot, t_n, _ = _judged(mt)
+        ok = c_ok / c_n > t_ok / t_n
+        gap = c_ok - t_ok
         small = (
-            f" A gap of {gap:+d} task(s) out of {mc['tasks']}: within the sampling noise of one "
-            "batch per task, so the share alone is not evidence of a difference (the mean cost "
-            "after adaptation, next to it, is the steadier comparison)."
+            f" A gap of {gap:+d} task(s) out of {c_n}: within the sampling noise, so the share alone "
+            "is not evidence of a difference (the mean cost after adaptation, next to it, is the "
+            "steadier comparison)."
             if abs(gap) <= 2
             else ""
         )
         lines.append(
             f"- **Meta-CPO within the limit more often than Meta-TRPO: {'MET' if ok else 'MISSED'}** "
-            f"({mc['within_channels']}/{mc['tasks']} = {_pct(mc['share_within_channels'])} vs "
-            f"{mt['within_channels']}/{mt['tasks']} = {_pct(mt['share_within_channels'])}; total: "
-            f"{_pct(mc['share_within_total'])} vs {_pct(mt['share_within_total'])}; mean cost after "
+            f"({c_ok}/{c_n} = {_pct(c_ok / c_n)} vs {t_ok}/{t_n} = {_pct(t_ok / t_n)}; total: "
+            f"{_pct(c_tot / c_n)} vs {_pct(t_tot / t_n)}; mean cost after "
             f"adaptation {mc['cost_mean']:.2f} vs {mt['cost_mean']:.2f}).{small}"
         )
-    keep = [s for s in summary if s["share_within_channels"] >= TARGET_SHARE]
+    keep = [s for s in summary if _judged(s)[0] / _judged(s)[2] >= TARGET_SHARE]
     if not keep:
         lines.append(
             "- **Meta-CPO has the highest return among the methods that keep the limit: MISSED** "
             "(no method keeps it on >= 90% of the test tasks)."
         )
     else:
-        best = max(keep, key=lambda s: s["ret_mean"])
+        ret = {s["method"]: s.get("eval_after_ret", s["ret_mean"]) for s in summary}
+        best = max(keep, key=lambda s: ret[s["method"]])
         ok = best["method"] == "meta-cpo"
-        names = ", ".join(f"{LABELS[s['method']]} {s['ret_mean']:.2f}" for s in keep)
+        names = ", ".join(f"{LABELS[s['method']]} {ret[s['method']]:.2f}" for s in keep)
+        others = ", ".join(
+            f"{LABELS[s['method']]} {ret[s['method']]:.2f} ({_pct(_judged(s)[0] / _judged(s)[2])})"
+            for s in summary
+            if s not in keep
+        )
         lines.append(
             f"- **Meta-CPO has the highest return among the methods that keep the limit "
             f"(>= 90% of tasks within every channel's limit): {'MET' if ok else 'MISSED'}** "
-            f"(methods keeping it, return after adaptation: {names})."
+            f"(methods keeping it, return after adaptation: {names}"
+            + (f"; not keeping it: {others}" if others else "")
+            + ")."
         )
     lines.append(
         "  For reference, mean cost after adaptation against the limits (a weaker reading of "
         '"keeps the limit"): '
         + "; ".join(
-            f"{LABELS[s['method']]} {s['cost_mean']:.2f} / {sum(map(float, s['limits'].split())):g}"
+            f"{LABELS[s['method']]} {s.get('eval_after_cost', s['cost_mean']):.2f} / "
+            f"{sum(map(float, s['limits'].split())):g}"
             for s in summary
         )
         + "."
@@ -817,7 +966,10 @@ def report(cfg: BenchConfig) -> None:
         f"Setting: `{c0['env']}`, test split (arena, button and hazard counts outside the training "
         f"ranges), per-episode cost limit per channel ({lim_text}; the total limit is their sum, "
         f"{sum(limits):g}), {c0['adapt_steps']} CPO adaptation steps per test task (TRPO steps for "
-        f"Meta-TRPO), {c0['batch_steps']} env steps per batch, {c0['num_envs']} sub-environments, "
+        f"Meta-TRPO) on batches of {_adapt_batch(c0):,} env steps, the adaptation steps constraining "
+        f"the cost at confidence {c0.get('adapt_confidence') or c0.get('cost_confidence', 0.5)} "
+        "(0.5: the estimated mean; higher: the mean plus that many standard errors), "
+        f"{c0['batch_steps']} env steps per meta-training batch, {c0['num_envs']} sub-environments, "
         f"meta-batch {c0['meta_batch']}, {c0['inner_steps']} inner steps, inner delta "
         f"{c0['inner_delta']}, meta delta {c0['meta_delta']}; otherwise `rl.meta_cpo`'s defaults as of the folder's first run (pinned in "
         "`runs/settings.json`). "
@@ -913,6 +1065,36 @@ def report(cfg: BenchConfig) -> None:
             f"{s['meta_env_steps']:,.0f} | {s['adapt_env_steps_per_task']:,} | {s['env_steps_total']:,.0f} | "
             f"{_secs(s['wall_s_per_run'])} |"
         )
+    evaluated = [s for s in summary if "eval_after_tasks" in s]
+    if evaluated:
+        e0 = evaluated[0]
+        md += [
+            "",
+            f"## Independent evaluation ({e0['eval_episodes']} episodes per policy)",
+            "",
+            f"Each test task's policy before adaptation (the meta-policy) and after the last step, "
+            f"run on a separate batch of {_eval_steps(found):,} env steps (`--eval-steps`; the same "
+            "seed before and after, never used for a step): the mean episode cost has a standard "
+            f"error of about {e0['eval_sem_mean']:.2f} per channel, against about "
+            f"{_adapt_sem(found):.2f} for an adaptation batch, so a task is judged on its "
+            "policy's cost rather than on one batch's luck.",
+            "",
+            "| method | tasks | return before | return after | cost before | cost after | "
+            + " | ".join(f"{ch} after" for ch in channels)
+            + " | within every channel's limit, before | after | total within limit, after |",
+            "|---|---|---|---|---|---|" + "---|" * len(channels) + "---|---|---|",
+        ]
+        for s in evaluated:
+            n = s["eval_after_tasks"]
+            md.append(
+                f"| {LABELS.get(s['method'], s['method'])} | {n} | {s['eval_before_ret']:.2f} | "
+                f"{s['eval_after_ret']:.2f} | {s['eval_before_cost']:.2f} | {s['eval_after_cost']:.2f} | "
+                + " | ".join(f"{s[f'eval_after_cost_{ch}']:.2f}" for ch in channels)
+                + f" | {s['eval_before_within_channels']}/{s['eval_before_tasks']} "
+                f"({_pct(s['eval_before_within_channels'] / s['eval_before_tasks'])}) | "
+                f"{s['eval_after_within_channels']}/{n} ({_pct(s['eval_after_within_channels'] / n)}) | "
+                f"{s['eval_after_within_total']}/{n} ({_pct(s['eval_after_within_total'] / n)}) |"
+            )
     md += [
         "",
         "## Every adaptation step",
@@ -943,9 +1125,8 @@ def report(cfg: BenchConfig) -> None:
         "`rl.meta_cpo`'s own `adaptation.csv` is not used: for Meta-TRPO it holds the single "
         "configured value (5) instead of the summed limit (10) the other methods write.",
         "- A test task's cost is the mean over the episodes of one on-policy batch "
-        f"({c0['batch_steps']} env steps over {c0['num_envs']} sub-environments: {_episodes(c0)} "
-        "full episodes of the 200-step horizon): a task near the limit can fall on either side of "
-        "it by sampling noise alone.",
+        f"({_adapt_batch(c0)} env steps: {_episodes(c0, _adapt_batch(c0))} full episodes of the "
+        "200-step horizon): a task near the limit can fall on either side of it by sampling noise alone.",
         "- Multi-task CPO takes one CPO step per meta-iteration on the pooled first batches of the "
         "training tasks, so it spends a third of the meta-training env steps of the meta-learners.",
         "",

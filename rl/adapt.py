@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +41,25 @@ def load_run(run_dir: str | Path) -> MetaCPOTrainer:
 
 
 def adapt_to_task(
-    trainer: MetaCPOTrainer, task: Any, steps: int | None = None, seed: int = 0
+    trainer: MetaCPOTrainer,
+    task: Any,
+    steps: int | None = None,
+    seed: int = 0,
+    batch_steps: int | None = None,
 ) -> tuple[list[dict[str, Any]], list[Tensor]]:
     """Adapt the run's meta-parameters to ``task`` with ``steps`` CPO steps (default: the run's
-    ``adapt_steps``). Returns one evaluation row per step (0 = before adaptation) and the
-    parameters ``phi^0 .. phi^steps``."""
+    ``adapt_steps``) on batches of ``batch_steps`` env steps (default: the run's
+    ``adapt_batch_steps``, else its ``batch_steps``). Returns one evaluation row per step
+    (0 = before adaptation) and the parameters ``phi^0 .. phi^steps``."""
     steps = trainer.cfg.adapt_steps if steps is None else int(steps)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    return adapt(
-        trainer.setup, trainer.theta, task, steps, derive_seed(seed, 0, 0, 8), trainer.cfg.constrained
-    )
+    setup = trainer.setup
+    if batch_steps is not None:
+        if int(batch_steps) < 1:
+            raise ValueError(f"batch_steps must be >= 1, got {batch_steps}")
+        setup = replace(setup, cfg=replace(setup.cfg, adapt_batch_steps=int(batch_steps)))
+    return adapt(setup, trainer.theta, task, steps, derive_seed(seed, 0, 0, 8), trainer.cfg.constrained)
 
 
 def render_gif(
@@ -106,6 +115,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--steps", type=int, default=None, help="adaptation steps (default: the run's adapt_steps)"
     )
+    parser.add_argument(
+        "--batch-steps",
+        type=int,
+        default=None,
+        help="env steps per adaptation/evaluation batch (default: the run's adapt_batch_steps or batch_steps)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--gif", default=None, help="write an episode of the adapted policy to this GIF")
     parser.add_argument("--out", default=None, help="write the evaluation rows to this CSV")
@@ -121,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error(f"--task-index must be >= 0, got {args.task_index}")
         seed = derive_seed(trainer.cfg.seed, 0, 0, 6) if args.task_seed is None else args.task_seed
         task = trainer.dist.sample(args.task_index + 1, split=args.split, seed=seed)[args.task_index]
-    rows, params = adapt_to_task(trainer, task, args.steps, args.seed)
+    rows, params = adapt_to_task(trainer, task, args.steps, args.seed, args.batch_steps)
     print("adapt_step  ep_ret  ep_cost")
     for r in rows:
         print(f"{r['adapt_step']:>10d}  {r['ep_ret']:6.2f}  {r['ep_cost']:7.2f}")

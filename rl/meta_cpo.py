@@ -176,6 +176,29 @@ class MetaCPOConfig:
     critic_minibatch: int = field(default=256, metadata={"help": "critic minibatch size"})
     test_tasks: int = field(default=6, metadata={"help": "held-out test tasks for meta-test"})
     adapt_steps: int = field(default=3, metadata={"help": "K_test: CPO steps on each test task"})
+    adapt_confidence: float | None = field(
+        default=None,
+        metadata={
+            "help": "cost_confidence of the adaptation steps at meta-test (none: cost_confidence), "
+            "for example 0.9 to adapt with a margin a meta-policy trained at the mean"
+        },
+    )
+    adapt_batch_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "env steps per adaptation/evaluation batch at meta-test (none: batch_steps; larger "
+            "batches give steadier steps, a tighter cost estimate and a more precise judgement of the "
+            "limit)"
+        },
+    )
+    eval_steps: int = field(
+        default=0,
+        metadata={
+            "help": "meta-test: env steps of an independent evaluation batch of each test task's "
+            "policy before and after adaptation, written to evaluation.csv (0: none; the "
+            "adaptation batches still give the curves)"
+        },
+    )
     threads: int = field(default=1, metadata={"help": "torch CPU threads (of the driver)"})
     backend: Literal["auto", "serial", "processes", "ray"] = field(
         default="auto",
@@ -228,9 +251,11 @@ class MetaCPOConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("iterations", "adapt_steps"):
+        for name in ("iterations", "adapt_steps", "eval_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.adapt_batch_steps is not None and self.adapt_batch_steps < 1:
+            raise ValueError(f"adapt_batch_steps must be >= 1 or none, got {self.adapt_batch_steps}")
         if self.num_envs is not None and not 1 <= self.num_envs <= self.batch_steps:
             raise ValueError(
                 f"num_envs must be in [1, batch_steps = {self.batch_steps}], got {self.num_envs}"
@@ -243,8 +268,10 @@ class MetaCPOConfig:
             raise ValueError(f"damping and cg_tol must be >= 0, got {self.damping}, {self.cg_tol}")
         if not 0 < self.backtrack_coef < 1:
             raise ValueError(f"backtrack_coef must be in (0, 1), got {self.backtrack_coef}")
-        if not 0 < self.cost_confidence < 1:
-            raise ValueError(f"cost_confidence must be in (0, 1), got {self.cost_confidence}")
+        for name in ("cost_confidence", "adapt_confidence"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < 1:
+                raise ValueError(f"{name} must be in (0, 1), got {value}")
         for name in ("gamma", "lam", "cost_gamma", "cost_lam"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -266,6 +293,11 @@ class MetaCPOConfig:
 #: Options that may differ from the saved config when resuming.
 RESUME_OVERRIDABLE = (
     "iterations",
+    "test_tasks",
+    "adapt_steps",
+    "adapt_confidence",
+    "adapt_batch_steps",
+    "eval_steps",
     "resume",
     "progress",
     "tensorboard",
@@ -599,6 +631,42 @@ def meta_update(setup: Setup, theta: Tensor, results: Sequence[TaskResult]) -> t
 
 
 # ============================================================================== meta-test
+def _with_batch(cfg: MetaCPOConfig, steps: int | None) -> MetaCPOConfig:
+    """``cfg`` with batches of ``steps`` env steps (``None``: unchanged); the sub-environments
+    scale with the batch, so that each still runs whole episodes."""
+    if steps is None or steps == cfg.batch_steps:
+        return cfg
+    num_envs = (
+        None if cfg.num_envs is None else min(max(1, round(cfg.num_envs * steps / cfg.batch_steps)), steps)
+    )
+    return replace(cfg, batch_steps=steps, num_envs=num_envs)
+
+
+def evaluate(setup: Setup, params: Tensor, task: Any, steps: int, seed: int) -> dict[str, Any]:
+    """Mean episode return and costs of ``params`` on ``task`` over one batch of ``steps`` env
+    steps in ``steps // horizon`` sub-environments (whole episodes), with the standard error
+    ``sem_<channel>`` of each channel's cost."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"evaluation steps must be an int >= 1, got {steps!r}")
+    horizon = setup.cfg.horizon
+    if horizon is None:
+        probe = replace(setup, cfg=replace(setup.cfg, num_envs=1)).make_env(task, seed)
+        horizon = int(probe.horizon)
+        probe.close()
+    local = replace(setup, cfg=replace(setup.cfg, batch_steps=steps, num_envs=max(1, steps // horizon)))
+    env = local.make_env(task, seed)
+    try:
+        batch = local.collect(env, params, torch.Generator().manual_seed(seed))
+    finally:
+        env.close()
+    row: dict[str, Any] = {"ep_ret": batch.ep_ret, "ep_cost": batch.ep_cost_total}
+    for ch, v, e in zip(batch.cost_channels, batch.ep_cost, batch.ep_cost_sem, strict=True):
+        row[f"cost_{ch}"] = float(v)
+        row[f"sem_{ch}"] = float(e)
+    row.update(episodes=batch.num_episodes, env_steps=batch.env_steps)
+    return row
+
+
 def adapt(
     setup: Setup,
     theta: Tensor,
@@ -609,29 +677,41 @@ def adapt(
 ) -> tuple[list[dict[str, Any]], list[Tensor]]:
     """Adapt ``theta`` to ``task`` with ``steps`` inner CPO steps, evaluating after each.
 
-    Evaluation ``k`` is the on-policy batch of ``pi_{phi^k}`` (``k = 0``: before adaptation).
+    Evaluation ``k`` is the on-policy batch of ``pi_{phi^k}`` (``k = 0``: before adaptation), of
+    ``cfg.adapt_batch_steps`` env steps (default ``cfg.batch_steps``); the steps constrain the
+    cost at ``cfg.adapt_confidence`` (default ``cfg.cost_confidence``).
     Critics are copies of the trained ones, refitted on each batch of this task.
 
     Returns:
         ``(rows, params)``: one row per evaluation (``adapt_step``, ``ep_ret``, ``ep_cost``,
-        per-channel ``cost_<channel>``) and ``phi^0 .. phi^steps``.
+        ``env_steps`` of its batch, per-channel ``cost_<channel>``) and ``phi^0 .. phi^steps``.
     """
-    cfg = setup.cfg
+    cfg = _with_batch(setup.cfg, setup.cfg.adapt_batch_steps)
+    if cfg.adapt_confidence is not None:
+        cfg = replace(cfg, cost_confidence=cfg.adapt_confidence)
     local = replace(
-        setup, reward_critic=copy.deepcopy(setup.reward_critic), cost_critic=copy.deepcopy(setup.cost_critic)
+        setup,
+        cfg=cfg,
+        reward_critic=copy.deepcopy(setup.reward_critic),
+        cost_critic=copy.deepcopy(setup.cost_critic),
     )
     if not constrained:
         local = replace(local, limits=None)
     opt_r = torch.optim.Adam(local.reward_critic.parameters(), lr=cfg.critic_lr)
     opt_c = torch.optim.Adam(local.cost_critic.parameters(), lr=cfg.critic_lr)
     generator = torch.Generator().manual_seed(seed)
-    env = setup.make_env(task, seed)
+    env = local.make_env(task, seed)
     phi = theta.detach().clone()
     rows, params = [], [phi]
     try:
         for k in range(steps + 1):
             batch = local.collect(env, phi, generator)
-            row = {"adapt_step": k, "ep_ret": batch.ep_ret, "ep_cost": batch.ep_cost_total}
+            row = {
+                "adapt_step": k,
+                "ep_ret": batch.ep_ret,
+                "ep_cost": batch.ep_cost_total,
+                "env_steps": batch.env_steps,
+            }
             for ch, v in zip(batch.cost_channels, batch.ep_cost, strict=True):
                 row[f"cost_{ch}"] = float(v)
             rows.append(row)
@@ -950,6 +1030,7 @@ class MetaCPOTrainer:
             log.write_config(config_to_dict(cfg))
         else:
             log = RunLogger(self.run_dir, tensorboard=cfg.tensorboard, resume_iteration=self.iteration - 1)
+            log.write_config(config_to_dict(replace(cfg, resume=None)))  # what changed on resuming
         total = 0 if cfg.algo == "cpo-scratch" else cfg.iterations
         bar = (
             progress_bar(total, initial=min(self.iteration, total), desc=f"{cfg.algo} {cfg.env}")
@@ -979,11 +1060,17 @@ class MetaCPOTrainer:
         return self.run_dir
 
     def meta_test(self) -> Path:
-        """Adapt on the held-out test tasks; writes ``adaptation.csv``."""
+        """Adapt on the held-out test tasks; writes ``adaptation.csv`` and, with
+        ``cfg.eval_steps``, ``evaluation.csv`` (each task's policy before and after adaptation
+        on an independent batch of ``eval_steps`` env steps; the same seed for both)."""
         from rl.runtime import CSVLogger
 
         cfg = self.cfg
         path = self.run_dir / "adaptation.csv"
+        eval_path = self.run_dir / "evaluation.csv"
+        eval_tmp = eval_path.with_suffix(".csv.tmp")
+        eval_tmp.unlink(missing_ok=True)
+        eval_log = CSVLogger(eval_tmp) if cfg.eval_steps else None
         tasks = self.dist.sample(cfg.test_tasks, split="test", seed=derive_seed(cfg.seed, 0, 0, 6))
         limits = self.setup.limits
         if limits is None:  # meta-trpo: record the limits the constrained methods are given
@@ -998,7 +1085,7 @@ class MetaCPOTrainer:
 
             bar = progress_bar(len(tasks), desc="meta-test")
         for task_id, task in iterator:
-            rows, _ = adapt(
+            rows, params = adapt(
                 self.setup,
                 self.theta,
                 task,
@@ -1006,16 +1093,24 @@ class MetaCPOTrainer:
                 derive_seed(cfg.seed, 0, task_id, 7),
                 cfg.constrained,
             )
+            head = {"method": cfg.algo, "seed": cfg.seed, "task_id": task_id}
             for r in rows:
-                logger.log(
-                    {"method": cfg.algo, "seed": cfg.seed, "task_id": task_id, **r, "cost_limit": limit}
-                )
+                logger.log({**head, **r, "cost_limit": limit})
+            if eval_log is not None:
+                for k in sorted({0, len(params) - 1}):
+                    r = evaluate(
+                        self.setup, params[k], task, cfg.eval_steps, derive_seed(cfg.seed, 0, task_id, 9)
+                    )
+                    eval_log.log({**head, "adapt_step": k, **r, "cost_limit": limit})
             if cfg.progress:
                 bar.update(1)
                 bar.set_postfix(ret=f"{rows[-1]['ep_ret']:.2f}", cost=f"{rows[-1]['ep_cost']:.2f}")
         if cfg.progress:
             bar.close()
         logger.close()
+        if eval_log is not None:
+            eval_log.close()
+            eval_tmp.replace(eval_path)
         tmp.replace(path)
         return path
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import imageio.v2 as imageio
 import pytest
@@ -31,6 +32,50 @@ def test_load_and_adapt_from_python(run_dir):
     assert all(r["ep_cost"] >= 0 for r in rows)
     with pytest.raises(ValueError, match="steps must be >= 0"):
         adapt_to_task(trainer, task, steps=-1)
+
+
+def test_adaptation_batch_size(run_dir):
+    """adapt_batch_steps sizes every adaptation/evaluation batch (sub-environments scaled so
+    that each runs whole episodes); none keeps batch_steps."""
+    trainer = load_run(run_dir)
+    task = trainer.dist.sample(1, split="test", seed=5)[0]
+    rows, _ = adapt_to_task(trainer, task, steps=1)
+    assert [r["env_steps"] for r in rows] == [trainer.cfg.batch_steps] * 2 == [400, 400]
+    rows_big, params = adapt_to_task(trainer, task, steps=1, batch_steps=1200)
+    assert [r["env_steps"] for r in rows_big] == [1200, 1200]
+    trainer.cfg = trainer.setup.cfg = replace(trainer.cfg, adapt_batch_steps=1200)  # as a run's option
+    assert adapt_to_task(trainer, task, steps=1)[0] == rows_big
+    assert len(params) == 2 and not params[0].equal(params[1])
+    assert rows_big[0]["ep_ret"] != rows[0]["ep_ret"]  # a different (larger) sample of the same policy
+    with pytest.raises(ValueError, match="batch_steps must be >= 1, got 0"):
+        adapt_to_task(trainer, task, batch_steps=0)
+
+
+def test_evaluate_whole_episodes_and_standard_errors(run_dir):
+    import numpy as np
+    import torch
+
+    from rl.meta_cpo import evaluate
+
+    trainer = load_run(run_dir)
+    task = trainer.dist.sample(1, split="test", seed=5)[0]
+    row = evaluate(trainer.setup, trainer.theta, task, 1000, seed=3)
+    assert (row["env_steps"], row["episodes"]) == (1000, 5)  # 5 sub-environments x one 200-step episode
+    assert row == evaluate(trainer.setup, trainer.theta, task, 1000, seed=3)  # seeded
+    other = evaluate(trainer.setup, trainer.theta, task, 1000, seed=4)
+    assert other["ep_ret"] != row["ep_ret"]
+    # the same batch collected by hand: its per-episode costs give the means and standard errors
+    setup = replace(trainer.setup, cfg=replace(trainer.cfg, batch_steps=1000, num_envs=5))
+    env = setup.make_env(task, 3)
+    batch = setup.collect(env, trainer.theta, torch.Generator().manual_seed(3))
+    env.close()
+    assert batch.episode_costs.shape == (5, len(trainer.setup.cost_channels))
+    for j, ch in enumerate(trainer.setup.cost_channels):
+        costs = batch.episode_costs[:, j]
+        assert row[f"cost_{ch}"] == pytest.approx(costs.mean())
+        assert row[f"sem_{ch}"] == pytest.approx(costs.std(ddof=1) / np.sqrt(5))
+    with pytest.raises(ValueError, match="evaluation steps must be an int >= 1, got 0"):
+        evaluate(trainer.setup, trainer.theta, task, 0, seed=3)
 
 
 def test_cli_with_task_file_and_gif(run_dir, tmp_path):

@@ -346,6 +346,33 @@ def test_end_to_end_artifacts_and_exact_resume(tmp_path):
     t_part = MetaCPOTrainer.from_run(part).theta
     assert torch.equal(t_full, t_part)
 
+    # resuming the finished run with other meta-test options repeats only its meta-test
+    before = (part / "progress.csv").read_text()
+    main(
+        [
+            "--resume",
+            str(part),
+            "--adapt-batch-steps",
+            "800",
+            "--adapt-confidence",
+            "0.9",
+            "--eval-steps",
+            "2000",
+        ]
+    )
+    assert (part / "progress.csv").read_text() == before
+    assert torch.equal(MetaCPOTrainer.from_run(part).theta, t_part)
+    saved = json.loads((part / "config.json").read_text())
+    assert (saved["adapt_batch_steps"], saved["adapt_confidence"], saved["eval_steps"]) == (800, 0.9, 2000)
+    assert saved["resume"] is None and saved["iterations"] == 3
+    assert {int(r["env_steps"]) for r in _read_csv(part / "adaptation.csv")} == {800}
+    evaluation = _read_csv(part / "evaluation.csv")
+    assert [(int(r["task_id"]), int(r["adapt_step"])) for r in evaluation] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for r in evaluation:  # whole episodes of the 200-step horizon, with standard errors per channel
+        assert (int(r["env_steps"]), int(r["episodes"])) == (2000, 10)
+        assert float(r["ep_cost"]) == pytest.approx(float(r["cost_hazards"]) + float(r["cost_buttons"]))
+        assert float(r["sem_hazards"]) >= 0 and float(r["sem_buttons"]) >= 0
+
 
 def test_existing_non_empty_out_is_refused(tmp_path):
     (tmp_path / "keep.txt").write_text("precious")
@@ -364,6 +391,7 @@ def test_existing_non_empty_out_is_refused(tmp_path):
         (dict(inner_steps=0), "inner_steps must be >= 1"),
         (dict(cost_limit=-1.0), "cost_limit must be finite and >= 0"),
         (dict(cost_confidence=0.0), r"cost_confidence must be in \(0, 1\), got 0.0"),
+        (dict(adapt_batch_steps=0), "adapt_batch_steps must be >= 1 or none, got 0"),
     ],
 )
 def test_invalid_configuration_raises_named_errors(override, message):
