@@ -1,13 +1,16 @@
-"""Re-adapt finished Meta-CPO runs with a confidence margin on the cost (``--cost-confidence``).
+"""Re-adapt finished Meta-CPO runs with a confidence margin on the cost (``--adapt-confidence``).
 
 A run of ``python -m rl.meta_cpo`` constrains the *estimated mean* episode cost of each test
 task during adaptation, so a task adapted right up to its limit is judged within it about half
-of the time (the judging batch has its own noise). ``cost_confidence = p`` constrains
+of the time (the judging batch has its own noise). ``adapt_confidence = p`` constrains
 ``ep_cost + z_p * standard error`` instead. This script takes finished run folders (for example
 ``benchmarks/results/adaptation_debias/runs/meta-cpo-seed0``), repeats their meta-test (same test
-tasks, seeds and adaptation steps) with each ``--levels`` value, and writes
-``adapt_confidence.csv`` (every run, level, task and step) and ``adapt_confidence.md`` (return,
-cost and the share of test tasks within every channel's limit after the last step) to ``--out``::
+tasks, seeds and adaptation steps; ``--adapt-steps`` and ``--adapt-batch-steps`` change those
+too) with each ``--levels`` value, and writes
+``<name>.csv`` (every run, level, task and step) and ``<name>.md`` (return,
+cost and the share of test tasks within every channel's limit after the last step) to ``--out``
+(``--name``, default ``adapt_confidence``). ``benchmarks/adaptation.py --retest-from`` does the same
+for whole benchmark folders, one setting at a time, with the full report::
 
     python benchmarks/adapt_confidence.py benchmarks/results/adaptation_debias/runs/meta-cpo-seed*
 """
@@ -37,14 +40,15 @@ from rl.runtime import read_csv  # noqa: E402
 def readapt(
     run_dir: Path, level: float, adapt_steps: int | None = None, adapt_batch_steps: int | None = None
 ) -> list[dict[str, str]]:
-    """The meta-test of ``run_dir`` repeated with ``cost_confidence = level`` (and
+    """The meta-test of ``run_dir`` repeated with ``adapt_confidence = level`` (and
     ``adapt_steps`` / ``adapt_batch_steps`` if given) in a copy; the run's own ``adaptation.csv``
     when all are the run's settings (the meta-test is deterministic)."""
     own = json.loads((run_dir / "config.json").read_text())
-    changes = {"cost_confidence": level, "adapt_steps": adapt_steps, "adapt_batch_steps": adapt_batch_steps}
+    own_level = own.get("adapt_confidence") or own.get("cost_confidence", 0.5)
+    changes = {"adapt_steps": adapt_steps, "adapt_batch_steps": adapt_batch_steps}
     changes = {k: v for k, v in changes.items() if v is not None and v != own.get(k)}
-    if changes.get("cost_confidence") == 0.5 and "cost_confidence" not in own:  # runs older than the option
-        del changes["cost_confidence"]
+    if level != own_level:
+        changes["adapt_confidence"] = level
     tag = {"run": run_dir.name, "level": str(level), "adapt_batch_steps": str(adapt_batch_steps or "")}
     if not changes:
         return [{**r, **tag} for r in read_csv(run_dir / "adaptation.csv")]
@@ -89,7 +93,7 @@ def summary(rows: list[dict[str, str]]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="finished rl.meta_cpo run folders")
-    parser.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.9], help="cost_confidence values")
+    parser.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.9], help="adapt_confidence values")
     parser.add_argument("--adapt-steps", type=int, default=None, help="adaptation steps (default: the runs')")
     parser.add_argument(
         "--adapt-batch-steps",
@@ -107,7 +111,7 @@ def main() -> None:
             print(f"skipping {run}: not finished (no adaptation.csv)", file=sys.stderr)
             continue
         for level in args.levels:
-            print(f"{run.name}: cost_confidence {level}", file=sys.stderr, flush=True)
+            print(f"{run.name}: adapt_confidence {level}", file=sys.stderr, flush=True)
             rows += readapt(run, level, args.adapt_steps, args.adapt_batch_steps)
     if not rows:
         sys.exit("no finished run folder given")
