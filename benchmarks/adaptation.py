@@ -623,7 +623,7 @@ def plot(table: list[dict[str, Any]], summary: list[dict[str, Any]], limits: lis
             label=LABELS.get(m, m),
         )
     ax_l.axhline(100 * TARGET_SHARE, color="k", linestyle="--", linewidth=1.0, label="target 90%")
-    ax_l.set_title("test tasks within every channel's limit")
+    ax_l.set_title("test tasks within every channel's limit (adaptation batches)")
     ax_l.set_xlabel("adaptation step")
     ax_l.set_ylabel("% of test tasks")
     ax_l.set_ylim(-3, 103)
@@ -631,8 +631,9 @@ def plot(table: list[dict[str, Any]], summary: list[dict[str, Any]], limits: lis
     ax_l.grid(alpha=0.3)
     ax_l.legend(fontsize=7)
     pos = np.arange(len(methods))
-    ch = [100 * s["share_within_channels"] for s in summary]
-    tot = [100 * s["share_within_total"] for s in summary]
+    judged = [_judged(s) for s in summary]  # the independent evaluation where the runs have one
+    ch = [100 * j[0] / j[2] for j in judged]
+    tot = [100 * j[1] / j[2] for j in judged]
     colors = [f"C{i}" for i in pos]
     ax_b.bar(pos - 0.2, ch, 0.4, color=colors)
     ax_b.bar(pos + 0.2, tot, 0.4, color=colors, alpha=0.45, hatch="//", edgecolor="0.3")
@@ -643,8 +644,11 @@ def plot(table: list[dict[str, Any]], summary: list[dict[str, Any]], limits: lis
     ax_b.set_xticks(pos, [LABELS.get(m, m) for m in methods], fontsize=7, rotation=15)
     ax_b.set_ylim(0, 112)
     ax_b.set_ylabel("% of test tasks")
+    on = (
+        "independent evaluation" if all("eval_after_tasks" in s for s in summary) else "last adaptation batch"
+    )
     ax_b.set_title(
-        "after adaptation: solid = every channel within its limit,\nhatched = total within the summed limit",
+        f"after adaptation ({on}): solid = every channel within\nits limit, hatched = total within the summed limit",
         fontsize=9,
     )
     fig.tight_layout()
