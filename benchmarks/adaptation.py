@@ -226,7 +226,12 @@ def pinned_settings(cfg: BenchConfig, runs: Path) -> dict[str, Any]:
     settings = _reference_settings(runs)
     if settings is None and cfg.retest_from is not None:  # the trained runs' settings + ours
         settings = json.loads((Path(cfg.retest_from) / "runs" / "settings.json").read_text())
-        settings.update({k: getattr(cfg, k) for k in META_TEST_KEYS if getattr(cfg, k) is not None})
+        changed = {k: getattr(cfg, k) for k in (*META_TEST_KEYS, "test_tasks") if getattr(cfg, k) is not None}
+        settings.update(changed)
+        runs.mkdir(parents=True, exist_ok=True)
+        (runs / "retest.json").write_text(
+            json.dumps({"from": str(cfg.retest_from), "changed": changed}, indent=1)
+        )
     if settings is None or not path.is_file():
         if settings is None:
             from dataclasses import asdict
@@ -959,6 +964,7 @@ def report(cfg: BenchConfig) -> None:
     planned = {f"{a}-seed{s}" for a, s in order}
     extra_runs = sorted(done - planned)
     c0 = found[0]["cfg"]
+    retest = json.loads((runs / "retest.json").read_text()) if (runs / "retest.json").is_file() else None
     lim_text = ", ".join(f"{ch} {v:g}" for ch, v in zip(channels, limits, strict=False))
     md = [
         "# Adaptation to held-out tasks (safenav-button)",
@@ -977,7 +983,15 @@ def report(cfg: BenchConfig) -> None:
         f"meta-batch {c0['meta_batch']}, {c0['inner_steps']} inner steps, inner delta "
         f"{c0['inner_delta']}, meta delta {c0['meta_delta']}; otherwise `rl.meta_cpo`'s defaults as of the folder's first run (pinned in "
         "`runs/settings.json`). "
-        "A test task's cost after step k is the mean episode cost of the on-policy batch of the "
+        + (
+            f"The runs are copies of the trained runs of `{retest['from']}`, meta-tested again "
+            "here with other meta-test options (`benchmarks/adaptation.py --retest-from`; "
+            f"changed: {', '.join(f'`{k}` {v}' for k, v in retest['changed'].items())}); their "
+            "meta-training is that folder's. "
+            if retest
+            else ""
+        )
+        + "A test task's cost after step k is the mean episode cost of the on-policy batch of the "
         "adapted policy phi^k (k = 0: the meta-policy before adaptation). Test tasks differ "
         "between seeds and are shared by the methods of one seed.",
         "",
