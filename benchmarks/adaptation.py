@@ -784,18 +784,6 @@ def _eval_steps(found: list[dict[str, Any]]) -> int:
     return int(float(next(run["eval"][0]["env_steps"] for run in found if run["eval"])))
 
 
-def _adapt_sem(found: list[dict[str, Any]]) -> float:
-    """Typical standard error of a channel's mean episode cost on one adaptation batch, scaled
-    from the evaluation batches' (standard errors shrink as 1/sqrt(episodes))."""
-    sems, ratios = [], []
-    for run in found:
-        for r in run["eval"]:
-            eps = float(r["episodes"])
-            sems += [float(v) for k, v in r.items() if k.startswith("sem_")]
-            ratios.append(math.sqrt(eps / max(_episodes(run["cfg"], _adapt_batch(run["cfg"])), 1)))
-    return float(np.mean(sems) * np.mean(ratios)) if sems else math.nan
-
-
 def _adapt_batch(run_cfg: dict[str, Any]) -> int:
     """Env steps of one adaptation/evaluation batch of a run."""
     return int(run_cfg.get("adapt_batch_steps") or run_cfg["batch_steps"])
@@ -1086,6 +1074,7 @@ def report(cfg: BenchConfig) -> None:
     evaluated = [s for s in summary if "eval_after_tasks" in s]
     if evaluated:
         e0 = evaluated[0]
+        adapt_episodes = max(_episodes(c0, _adapt_batch(c0)), 1)
         md += [
             "",
             f"## Independent evaluation ({e0['eval_episodes']} episodes per policy)",
@@ -1093,8 +1082,9 @@ def report(cfg: BenchConfig) -> None:
             f"Each test task's policy before adaptation (the meta-policy) and after the last step, "
             f"run on a separate batch of {_eval_steps(found):,} env steps (`--eval-steps`; the same "
             "seed before and after, never used for a step): the mean episode cost has a standard "
-            f"error of about {e0['eval_sem_mean']:.2f} per channel, against about "
-            f"{_adapt_sem(found):.2f} for an adaptation batch, so a task is judged on its "
+            f"error of about {e0['eval_sem_mean']:.2f} per channel ({LABELS.get(e0['method'], e0['method'])}), "
+            f"against about {e0['eval_sem_mean'] * math.sqrt(e0['eval_episodes'] / adapt_episodes):.2f} "
+            f"for an adaptation batch of {adapt_episodes} episodes, so a task is judged on its "
             "policy's cost rather than on one batch's luck.",
             "",
             "| method | tasks | return before | return after | cost before | cost after | "
