@@ -1071,6 +1071,8 @@ class MetaCPOTrainer:
         eval_tmp = eval_path.with_suffix(".csv.tmp")
         eval_tmp.unlink(missing_ok=True)
         eval_log = CSVLogger(eval_tmp) if cfg.eval_steps else None
+        if eval_log is None:  # a repeated meta-test: an earlier evaluation no longer matches
+            eval_path.unlink(missing_ok=True)
         tasks = self.dist.sample(cfg.test_tasks, split="test", seed=derive_seed(cfg.seed, 0, 0, 6))
         limits = self.setup.limits
         if limits is None:  # meta-trpo: record the limits the constrained methods are given

@@ -372,6 +372,9 @@ def test_end_to_end_artifacts_and_exact_resume(tmp_path):
         assert (int(r["env_steps"]), int(r["episodes"])) == (2000, 10)
         assert float(r["ep_cost"]) == pytest.approx(float(r["cost_hazards"]) + float(r["cost_buttons"]))
         assert float(r["sem_hazards"]) >= 0 and float(r["sem_buttons"]) >= 0
+    # and again without the evaluation: the earlier evaluation.csv, which no longer matches, goes
+    main(["--resume", str(part), "--eval-steps", "0"])
+    assert not (part / "evaluation.csv").exists() and (part / "adaptation.csv").is_file()
 
 
 def test_existing_non_empty_out_is_refused(tmp_path):
