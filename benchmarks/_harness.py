@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +53,17 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def pct(x: float) -> str:
     """A fraction as a whole percentage."""
     return f"{100 * x:.0f}%"
+
+
+def retest_copy(source: Path, dest: Path, changes: dict[str, Any]) -> None:
+    """Copy a finished rl.meta_cpo run (config, checkpoints, training logs; not its meta-test
+    outputs) to ``dest`` for a new meta-test, with ``changes`` written into its config.json."""
+    shutil.copytree(
+        source,
+        dest,
+        ignore=shutil.ignore_patterns("adaptation.csv", "evaluation.csv", "events.*", "*.png", "*.tmp"),
+    )
+    path = dest / "config.json"
+    run_cfg = json.loads(path.read_text())
+    run_cfg.update(changes)
+    path.write_text(json.dumps(run_cfg, indent=2) + "\n")

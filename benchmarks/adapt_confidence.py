@@ -21,7 +21,6 @@ import argparse
 import csv
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks._harness import retest_copy  # noqa: E402
 from rl.meta_cpo import MetaCPOTrainer  # noqa: E402
 from rl.runtime import read_csv  # noqa: E402
 
@@ -54,10 +54,7 @@ def readapt(
         return [{**r, **tag} for r in read_csv(run_dir / "adaptation.csv")]
     with tempfile.TemporaryDirectory(prefix="adapt_confidence_") as tmp:
         copy = Path(tmp) / run_dir.name
-        shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("events.*", "*.png", "adaptation.csv"))
-        cfg = json.loads((copy / "config.json").read_text())
-        cfg.update(changes, progress=False, tensorboard=False)
-        (copy / "config.json").write_text(json.dumps(cfg))
+        retest_copy(run_dir, copy, {**changes, "progress": False, "tensorboard": False})
         trainer = MetaCPOTrainer.from_run(copy)
         return [{**r, **tag} for r in read_csv(trainer.meta_test())]
 

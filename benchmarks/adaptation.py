@@ -180,20 +180,6 @@ PER_RUN_KEYS = (
 META_TEST_KEYS = ("adapt_steps", "adapt_batch_steps", "adapt_confidence", "eval_steps")
 
 
-def _retest_copy(source: Path, run_dir: Path, settings: dict[str, Any]) -> None:
-    """Copy a finished run (config, checkpoints, training logs) for a new meta-test with the
-    meta-test options of ``settings`` (recorded in the copy's config.json)."""
-    shutil.copytree(
-        source,
-        run_dir,
-        ignore=shutil.ignore_patterns("adaptation.csv", "evaluation.csv", "*.png", "*.tmp"),
-    )
-    path = run_dir / "config.json"
-    run_cfg = json.loads(path.read_text())
-    run_cfg.update({k: settings[k] for k in (*META_TEST_KEYS, "test_tasks") if k in settings})
-    path.write_text(json.dumps(run_cfg, indent=2) + "\n")
-
-
 def _settings(cfg: BenchConfig) -> tuple[Path, Path]:
     """(out folder for the aggregate, runs folder)."""
     out = Path(cfg.out)
@@ -331,7 +317,8 @@ def run_all(cfg: BenchConfig) -> None:
                 continue
             if run_dir.exists():
                 shutil.rmtree(run_dir)
-            _retest_copy(source, run_dir, settings)
+            keys = (*META_TEST_KEYS, "test_tasks")
+            _harness.retest_copy(source, run_dir, {k: settings[k] for k in keys if k in settings})
         if (run_dir / "config.json").is_file():
             cmd = [*base, "--resume", str(run_dir), "--iterations", str(total_iters)]
             how = f"resumed at iteration {_iterations_done(run_dir)}"
