@@ -327,7 +327,6 @@ class Setup:
     normalizer: ObsNormalizer
     cost_channels: tuple[str, ...]
     limits: list[float] | None  # per constraint, None for no constraint
-    horizon: int  # episode length (cfg.horizon or the family's)
 
     @property
     def constraint_names(self) -> tuple[str, ...]:
@@ -649,7 +648,12 @@ def evaluate(setup: Setup, params: Tensor, task: Any, steps: int, seed: int) -> 
     ``sem_<channel>`` of each channel's cost."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"evaluation steps must be an int >= 1, got {steps!r}")
-    local = replace(setup, cfg=replace(setup.cfg, batch_steps=steps, num_envs=max(1, steps // setup.horizon)))
+    horizon = setup.cfg.horizon
+    if horizon is None:
+        probe = replace(setup, cfg=replace(setup.cfg, num_envs=1)).make_env(task, seed)
+        horizon = int(probe.horizon)
+        probe.close()
+    local = replace(setup, cfg=replace(setup.cfg, batch_steps=steps, num_envs=max(1, steps // horizon)))
     env = local.make_env(task, seed)
     try:
         batch = local.collect(env, params, torch.Generator().manual_seed(seed))
@@ -784,7 +788,6 @@ class MetaCPOTrainer:
             normalizer=ObsNormalizer(obs_dim),
             cost_channels=channels,
             limits=resolve_limits(cfg, channels),
-            horizon=int(horizon),
         )
         self.theta = policy.init_params(init)
         self.opt_r = torch.optim.Adam(self.setup.reward_critic.parameters(), lr=cfg.critic_lr)
