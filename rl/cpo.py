@@ -644,36 +644,25 @@ class CPOConfig:
     tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard events"})
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the bad value."""
-        for name in ("steps", "steps_per_iter", "num_envs", "cg_iters", "max_backtracks", "critic_epochs"):
-            value = getattr(self, name)
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        for name in ("critic_minibatch", "threads", "checkpoint_every", "num_workers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        """Raise ``ValueError`` naming the bad value: the ranges shared with ``rl.meta_cpo``
+        (:func:`rl.runtime.validation.validate_settings`), then CPO's own rules."""
+        from rl.runtime.config import ConfigError
+        from rl.runtime.validation import validate_settings
+
+        validate_settings(self)
         if self.steps_per_iter % self.num_envs:
-            raise ValueError(
+            raise ConfigError(
                 f"steps_per_iter ({self.steps_per_iter}) must be a multiple of num_envs ({self.num_envs})"
             )
-        if self.horizon is not None and self.horizon < 1:
-            raise ValueError(f"horizon must be >= 1 or none, got {self.horizon}")
-        for name in ("delta", "kl_tolerance", "critic_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.damping < 0:
-            raise ValueError(f"damping must be >= 0, got {self.damping}")
-        if not 0 < self.cost_confidence < 1:
-            raise ValueError(f"cost_confidence must be in (0, 1), got {self.cost_confidence}")
-        if not 0 < self.backtrack_coef < 1:
-            raise ValueError(f"backtrack_coef must be in (0, 1), got {self.backtrack_coef}")
-        for name in ("gamma", "lam", "cost_gamma", "cost_lam"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.steps < self.steps_per_iter:
+            raise ConfigError(
+                f"steps ({self.steps}) must be >= steps_per_iter ({self.steps_per_iter}): "
+                "every iteration takes steps_per_iter env steps"
+            )
         if self.task == "corridor" and self.env != "safenav-goal":
-            raise ValueError(f"--task corridor needs --env safenav-goal, got {self.env!r}")
+            raise ConfigError(f"--task corridor needs --env safenav-goal, got {self.env!r}")
         if self.num_workers > 1 and not _is_safety_gym(self.env):
-            raise ValueError(
+            raise ConfigError(
                 f"num_workers > 1 (got {self.num_workers}) steps Safety-Gymnasium environments in worker "
                 f"processes; the built-in {self.env!r} is vectorised in numpy and takes no workers"
             )

@@ -229,57 +229,22 @@ class MetaCPOConfig:
     tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard events"})
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the key and the valid values."""
+        """Raise ``ValueError`` naming the key and the valid values: the ranges shared with
+        ``rl.cpo`` (:func:`rl.runtime.validation.validate_settings`), then Meta-CPO's own rules."""
+        from rl.runtime.config import ConfigError
+        from rl.runtime.validation import validate_settings
+
         if self.env not in ENVS:
-            raise ValueError(f"env must be one of {list(ENVS)}, got {self.env!r}")
-        if self.algo not in ALGOS:
-            raise ValueError(f"algo must be one of {list(ALGOS)}, got {self.algo!r}")
-        for name in (
-            "meta_batch",
-            "inner_steps",
-            "batch_steps",
-            "cg_iters",
-            "max_backtracks",
-            "critic_epochs",
-            "critic_minibatch",
-            "fisher_states",
-            "test_tasks",
-            "threads",
-            "workers",
-            "checkpoint_every",
-            "keep_checkpoints",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("iterations", "adapt_steps", "eval_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.adapt_batch_steps is not None and self.adapt_batch_steps < 1:
-            raise ValueError(f"adapt_batch_steps must be >= 1 or none, got {self.adapt_batch_steps}")
-        if self.num_envs is not None and not 1 <= self.num_envs <= self.batch_steps:
-            raise ValueError(
+            raise ConfigError(f"env must be one of {list(ENVS)}, got {self.env!r}")
+        validate_settings(self)
+        if self.num_envs is not None and self.num_envs > self.batch_steps:
+            raise ConfigError(
                 f"num_envs must be in [1, batch_steps = {self.batch_steps}], got {self.num_envs}"
             )
-        for name in ("inner_delta", "meta_delta", "kl_tolerance", "critic_lr"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be > 0, got {value}")
-        if self.damping < 0 or self.cg_tol < 0:
-            raise ValueError(f"damping and cg_tol must be >= 0, got {self.damping}, {self.cg_tol}")
-        if not 0 < self.backtrack_coef < 1:
-            raise ValueError(f"backtrack_coef must be in (0, 1), got {self.backtrack_coef}")
-        for name in ("cost_confidence", "adapt_confidence"):
-            value = getattr(self, name)
-            if value is not None and not 0 < value < 1:
-                raise ValueError(f"{name} must be in (0, 1), got {value}")
-        for name in ("gamma", "lam", "cost_gamma", "cost_lam"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        limits = self.cost_limit if isinstance(self.cost_limit, tuple) else (self.cost_limit,)
-        if not limits or any(not (math.isfinite(v) and v >= 0) for v in limits):
-            raise ValueError(f"cost_limit must be finite and >= 0, got {self.cost_limit!r}")
-        if self.horizon is not None and self.horizon < 1:
-            raise ValueError(f"horizon must be >= 1 or none, got {self.horizon}")
+        if self.num_envs is not None and self.batch_steps % self.num_envs:
+            raise ConfigError(
+                f"batch_steps ({self.batch_steps}) must be a multiple of num_envs ({self.num_envs})"
+            )
 
     @property
     def constrained(self) -> bool:
