@@ -55,7 +55,7 @@ def run_adapter(name: str, episodes: int, seed: int, fast_reset: bool, horizon=N
     steps = done = 0
     env.reset(seed=seed)
     while done < episodes:
-        _, _, _, term, trunc, _ = env.step(next(actions)[None])
+        _, _, term, trunc, _ = env.step(next(actions)[None])
         steps += 1
         done += int(term[0] or trunc[0])
     elapsed = time.perf_counter() - t0

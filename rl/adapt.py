@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import gymnasium
 import numpy as np
 import torch
 from torch import Tensor
@@ -75,7 +76,7 @@ def render_gif(
     import imageio.v2 as imageio
 
     env = trainer.setup.make_env(task, seed)
-    if not hasattr(env, "render"):
+    if type(env).render is gymnasium.Env.render:  # the vector env draws no pictures
         env.close()
         raise ValueError(f"rendering is available for the built-in families, not {trainer.cfg.env!r}")
     policy, norm = trainer.setup.policy, trainer.setup.normalizer
@@ -85,7 +86,7 @@ def render_gif(
     with torch.no_grad():
         for _ in range(steps):
             mean, _ = policy.mean_log_std(params, norm.normalize(obs, dtype=params.dtype))
-            obs, _, _, term, trunc, _ = env.step(mean.numpy().astype(np.float64))
+            obs, _, term, trunc, _ = env.step(mean.numpy().astype(np.float64))
             frames.append(env.render(0))
             if term[0] or trunc[0]:
                 break

@@ -22,7 +22,7 @@ estimator; see :mod:`rl.cpo` and :mod:`rl.meta_cpo`).
 
 Episode boundaries. GAE never runs across an episode boundary. At *termination* the
 value of the next state is 0; at *truncation* (time limit) and at the end of the
-batch the critic's value of the last observation (``info["final_obs"]``) is the
+batch the critic's value of the last observation (``info["final_observation"]``) is the
 bootstrap. Every call to :func:`collect` starts fresh episodes (``env.reset`` with a
 seed drawn from ``generator``), so a batch holds data of one policy only.
 
@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rl.envs.base import VecEnv
+from rl.envs.base import VecEnv, next_observations
 from rl.policy import Critic, GaussianPolicy, ObsNormalizer
 
 __all__ = ["Batch", "collect", "discounted_cumsum", "gae"]
@@ -150,7 +150,7 @@ def gae(
     """Generalised advantage estimation over time-major arrays ``(S, N, ...)``.
 
     ``delta_t = r_t + gamma * (1 - terminated_t) * V(s'_t) - V(s_t)`` with ``s'_t`` the
-    observation that followed step ``t`` (``info["final_obs"]``: the last observation
+    observation that followed step ``t`` (``info["final_observation"]``: the last observation
     of a truncated episode, not the first of the next one), and
     ``A_t = delta_t + gamma * lam * (1 - done_t) * A_{t+1}`` with ``done = terminated |
     truncated`` and ``A_S = 0``: the recursion stops at every episode end, and
@@ -291,10 +291,10 @@ def collect(
         act = mean + std * noise
         acts[t] = act
         logps[t] = -0.5 * (noise * noise).sum(-1) - log_std.sum() - 0.5 * act_dim * np.log(2 * np.pi)
-        obs, reward, _cost, term, trunc, info = env.step(act.numpy().astype(np.float64))
+        obs, reward, term, trunc, info = env.step(act.numpy().astype(np.float64))
         info_costs = info["costs"]
         c = np.stack([np.asarray(info_costs[ch], dtype=np.float64) for ch in channels], axis=-1)
-        raw_next[t] = info.get("final_obs", obs)
+        raw_next[t] = next_observations(obs, info)
         rewards[t] = reward
         costs[t] = c
         terminated[t] = term

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from rl.envs.base import with_final
 from rl.policy import Critic, GaussianPolicy, ObsNormalizer
 from rl.rollout import Batch, collect, discounted_cumsum, gae
 
@@ -13,7 +14,7 @@ torch.set_num_threads(1)
 
 
 class TinyEnv:
-    """Deterministic 2-env VecEnv: obs = steps taken in the episode.
+    """Deterministic 2-env vector env (rl.envs.base protocol): obs = steps taken in the episode.
 
     Env 0 earns reward 1 per step and is truncated at ``horizon``; env 1 earns 2 per
     step and terminates after ``terminate_at`` steps (never if ``None``). Cost channel
@@ -35,7 +36,7 @@ class TinyEnv:
         self.k = np.zeros(2)
         self.seeds: list[int | None] = []
 
-    def reset(self, seed=None):
+    def reset(self, *, seed=None, options=None):
         self.seeds.append(seed)
         self.k = np.zeros(2)
         return self.k[:, None].copy(), {}
@@ -51,8 +52,14 @@ class TinyEnv:
         final_obs = self.k[:, None].copy()
         done = terminated | truncated
         self.k[done] = 0.0
-        info = {"costs": {"hazard": hazard, "other": other}, "final_obs": final_obs}
-        return self.k[:, None].copy(), reward, hazard + other, terminated, truncated, info
+        info = {
+            "cost": hazard + other,
+            "costs": {"hazard": hazard, "other": other},
+            "goal_reached": np.zeros(2, dtype=bool),
+        }
+        if done.any():  # Gymnasium's final_observation / final_info
+            with_final(info, np.flatnonzero(done), final_obs[done], 2)
+        return self.k[:, None].copy(), reward, terminated, truncated, info
 
     def close(self):
         pass

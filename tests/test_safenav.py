@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from rl.envs import make as dispatch_make
 from rl.envs import safenav as sn
 from rl.envs import task_distribution as dispatch_distribution
-from rl.envs.base import VecEnv
+from rl.envs.base import VecEnv, next_observations
 
 DECAY = math.exp(-sn.DAMPING * sn.DT)
 
@@ -48,6 +48,13 @@ def still(n: int) -> np.ndarray:
     return np.zeros((n, 2))
 
 
+def step6(env, actions):
+    """``env.step`` with the cost taken out of the info: ``(obs, reward, cost, terminated,
+    truncated, info)``."""
+    obs, reward, terminated, truncated, info = env.step(actions)
+    return obs, reward, info["cost"], terminated, truncated, info
+
+
 # ----------------------------------------------------------- reward and cost
 
 
@@ -55,7 +62,7 @@ def test_hazard_cost_inside_and_not_outside():
     env = sn.make("safenav-goal", task=goal_task(), num_envs=3)
     env.reset(seed=0)
     env.set_state(position=[[0.0, 0.0], [0.29, 0.0], [0.0, 0.31]], velocity=[0.0, 0.0], goal=[1.5, 1.5])
-    _, reward, cost, terminated, truncated, info = env.step(still(3))
+    _, reward, cost, terminated, truncated, info = step6(env, still(3))
     np.testing.assert_array_equal(cost, [1.0, 1.0, 0.0])
     np.testing.assert_array_equal(info["costs"]["hazards"], [1.0, 1.0, 0.0])
     assert info["costs"]["hazards"].dtype == np.float64
@@ -75,7 +82,7 @@ def test_progress_reward_equals_distance_gained():
         velocity=[1.0, 0.0],
         goal=[[1.5, 1.0], [-1.9, -1.0]],
     )
-    obs, reward, cost, *_ = env.step(still(2))
+    obs, reward, cost, *_ = step6(env, still(2))
     moved = sn.DT * DECAY  # one step of the damped velocity
     np.testing.assert_allclose(reward, [moved, -moved], rtol=1e-12)
     np.testing.assert_allclose(env.robot_positions[:, 0], -1.5 + moved, rtol=1e-12)
@@ -90,7 +97,7 @@ def test_thrust_and_turn_dynamics():
     env = sn.make("safenav-goal", task=goal_task(), num_envs=1)
     env.reset(seed=0)
     env.set_state(position=[-1.0, -1.0], heading=0.0, velocity=[0.0, 0.0], goal=[1.5, 1.5])
-    env.step(np.array([[1.0, 1.0]]))
+    step6(env, np.array([[1.0, 1.0]]))
     turned = sn.DT * sn.MAX_TURN_RATE
     assert env.robot_headings[0] == pytest.approx(turned)
     push = sn.DT * sn.THRUST
@@ -98,7 +105,7 @@ def test_thrust_and_turn_dynamics():
     np.testing.assert_allclose(env.robot_positions[0], expected, rtol=1e-12)
     # Actions outside [-1, 1] are clipped: thrust 5 acts like thrust 1.
     env.set_state(position=[-1.0, -1.0], heading=0.0, velocity=[0.0, 0.0])
-    env.step(np.array([[5.0, 0.0]]))
+    step6(env, np.array([[5.0, 0.0]]))
     np.testing.assert_allclose(env.robot_positions[0], [-1.0 + sn.DT * push, -1.0], rtol=1e-12)
 
 
@@ -107,7 +114,7 @@ def test_walls_clip_position_and_stop_velocity():
     env.reset(seed=0)
     limit = 2.0 - sn.ROBOT_RADIUS
     env.set_state(position=[limit - 0.01, 1.0], heading=0.0, velocity=[1.0, 0.5], goal=[-1.5, -1.5])
-    obs, *_ = env.step(still(1))
+    obs, *_ = step6(env, still(1))
     np.testing.assert_allclose(env.robot_positions[0], [limit, 1.0 + sn.DT * 0.5 * DECAY])
     np.testing.assert_allclose(obs[0, 3:5], [0.0, 0.5 * DECAY], atol=1e-12)  # x-velocity stopped
 
@@ -117,7 +124,7 @@ def test_reaching_goal_pays_bonus_and_draws_new_goal():
     env = sn.make("safenav-goal", task=goal_task(goal_regions=(region,)), num_envs=1)
     env.reset(seed=0)
     env.set_state(position=[1.0, 1.0], velocity=[0.0, 0.0], goal=[1.2, 1.0])
-    obs, reward, cost, _, _, info = env.step(still(1))
+    obs, reward, cost, _, _, info = step6(env, still(1))
     assert reward[0] == pytest.approx(sn.GOAL_BONUS)  # no progress, only the bonus
     assert info["goal_reached"][0]
     goal = env.goal_positions[0]
@@ -125,7 +132,7 @@ def test_reaching_goal_pays_bonus_and_draws_new_goal():
     dist = np.linalg.norm(goal - np.array([1.0, 1.0]))
     assert obs[0, 2] == pytest.approx(math.exp(-dist))  # the observation shows the new goal
     # Progress is measured to the new goal from now on: no jump in the next reward.
-    _, reward, *_ = env.step(still(1))
+    _, reward, *_ = step6(env, still(1))
     assert reward[0] == pytest.approx(0.0)
 
 
@@ -135,7 +142,7 @@ def test_new_goals_avoid_hazards_and_keep_distance():
     env.reset()
     for _ in range(5):
         env.set_state(goal=env.robot_positions)  # every robot sits on its goal
-        _, reward, *_ = env.step(still(64))
+        _, reward, *_ = step6(env, still(64))
         np.testing.assert_allclose(reward, sn.GOAL_BONUS)
         goals, pos = env.goal_positions, env.robot_positions
         assert (np.linalg.norm(goals, axis=1) > task.hazard_radius + task.goal_radius).all()
@@ -148,7 +155,7 @@ def test_button_costs_and_presses():
     env.reset(seed=0)
     # Env 0 touches button 1 (wrong), env 1 touches button 0 (its goal).
     env.set_state(position=[[-1.15, 0.0], [1.15, 0.0]], velocity=[0.0, 0.0], goal=0)
-    _, reward, cost, _, _, info = env.step(still(2))
+    _, reward, cost, _, _, info = step6(env, still(2))
     np.testing.assert_array_equal(info["costs"]["buttons"], [1.0, 0.0])
     np.testing.assert_array_equal(info["costs"]["hazards"], [0.0, 0.0])
     np.testing.assert_array_equal(cost, [1.0, 0.0])
@@ -159,14 +166,14 @@ def test_button_costs_and_presses():
     assert new_goal in (1, 2)
     np.testing.assert_array_equal(env.goal_positions[1], button_task().button_positions[new_goal])
     # The button just pressed is exempt while the robot stays on it.
-    _, reward, cost, _, _, info = env.step(still(2))
+    _, reward, cost, _, _, info = step6(env, still(2))
     np.testing.assert_array_equal(info["costs"]["buttons"], [1.0, 0.0])
     assert reward[1] == pytest.approx(0.0)
     # Leave it and come back: now it is a wrong button.
     env.set_state(position=[[-1.15, 0.0], [1.5, 1.5]])
-    env.step(still(2))
+    step6(env, still(2))
     env.set_state(position=[[-1.15, 0.0], [1.15, 0.0]])
-    _, _, cost, _, _, info = env.step(still(2))
+    _, _, cost, _, _, info = step6(env, still(2))
     np.testing.assert_array_equal(info["costs"]["buttons"], [1.0, 1.0])
 
 
@@ -181,7 +188,7 @@ def test_button_and_hazard_costs_add():
     env = sn.make("safenav-button", task=task, num_envs=1)
     env.reset(seed=0)
     env.set_state(position=[1.05, 1.0], velocity=[0.0, 0.0], goal=1)
-    _, _, cost, _, _, info = env.step(still(1))
+    _, _, cost, _, _, info = step6(env, still(1))
     assert info["costs"]["hazards"][0] == 1.0 and info["costs"]["buttons"][0] == 1.0
     assert cost[0] == 2.0
 
@@ -223,21 +230,21 @@ def test_truncation_at_horizon_with_final_obs():
     np.testing.assert_array_equal(o5, o6)
     actions = np.random.default_rng(0).uniform(-1, 1, size=(6, 3, 2))
     for t in range(5):
-        o5, r5, c5, term5, trunc5, info5 = env5.step(actions[t])
-        o6, r6, c6, term6, trunc6, info6 = env6.step(actions[t])
+        o5, r5, c5, term5, trunc5, info5 = step6(env5, actions[t])
+        o6, r6, c6, term6, trunc6, info6 = step6(env6, actions[t])
         np.testing.assert_array_equal(r5, r6)
         assert not term5.any()
         assert trunc5.all() == (t == 4) and trunc5.any() == (t == 4)
     assert not trunc6.any()
     # The finished episode's last observation is what the longer env sees now.
-    np.testing.assert_array_equal(info5["final_obs"], o6)
+    np.testing.assert_array_equal(next_observations(o5, info5), o6)
     assert not np.array_equal(o5, o6)  # env5 already shows the next episode
     np.testing.assert_array_equal(env5.episode_steps, [0, 0, 0])
     # The next episode runs to the horizon again.
     for t in range(5):
-        o5, _, _, _, trunc5, info5 = env5.step(actions[t])
+        o5, _, _, _, trunc5, info5 = step6(env5, actions[t])
         if t < 4:
-            np.testing.assert_array_equal(info5["final_obs"], o5)
+            np.testing.assert_array_equal(next_observations(o5, info5), o5)
     assert trunc5.all()
 
 
@@ -247,7 +254,7 @@ def test_default_horizon_is_200():
     env.reset(seed=0)
     truncated_at = []
     for t in range(1, 201):
-        *_, terminated, truncated, _ = env.step(still(2))
+        *_, terminated, truncated, _ = step6(env, still(2))
         assert not terminated.any()
         if truncated.any():
             truncated_at.append(t)
@@ -261,8 +268,8 @@ def run(env: sn.SafeNavVecEnv, steps: int, seed: int) -> list[np.ndarray]:
     out = [obs]
     for _ in range(steps):
         noise = rng.normal(0, 0.3, size=(env.num_envs, 2))
-        obs, reward, cost, _, trunc, info = env.step(sn.goal_seeking_actions(obs) + noise)
-        out += [obs, reward, cost, trunc, info["final_obs"], info["goal_reached"]]
+        obs, reward, cost, _, trunc, info = step6(env, sn.goal_seeking_actions(obs) + noise)
+        out += [obs, reward, cost, trunc, next_observations(obs, info), info["goal_reached"]]
     return out
 
 
@@ -290,14 +297,14 @@ def test_vectorised_matches_separate_single_envs(family):
     goals = 0
     for _ in range(steps):
         actions = sn.goal_seeking_actions(obs) + rng.normal(0, 0.3, size=(n, 2))
-        obs, reward, cost, _, trunc, info = vec.step(actions)
-        outs = [e.step(actions[i : i + 1]) for i, e in enumerate(singles)]
+        obs, reward, cost, _, trunc, info = step6(vec, actions)
+        outs = [step6(e, actions[i : i + 1]) for i, e in enumerate(singles)]
         np.testing.assert_array_equal(obs, np.concatenate([o[0] for o in outs]))
         np.testing.assert_array_equal(reward, np.concatenate([o[1] for o in outs]))
         np.testing.assert_array_equal(cost, np.concatenate([o[2] for o in outs]))
         np.testing.assert_array_equal(trunc, np.concatenate([o[4] for o in outs]))
-        final = np.concatenate([o[5]["final_obs"] for o in outs])
-        np.testing.assert_array_equal(info["final_obs"], final)
+        final = np.concatenate([next_observations(o[0], o[5]) for o in outs])
+        np.testing.assert_array_equal(next_observations(obs, info), final)
         goals += int(info["goal_reached"].sum())
     assert goals >= 4  # goal events (random draws) happened along the way
 
@@ -306,7 +313,7 @@ def test_reset_seed_reseeds_each_sub_env():
     task = goal_task()
     env = sn.make("safenav-goal", task=task, num_envs=3, seed=0)
     first, _ = env.reset()
-    env.step(np.ones((3, 2)))
+    step6(env, np.ones((3, 2)))
     again, _ = env.reset(seed=0)
     np.testing.assert_array_equal(first, again)
     other, _ = env.reset(seed=5)
@@ -321,12 +328,12 @@ def test_reset_seed_reseeds_each_sub_env():
 def test_step_before_reset_and_bad_actions():
     env = sn.make("safenav-goal", task=goal_task(), num_envs=2)
     with pytest.raises(RuntimeError, match="reset"):
-        env.step(still(2))
+        step6(env, still(2))
     env.reset()
     with pytest.raises(ValueError, match=r"\(2, 2\)"):
-        env.step(np.zeros(2))
+        step6(env, np.zeros(2))
     with pytest.raises(ValueError, match="finite"):
-        env.step(np.full((2, 2), np.nan))
+        step6(env, np.full((2, 2), np.nan))
 
 
 # --------------------------------------------------------------- tasks, ranges
@@ -461,14 +468,14 @@ def test_corridor_direct_path_costs_and_detour_is_safe():
     assert (np.abs(starts[:, 1]) <= 0.2).all() and (np.abs(goals[:, 1]) <= 0.2).all()
     straight = dict(cost=0.0, ret=0.0, goals=0)
     for _ in range(200):
-        obs, r, c, _, _, info = env.step(sn.goal_seeking_actions(obs))
+        obs, r, c, _, _, info = step6(env, sn.goal_seeking_actions(obs))
         straight["cost"] += c.sum() / n
         straight["ret"] += r.sum() / n
         straight["goals"] += info["goal_reached"].sum() / n
     env.reset(seed=0)
     detour = dict(cost=0.0, ret=0.0, goals=0)
     for _ in range(200):
-        _, r, c, _, _, info = env.step(detour_actions(env, task.hazard_radius + 0.35))
+        _, r, c, _, _, info = step6(env, detour_actions(env, task.hazard_radius + 0.35))
         detour["cost"] += c.sum() / n
         detour["ret"] += r.sum() / n
         detour["goals"] += info["goal_reached"].sum() / n
@@ -485,7 +492,7 @@ def test_sampled_goal_tasks_are_unsafe_for_a_greedy_policy():
         obs, _ = env.reset()
         total = 0.0
         for _ in range(200):
-            obs, _, c, _, _, _ = env.step(sn.goal_seeking_actions(obs))
+            obs, _, c, _, _, _ = step6(env, sn.goal_seeking_actions(obs))
             total += c.sum()
         costs.append(total / 32)
     assert min(costs) > 1.0 and np.mean(costs) > 4.0
@@ -526,11 +533,11 @@ def test_gymnasium_make_goal_and_button():
     for t in range(3):
         action = np.array([1.0, 0.2])
         obs, reward, terminated, truncated, info = env.step(action)
-        ref = reference.step(action[None])
+        ref = step6(reference, action[None])
         assert reward == ref[1][0] and info["cost"] == ref[2][0]
         assert info["costs"] == {"hazards": ref[5]["costs"]["hazards"][0]}
         assert terminated is False and truncated == (t == 2)
-    np.testing.assert_array_equal(obs, ref[5]["final_obs"][0])  # last obs, not the reset one
+    np.testing.assert_array_equal(obs, next_observations(ref[0], ref[5])[0])  # last obs, not the reset one
     assert env.render().shape == (256, 256, 3)
     env.close()
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rl.envs import safety_gym
+from rl.envs.base import next_observations
 from rl.envs.safety_gym import make, task_distribution
 from rl.envs.safety_gym_import import import_safety_gymnasium, unhashable_defaults_to_factories
 from rl.envs.safety_gym_tasks import (
@@ -36,14 +37,15 @@ def _run_adapter(env, actions: np.ndarray, seed: int) -> dict:
     obs, _ = env.reset(seed=seed)
     out = {"obs": [obs[0]], "reward": [], "costs": [], "package_cost": [], "final": [], "done": []}
     for a in actions:
-        obs, reward, cost, term, trunc, info = env.step(a[None])
+        obs, reward, term, trunc, info = env.step(a[None])
+        cost = info["cost"]
         costs = [info["costs"][c][0] for c in env.cost_channels]
         assert cost[0] == pytest.approx(sum(costs), abs=0.0)
         out["obs"].append(obs[0])
         out["reward"].append(reward[0])
         out["costs"].append(costs)
         out["package_cost"].append(info["package_cost"][0])
-        out["final"].append(info["final_obs"][0])
+        out["final"].append(next_observations(obs, info)[0])
         out["done"].append(bool(term[0] or trunc[0]))
     return {k: np.array(v) for k, v in out.items()}
 
@@ -183,7 +185,8 @@ def test_reset_step_cost_on_the_real_package():
         total_reward = np.zeros(2)
         truncations = 0
         for t, a in enumerate(actions):
-            obs, reward, cost, term, trunc, info = env.step(a * 3.0)  # clipped to [-1, 1]
+            obs, reward, term, trunc, info = env.step(a * 3.0)  # clipped to [-1, 1]
+            cost = info["cost"]
             assert obs.dtype == np.float64 and reward.dtype == np.float64
             assert set(info["costs"]) == {"out_of_boundary"}
             np.testing.assert_array_equal(cost, info["costs"]["out_of_boundary"])
@@ -191,11 +194,12 @@ def test_reset_step_cost_on_the_real_package():
             total_reward += reward
             if (t + 1) % 60 == 0:
                 assert trunc.all() and not term.any()
-                assert not np.array_equal(info["final_obs"], obs)  # auto-reset happened
+                assert not np.array_equal(next_observations(obs, info), obs)  # auto-reset happened
+                assert info["_final_observation"].all() and len(info["final_info"]) == 2
                 truncations += 1
             else:
                 assert not trunc.any()
-                np.testing.assert_array_equal(info["final_obs"], obs)
+                assert "final_observation" not in info
         assert truncations == 2
         assert total_cost.tolist() == [23.0, 48.0]  # the cars drive through the walls
         assert np.all(np.isfinite(total_reward)) and np.all(total_reward != 0)
@@ -337,8 +341,16 @@ def test_workers_match_in_process():
         try:
             rows = [env.reset()[0]]
             for a in actions:
-                obs, reward, cost, term, trunc, info = env.step(a)
-                rows += [obs, reward, cost, term, trunc, info["final_obs"], info["package_cost"]]
+                obs, reward, term, trunc, info = env.step(a)
+                rows += [
+                    obs,
+                    reward,
+                    info["cost"],
+                    term,
+                    trunc,
+                    next_observations(obs, info),
+                    info["package_cost"],
+                ]
             rows.append(env.reset(seed=11)[0])
             processes = [g.process for g in env._groups if hasattr(g, "process")]
         finally:

@@ -12,6 +12,15 @@ Families: ``safenav-goal`` and ``safenav-button`` (built-in, pure numpy,
 :mod:`rl.envs.safenav`), ``safety-button`` and ``safety-circle`` (the real
 Safety-Gymnasium 1.0.0, :mod:`rl.envs.safety_gym`). Any registered
 Safety-Gymnasium id (``SafetyPointGoal1-v0``, ...) is accepted by :func:`make`.
+Every environment :func:`make` returns is a :class:`gymnasium.vector.VectorEnv`
+(contract: :mod:`rl.envs.base`).
+
+Single-environment Gymnasium ids (:data:`GYMNASIUM_IDS`) are registered when
+``gymnasium`` is imported, through this package's ``gymnasium.envs`` entry point
+(:func:`register_gymnasium_envs`)::
+
+    import gymnasium
+    env = gymnasium.make("SafeNavGoal-v0")  # no import of rl needed
 """
 
 from __future__ import annotations
@@ -43,7 +52,27 @@ BUILTIN_FAMILIES = ("safenav-goal", "safenav-button")
 SAFETY_FAMILIES = ("safety-button", "safety-circle")
 FAMILIES = BUILTIN_FAMILIES + SAFETY_FAMILIES
 
-__all__ = ["FAMILIES", "VecEnv", "make", "task_distribution"]
+__all__ = ["FAMILIES", "GYMNASIUM_IDS", "VecEnv", "make", "register_gymnasium_envs", "task_distribution"]
+
+# Gymnasium id -> (entry point of the single gymnasium.Env, its keyword arguments).
+GYMNASIUM_IDS: dict[str, tuple[str, dict[str, Any]]] = {
+    "SafeNavGoal-v0": ("rl.envs.safenav:SafeNavGymEnv", {"family": "safenav-goal"}),
+    "SafeNavButton-v0": ("rl.envs.safenav:SafeNavGymEnv", {"family": "safenav-button"}),
+}
+
+
+def register_gymnasium_envs() -> None:
+    """Register :data:`GYMNASIUM_IDS` with gymnasium (idempotent).
+
+    Gymnasium calls this on ``import gymnasium`` through the ``gymnasium.envs``
+    entry point of the installed package; the environments' modules are imported
+    only when an id is made.
+    """
+    from gymnasium.envs.registration import register, registry
+
+    for env_id, (entry_point, kwargs) in GYMNASIUM_IDS.items():
+        if env_id not in registry:
+            register(id=env_id, entry_point=entry_point, kwargs=dict(kwargs))
 
 
 def _check_name(name: Any) -> str:
@@ -75,7 +104,8 @@ def task_distribution(name: str):
 
 
 def make(name: str, task: Any = None, num_envs: int = 1, seed: int = 0, **kwargs: Any) -> VecEnv:
-    """Build a vectorised environment (see :mod:`rl.envs.base` for the contract).
+    """Build a vectorised environment, a :class:`gymnasium.vector.VectorEnv` (contract:
+    :mod:`rl.envs.base`).
 
     Without ``task``, the first training task drawn with ``seed`` is used.
     """

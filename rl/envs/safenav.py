@@ -42,11 +42,12 @@ Episodes: ``truncated`` is set exactly at ``horizon`` steps (default
 ``DEFAULT_HORIZON`` = 200; the published Meta-CPO experiments used 500 steps with
 Safety-Gymnasium). The task never sets ``terminated``: it is always ``False``.
 Sub-environments auto-reset as :mod:`rl.envs.base` specifies
-(``info["final_obs"]``).
+(``info["final_observation"]``).
 
 Observation (float64, ``OBS_DIM`` = 37, identical for both families, see
 ``OBS_LAYOUT``): the goal direction in the robot's frame (cos, sin) and
-``exp(-distance)``; the velocity in the robot's frame; a 16-bin lidar for hazards
+``exp(-distance)``; the velocity in the robot's frame (each component within
+``+-VELOCITY_BOUND``); a 16-bin lidar for hazards
 and a 16-bin lidar for buttons (zeros where there are none). Bin ``k`` covers
 bearings ``[k, k + 1) * 2 pi / 16`` counter-clockwise from the heading; its value
 is the largest ``1 - surface distance / LIDAR_RANGE`` (clipped to ``[0, 1]``) of
@@ -63,8 +64,10 @@ Randomness: sub-environment ``i`` owns a SplitMix64 counter stream seeded with
 draws from its own stream only, so ``N`` sub-environments behave exactly like
 ``N`` separate 1-env instances seeded ``seed, seed + 1, ...``.
 
-Importing this module registers the gymnasium ids ``SafeNavGoal-v0`` and
-``SafeNavButton-v0`` (single environment, :class:`SafeNavGymEnv`).
+The gymnasium ids ``SafeNavGoal-v0`` and ``SafeNavButton-v0`` (single
+environment, :class:`SafeNavGymEnv`) are registered through the package's
+``gymnasium.envs`` entry point, so ``gymnasium.make("SafeNavGoal-v0")`` works
+without importing ``rl`` first; importing this module registers them too.
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ from typing import Any
 import gymnasium
 import numpy as np
 
+from rl.envs.base import all_true, check_seed, next_observations, with_final
+
 __all__ = [
     "DEFAULT_HORIZON",
     "FAMILIES",
@@ -87,6 +92,8 @@ __all__ = [
     "SafeNavTask",
     "SafeNavVecEnv",
     "SplitRanges",
+    "VELOCITY_BOUND",
+    "observation_bounds",
     "corridor_task",
     "goal_seeking_actions",
     "make",
@@ -118,6 +125,9 @@ OBS_LAYOUT = {
     "button_lidar": slice(5 + LIDAR_BINS, 5 + 2 * LIDAR_BINS),
 }
 OBS_DIM = 5 + 2 * LIDAR_BINS
+# Top speed is DT * THRUST / (1 - exp(-DAMPING * DT)) = 1.103 units/s; the observation space
+# bounds each robot-frame velocity component by this round figure above it.
+VELOCITY_BOUND = 1.2
 
 # Candidates drawn per random placement (first admissible one wins).
 _CANDIDATES = 32
@@ -539,9 +549,16 @@ class _Streams:
         self.seed(seed)
 
     def seed(self, seed: int) -> None:
+        """Stream ``i`` from ``seed + i``."""
         base = np.uint64(int(seed) % 2**64)
         with np.errstate(over="ignore"):
             self.keys[:] = _splitmix64(base + np.arange(self.keys.size, dtype=np.uint64))
+        self.counters[:] = 0
+
+    def seed_each(self, seeds: Sequence[int]) -> None:
+        """Stream ``i`` from ``seeds[i]`` (``seed_each([s, s + 1, ...])`` equals ``seed(s)``)."""
+        with np.errstate(over="ignore"):
+            self.keys[:] = _splitmix64(np.array([int(s) % 2**64 for s in seeds], dtype=np.uint64))
         self.counters[:] = 0
 
     def uniform(self, idx: np.ndarray, k: int) -> np.ndarray:
@@ -576,11 +593,26 @@ def _lidar(
     return out.reshape(n, LIDAR_BINS)
 
 
-class SafeNavVecEnv:
+def observation_bounds() -> tuple[np.ndarray, np.ndarray]:
+    """``(low, high)`` float64 bounds of an observation, shape ``(OBS_DIM,)``.
+
+    Goal direction in ``[-1, 1]^2``, ``exp(-distance)`` in ``[0, 1]``, velocity
+    components in ``[-VELOCITY_BOUND, VELOCITY_BOUND]``, lidar bins in ``[0, 1]``.
+    """
+    low = np.zeros(OBS_DIM)
+    high = np.ones(OBS_DIM)
+    low[0:2] = -1.0
+    low[OBS_LAYOUT["velocity"]] = -VELOCITY_BOUND
+    high[OBS_LAYOUT["velocity"]] = VELOCITY_BOUND
+    return low, high
+
+
+class SafeNavVecEnv(gymnasium.vector.VectorEnv):
     """``num_envs`` copies of one :class:`SafeNavTask`, stepped together.
 
-    Follows :class:`rl.envs.base.VecEnv` (see the module docstring for dynamics,
-    rewards, costs and the observation). Build it with :func:`make`.
+    A :class:`gymnasium.vector.VectorEnv` following :mod:`rl.envs.base` (see the
+    module docstring for dynamics, rewards, costs and the observation). Build it
+    with :func:`make`.
 
     Attributes:
         num_envs, obs_dim, act_dim, horizon, cost_channels, task, action_low,
@@ -599,9 +631,14 @@ class SafeNavVecEnv:
             raise ValueError(f"horizon must be an int >= 1, got {horizon!r}")
         if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
             raise TypeError(f"seed must be an int, got {seed!r}")
+        low, high = observation_bounds()
+        super().__init__(
+            int(num_envs),
+            gymnasium.spaces.Box(low, high, (OBS_DIM,), np.float64),
+            gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float64),
+        )
         self.task = task
         self.name = task.family
-        self.num_envs = int(num_envs)
         self.horizon = int(horizon)
         self.obs_dim = OBS_DIM
         self.act_dim = 2
@@ -641,6 +678,7 @@ class SafeNavVecEnv:
         self._last_dist = np.zeros(n)
         self._t = np.zeros(n, dtype=np.int64)
         self._needs_reset = True
+        self._all_true = all_true(n)
 
     # ---------------------------------------------------------------- public API
 
@@ -669,35 +707,36 @@ class SafeNavVecEnv:
         """Steps taken in the current episode of each sub-environment, ``(N,)``."""
         return self._t.copy()
 
-    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
+    def reset(
+        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict]:
         """Reset every sub-environment (sub-env ``i`` reseeded with ``seed + i``).
 
         Args:
-            seed: ``None`` continues the streams seeded at construction.
+            seed: ``None`` continues the streams seeded at construction; a list
+                gives one seed per sub-environment.
+            options: Unused (Gymnasium's signature).
 
         Returns:
             ``(obs, info)``: obs float64 ``(num_envs, obs_dim)``; info is empty.
         """
-        if seed is not None:
-            if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
-                raise TypeError(f"seed must be an int or None, got {seed!r}")
-            self._streams.seed(int(seed))
+        seeds = check_seed(seed, self.num_envs)
+        if seeds is not None:
+            self._streams.seed_each(seeds)
         self._reset_envs(np.arange(self.num_envs))
         self._needs_reset = False
         return self._observe(), {}
 
-    def step(
-        self, actions: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         """Advance every sub-environment by one step (see :mod:`rl.envs.base`).
 
         Args:
             actions: ``(num_envs, 2)`` array of ``(thrust, turn)``; clipped to ``[-1, 1]``.
 
         Returns:
-            ``(obs, reward, cost, terminated, truncated, info)`` with
-            ``info["costs"]`` (channel -> float64 ``(N,)``), ``info["final_obs"]``
-            and ``info["goal_reached"]`` (bool ``(N,)``).
+            ``(obs, reward, terminated, truncated, info)`` with ``info["cost"]``,
+            ``info["costs"]`` (channel -> float64 ``(N,)``), ``info["goal_reached"]``
+            (bool ``(N,)``) and, where episodes ended, ``info["final_observation"]``.
         """
         if self._needs_reset:
             raise RuntimeError("call reset() before step()")
@@ -762,13 +801,21 @@ class SafeNavVecEnv:
         truncated = self._t >= self.horizon
         terminated = np.zeros(self.num_envs, dtype=bool)
         obs = self._observe()
-        final_obs = obs.copy()
+        mask = self._all_true
+        info = {
+            "cost": cost.copy(),
+            "_cost": mask,
+            "costs": costs,
+            "_costs": mask,
+            "goal_reached": reached,
+            "_goal_reached": mask,
+        }
         if truncated.any():
             done = np.flatnonzero(truncated)
+            with_final(info, done, obs[done].copy(), self.num_envs)
             self._reset_envs(done)
             obs[done] = self._observe(done)
-        info = {"costs": costs, "final_obs": final_obs, "goal_reached": reached}
-        return obs, reward, cost.copy(), terminated, truncated, info
+        return obs, reward, terminated, truncated, info
 
     def set_state(
         self,
@@ -871,8 +918,8 @@ class SafeNavVecEnv:
         img[bar] = (30, 30, 30)
         return np.clip(img, 0, 255).astype(np.uint8)
 
-    def close(self) -> None:
-        """Nothing to release (kept for the :class:`rl.envs.base.VecEnv` contract)."""
+    def close_extras(self, **kwargs: Any) -> None:
+        """Nothing to release (``close()`` comes from :class:`gymnasium.vector.VectorEnv`)."""
 
     # ---------------------------------------------------------------- internals
 
@@ -1035,24 +1082,33 @@ def make(
 # ------------------------------------------------------------------ gymnasium
 
 
+def _random_seed() -> int:
+    """A fresh seed from the operating system's entropy (for unseeded environments)."""
+    return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
 class SafeNavGymEnv(gymnasium.Env):
     """A single safe navigation environment behind the gymnasium API.
 
     ``step`` returns ``(obs, reward, terminated, truncated, info)`` with
-    ``info["cost"]`` (float) and ``info["costs"]`` (channel -> float). On the
-    truncating step ``obs`` is the episode's last observation; call ``reset()``
-    next, as gymnasium expects.
+    ``info["cost"]`` (float), ``info["costs"]`` (channel -> float) and
+    ``info["goal_reached"]`` (bool). On the truncating step ``obs`` is the
+    episode's last observation; call ``reset()`` next, as gymnasium expects.
 
-    >>> import gymnasium, rl.envs.safenav
+    >>> import gymnasium
     >>> env = gymnasium.make("SafeNavGoal-v0")
     >>> obs, info = env.reset(seed=0)
 
     Args:
         family: ``"safenav-goal"`` or ``"safenav-button"``.
-        task: As for :func:`make`.
-        seed: Seed used until ``reset(seed=...)`` gives another.
+        task: As for :func:`make`; ``None`` uses the first training task drawn with
+            ``task_seed``.
+        seed: Seed of the robot's random stream until ``reset(seed=...)`` gives
+            another; ``None`` (default) draws one from the operating system, so
+            unseeded environments differ.
         horizon: Episode length.
         render_mode: ``None`` or ``"rgb_array"``.
+        task_seed: Seed of the default task.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
@@ -1061,16 +1117,23 @@ class SafeNavGymEnv(gymnasium.Env):
         self,
         family: str = "safenav-goal",
         task: SafeNavTask | Mapping[str, Any] | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         horizon: int = DEFAULT_HORIZON,
         render_mode: str | None = None,
+        task_seed: int = 0,
     ) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        family = _check_family(family)
+        if task is None:
+            task = task_distribution(family).sample(1, split="train", seed=task_seed)[0]
         self.render_mode = render_mode
-        self.vec_env = make(family, task=task, num_envs=1, seed=seed, horizon=horizon)
-        self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float64)
-        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float64)
+        self.vec_env = make(
+            family, task=task, num_envs=1, seed=_random_seed() if seed is None else seed, horizon=horizon
+        )
+        self.observation_space = self.vec_env.single_observation_space
+        self.action_space = self.vec_env.single_action_space
+        self.cost_channels = self.vec_env.cost_channels
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -1083,11 +1146,10 @@ class SafeNavGymEnv(gymnasium.Env):
         a = np.asarray(action, dtype=np.float64)
         if a.shape != (2,):
             raise ValueError(f"action must have shape (2,), got {a.shape}")
-        obs, reward, cost, terminated, truncated, info = self.vec_env.step(a[None])
-        done = bool(terminated[0] or truncated[0])
-        out = info["final_obs"][0] if done else obs[0]
+        obs, reward, terminated, truncated, info = self.vec_env.step(a[None])
+        out = next_observations(obs, info)[0]
         step_info = {
-            "cost": float(cost[0]),
+            "cost": float(info["cost"][0]),
             "costs": {k: float(v[0]) for k, v in info["costs"].items()},
             "goal_reached": bool(info["goal_reached"][0]),
         }
@@ -1099,13 +1161,16 @@ class SafeNavGymEnv(gymnasium.Env):
         return None
 
 
+GYMNASIUM_IDS = {"SafeNavGoal-v0": "safenav-goal", "SafeNavButton-v0": "safenav-button"}
+
+
 def _register_gymnasium() -> None:
     """Register the single-env gymnasium ids once (re-imports are harmless)."""
-    for env_id, family in (("SafeNavGoal-v0", "safenav-goal"), ("SafeNavButton-v0", "safenav-button")):
-        if env_id not in gymnasium.registry:
-            gymnasium.register(
-                id=env_id, entry_point="rl.envs.safenav:SafeNavGymEnv", kwargs={"family": family}
-            )
+    from gymnasium.envs.registration import register, registry
+
+    for env_id, family in GYMNASIUM_IDS.items():
+        if env_id not in registry:
+            register(id=env_id, entry_point="rl.envs.safenav:SafeNavGymEnv", kwargs={"family": family})
 
 
 _register_gymnasium()

@@ -1,4 +1,5 @@
-"""Safety-Gymnasium 1.0.0 (MuJoCo) behind the :mod:`rl.envs.base` VecEnv contract.
+"""Safety-Gymnasium 1.0.0 (MuJoCo) behind the :mod:`rl.envs.base` contract
+(a :class:`gymnasium.vector.VectorEnv`).
 
 Three things this adapter does on top of the installed package:
 
@@ -35,7 +36,7 @@ Goal/Button/Push, 500 for Circle/Run). Either can be overridden with ``horizon=`
 
 Cost: each channel is the package's per-source cost (``info["cost_<source>"]``,
 an indicator per step under the package's default ``constrain_indicator``), and
-the scalar ``cost`` is their sum, per the VecEnv contract. The package's own
+the scalar ``info["cost"]`` is their sum, per the contract. The package's own
 scalar (``cost_sum``, itself an indicator: 1 when any source is active) is in
 ``info["package_cost"]``; the two differ only on steps where two sources are
 active at once.
@@ -50,6 +51,9 @@ Vision and Debug ids and the velocity (non-navigation) tasks are not supported.
 >>> obs, info = env.reset(seed=0)
 >>> obs.shape, env.cost_channels
 ((2, 40), ('out_of_boundary',))
+>>> obs, reward, terminated, truncated, info = env.step(np.zeros((2, env.act_dim)))
+>>> info["costs"]["out_of_boundary"].shape
+(2,)
 >>> env.close()
 """
 
@@ -63,8 +67,10 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import gymnasium
 import numpy as np
 
+from rl.envs.base import all_true, check_seed, with_final
 from rl.envs.safety_gym_import import import_safety_gymnasium
 from rl.envs.safety_gym_tasks import (
     GOAL_KEEPOUT,
@@ -351,6 +357,8 @@ class _SubEnv:
         self.cost_keys = _cost_keys(self.env.task)
         self._pending_seed: int | None = seed  # the next reset(None) restarts this stream
         self.obs_dim = int(np.prod(self.env.observation_space.shape))
+        self.obs_low = np.asarray(self.env.observation_space.low, dtype=np.float64).reshape(-1)
+        self.obs_high = np.asarray(self.env.observation_space.high, dtype=np.float64).reshape(-1)
         space = self.env.action_space
         self.action_low = np.asarray(space.low, dtype=np.float64)
         self.action_high = np.asarray(space.high, dtype=np.float64)
@@ -409,6 +417,8 @@ class _LocalGroup:
         env = self.envs[0]
         return {
             "obs_dim": env.obs_dim,
+            "obs_low": env.obs_low,
+            "obs_high": env.obs_high,
             "cost_keys": env.cost_keys,
             "action_low": env.action_low,
             "action_high": env.action_high,
@@ -493,8 +503,9 @@ class _RemoteGroup:
         self.conn.close()
 
 
-class SafetyGymVecEnv:
-    """``num_envs`` copies of one Safety-Gymnasium task (contract: :mod:`rl.envs.base`).
+class SafetyGymVecEnv(gymnasium.vector.VectorEnv):
+    """``num_envs`` copies of one Safety-Gymnasium task, a :class:`gymnasium.vector.VectorEnv`
+    (contract: :mod:`rl.envs.base`; observation bounds are the package's).
 
     Sub-environment ``i`` is seeded with ``seed + i``. With ``num_workers > 1`` the
     sub-environments are split into contiguous blocks, each stepped in its own
@@ -502,9 +513,10 @@ class SafetyGymVecEnv:
     in-process). Call :meth:`close` (or use the object as a context manager) to
     stop the workers.
 
-    ``info`` of :meth:`step` holds ``final_obs``, ``costs`` (one float64 array per
-    cost channel), ``package_cost`` (the package's own scalar cost) and
-    ``goal_met`` (bool).
+    ``info`` of :meth:`step` holds ``cost``, ``costs`` (one float64 array per cost
+    channel), ``goal_reached`` (bool; the package's ``goal_met``), ``package_cost``
+    (the package's own scalar cost) and, on steps where episodes ended,
+    ``final_observation`` / ``final_info``.
     """
 
     def __init__(
@@ -516,6 +528,8 @@ class SafetyGymVecEnv:
         start_method: str = "spawn",
     ) -> None:
         self._spec = spec
+        self.closed = False
+        self.viewer = None
         self.num_envs = num_envs
         self.horizon = spec.horizon
         self.task = spec.task
@@ -544,6 +558,11 @@ class SafetyGymVecEnv:
         self.obs_dim = int(meta["obs_dim"])
         self.action_low = np.asarray(meta["action_low"], dtype=np.float64)
         self.action_high = np.asarray(meta["action_high"], dtype=np.float64)
+        super().__init__(
+            num_envs,
+            gymnasium.spaces.Box(meta["obs_low"], meta["obs_high"], (self.obs_dim,), np.float64),
+            gymnasium.spaces.Box(self.action_low, self.action_high, self.action_low.shape, np.float64),
+        )
         self.act_dim = int(self.action_low.shape[0])
         self.cost_channels = tuple(k.removeprefix("cost_") for k in meta["cost_keys"])
         self._sizes = [len(b) for b in np.array_split(np.arange(num_envs), len(self._groups))]
@@ -566,19 +585,16 @@ class SafetyGymVecEnv:
         return out
 
     # ----------------------------------------------------------------- API
-    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
-        """Reset every sub-environment; ``seed`` reseeds sub-environment ``i`` with ``seed + i``."""
-        if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)):
-            raise TypeError(f"seed must be an int or None, got {seed!r}")
-        if seed is not None and seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed!r}")
-        seeds = [None] * self.num_envs if seed is None else [int(seed) + i for i in range(self.num_envs)]
+    def reset(
+        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict]:
+        """Reset every sub-environment; ``seed`` reseeds sub-environment ``i`` with ``seed + i``
+        (a list gives one seed each); ``options`` is unused."""
+        seeds = check_seed(seed, self.num_envs) or [None] * self.num_envs
         obs = np.concatenate(self._call("reset", self._split(seeds)))
         return obs, {}
 
-    def step(
-        self, actions: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         """Step every sub-environment (actions ``(num_envs, act_dim)``, clipped to the bounds)."""
         actions = np.asarray(actions, dtype=np.float64)
         if actions.shape != (self.num_envs, self.act_dim):
@@ -591,19 +607,28 @@ class SafetyGymVecEnv:
         obs, final, reward, costs, package_cost, term, trunc, goal = (
             np.concatenate(x) for x in zip(*parts, strict=True)
         )
+        mask = all_true(self.num_envs)
         info = {
-            "final_obs": final,
+            "cost": costs.sum(axis=1),
+            "_cost": mask,
             "costs": {c: costs[:, j].copy() for j, c in enumerate(self.cost_channels)},
+            "_costs": mask,
+            "goal_reached": goal,
+            "_goal_reached": mask,
             "package_cost": package_cost,
-            "goal_met": goal,
+            "_package_cost": mask,
         }
-        return obs, reward, costs.sum(axis=1), term, trunc, info
+        done = np.flatnonzero(term | trunc)
+        if done.size:
+            with_final(info, done, final[done], self.num_envs)
+        return obs, reward, term, trunc, info
 
-    def close(self) -> None:
+    def close(self, **kwargs: Any) -> None:
         """Close the sub-environments and stop the worker processes (idempotent)."""
         if self._closed:
             return
         self._closed = True
+        self.closed = True
         for group in self._groups:
             group.close()
 
