@@ -130,7 +130,7 @@ def load_runs(spec: Spec) -> list[dict[str, Any]]:
         tag = {"run": run.name, "env": run.env, "method": run.method, "seed": run.seed}
         entry = {**tag, "config": config, "progress": progress, "rows": []}
         entry["timing"] = timings.get(run.name, {})
-        for source in ("adaptation", "evaluation"):
+        for source, label in (("adaptation", "adapt"), ("evaluation", "eval")):
             path = run_dir / f"{source}.csv"
             rows = read_csv(path) if path.is_file() else []
             channels = [
@@ -141,7 +141,7 @@ def load_runs(spec: Spec) -> list[dict[str, Any]]:
                 keep = {k: r[k] for k in ("task_id", "adapt_step", "ep_ret", "ep_cost") if k in r}
                 keep |= {f"cost_{c}": r[f"cost_{c}"] for c in channels}
                 entry["rows"].append(
-                    {**tag, "source": source[:5], **keep, "within": int(is_within(r, channels, limits))}
+                    {**tag, "source": label, **keep, "within": int(is_within(r, channels, limits))}
                 )
         found.append(entry)
     return found

@@ -96,13 +96,15 @@ def _check_keys(where: str, keys: Any, valid: tuple[str, ...] | set[str]) -> Non
         raise ValueError(f"{where}: unknown keys {bad}; expected some of {sorted(valid)}")
 
 
-def program_defaults(program: str) -> dict[str, Any]:
-    """The settings of a program's config dataclass at their defaults (run keys dropped)."""
+def program_defaults(program: str, run_keys: bool = False) -> dict[str, Any]:
+    """The settings of a program's config dataclass at their defaults (``run_keys``: with the
+    keys that say how a run runs, except out and resume, which the runner sets)."""
     if program == "rl.meta_cpo":
         from rl.meta_cpo import MetaCPOConfig as Config
     else:
         from rl.cpo import CPOConfig as Config
-    return {k: v for k, v in asdict(Config()).items() if k not in RUN_KEYS}
+    dropped = ("out", "resume") if run_keys else RUN_KEYS
+    return {k: v for k, v in asdict(Config()).items() if k not in dropped}
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -117,7 +119,7 @@ def load_spec(path: str | Path) -> Spec:
     program = raw.get("program", "rl.meta_cpo")
     if program not in PROGRAMS:
         raise ValueError(f"spec {path}: program must be one of {list(PROGRAMS)}, got {program!r}")
-    valid = set(program_defaults(program))
+    valid = set(program_defaults(program, run_keys=True))
     methods = raw.get("methods")
     if isinstance(methods, list) and program == "rl.meta_cpo":
         methods = {m: {"algo": m} for m in methods}
@@ -136,6 +138,8 @@ def load_spec(path: str | Path) -> Spec:
         if bad:
             raise ValueError(f"spec {path}: algo must be among {list(ALGOS)}, got {bad}")
     _check_keys(f"spec {path} [meta_test]", raw.get("meta_test", {}), META_TEST_KEYS)
+    if raw.get("meta_test") and program != "rl.meta_cpo":
+        raise ValueError(f"spec {path}: [meta_test] needs program rl.meta_cpo, got {program!r}")
     seeds, envs = raw.get("seeds"), raw.get("envs")
     if not seeds or not all(isinstance(s, int) for s in seeds):
         raise ValueError(f"spec {path}: seeds must be a non-empty list of integers, got {seeds!r}")
@@ -210,9 +214,14 @@ def _copy_for_retest(source: Path, dest: Path) -> None:
 def command(spec: Spec, run: Run) -> tuple[list[str], str]:
     """(the command that starts or continues ``run``, how: started, resumed or re-tested)."""
     run_dir = spec.sweep_dir / run.name
-    head = [sys.executable, "-m", spec.program, "--threads", "1", "--no-progress", "--no-tensorboard"]
+    head = [sys.executable, "-m", spec.program]
+    how_to_run = {"threads": "1", "progress": False, "tensorboard": False}
     if spec.program == "rl.meta_cpo":
-        head += ["--backend", "serial"]
+        how_to_run["backend"] = "serial"
+    for key, value in how_to_run.items():  # unless the spec sets them
+        if key not in run.settings:
+            flag = key.replace("_", "-")
+            head += [f"--{flag}", value] if isinstance(value, str) else [f"--no-{flag}"]
     if spec.retest_from is not None and not (run_dir / "config.json").is_file():
         source = load_spec(spec.path.parent / f"{spec.retest_from}.toml").sweep_dir / run.name
         if not is_finished(source):

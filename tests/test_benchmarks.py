@@ -1,0 +1,198 @@
+"""The sweep runner (benchmarks.sweep) and the aggregator (benchmarks.aggregate)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.aggregate import (
+    OMNISAFE_COLUMNS,
+    PAPER_COLUMNS,
+    aggregate_spec,
+    read_csv,
+    stratified_bootstrap_ci,
+)
+from benchmarks.sweep import ROOT, load_spec, plan, run_sweep
+
+TINY_META = """
+program = "rl.meta_cpo"
+envs = ["safenav-button"]
+seeds = [0]
+methods = ["meta-cpo", "cpo-scratch"]
+jobs = 2
+runs_dir = "{runs}"
+[base]
+iterations = 2
+batch_steps = 200
+num_envs = 1
+meta_batch = 2
+inner_steps = 1
+hidden = [8]
+critic_hidden = [8]
+fisher_states = 100
+test_tasks = 2
+adapt_steps = 1
+"""
+
+RETEST = """
+program = "rl.meta_cpo"
+envs = ["safenav-button"]
+seeds = [0]
+methods = ["meta-cpo"]
+runs_dir = "{runs}"
+[meta_test]
+adapt_steps = 2
+eval_steps = 400
+[retest]
+from = "tiny"
+"""
+
+TINY_CPO = """
+program = "rl.cpo"
+envs = ["safenav-goal"]
+seeds = [3]
+runs_dir = "{runs}"
+[methods.cpo-textbook]
+debias = false
+[base]
+steps = 2000
+steps_per_iter = 100
+num_envs = 1
+num_workers = 1
+hidden = [8]
+critic_hidden = [8]
+checkpoint_every = 1
+"""
+
+
+def _spec(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / "specs" / f"{name}.toml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text.format(runs=tmp_path / "runs"))
+    return path
+
+
+def test_bootstrap_width_matches_closed_form():
+    # iid N(0, 2^2) scores, 10 seeds x 20 tasks: the mean's standard error is 2 / sqrt(200); the
+    # bootstrap (plug-in variance, factor (n-1)/n) gives an interval 2 * 1.96 * that wide
+    rng = np.random.default_rng(1)
+    scores = rng.normal(3.0, 2.0, size=(10, 20))
+    mean, low, high = stratified_bootstrap_ci(scores, reps=4000)
+    closed = 2 * 1.96 * 2.0 / np.sqrt(200) * np.sqrt(9 / 10)
+    assert mean == pytest.approx(scores.mean())
+    assert low < mean < high
+    assert high - low == pytest.approx(closed, rel=0.12)
+    # constant scores: no uncertainty
+    assert stratified_bootstrap_ci(np.full((4, 3), 0.7)) == pytest.approx((0.7, 0.7, 0.7))
+
+
+def test_bootstrap_coverage():
+    rng = np.random.default_rng(2)
+    hits = 0
+    for i in range(300):
+        mean, low, high = stratified_bootstrap_ci(rng.normal(1.0, 1.0, size=(10, 8)), reps=400, seed=i)
+        hits += low <= 1.0 <= high
+    assert 0.89 <= hits / 300 <= 0.98  # nominal 0.95, a little under with 10 seeds
+
+
+def test_bootstrap_rejects_bad_input():
+    with pytest.raises(ValueError, match="finite"):
+        stratified_bootstrap_ci(np.array([[1.0, np.nan]]))
+    with pytest.raises(ValueError, match="level"):
+        stratified_bootstrap_ci(np.ones(3), level=1.5)
+
+
+def test_spec_errors_name_the_value(tmp_path):
+    bad = _spec(tmp_path, "bad", TINY_META.replace("iterations = 2", "iteratons = 2"))
+    with pytest.raises(ValueError, match="iteratons"):
+        load_spec(bad)
+    bad = _spec(tmp_path, "bad", TINY_META.replace('"cpo-scratch"', '"maml"'))
+    with pytest.raises(ValueError, match="maml"):
+        load_spec(bad)
+    with pytest.raises(ValueError, match="not a file"):
+        load_spec(tmp_path / "missing.toml")
+
+
+def test_committed_specs_load():
+    specs = sorted((ROOT / "benchmarks" / "specs").glob("*.toml"))
+    assert specs
+    for path in specs:
+        assert plan(load_spec(path)), path
+
+
+@pytest.mark.slow
+def test_sweep_runs_retests_and_aggregates(tmp_path):
+    spec = load_spec(_spec(tmp_path, "tiny", TINY_META))
+    assert run_sweep(spec, poll_s=60) == 0
+    names = [r.name for r in plan(spec)]
+    assert names == ["safenav-button-meta-cpo-seed0", "safenav-button-cpo-scratch-seed0"]
+    timings = json.loads((spec.sweep_dir / "timings.json").read_text())
+    assert all(timings[n]["finished"] and timings[n]["sessions"] == 1 for n in names)
+    assert run_sweep(spec) == 0  # finished runs are skipped
+    assert json.loads((spec.sweep_dir / "timings.json").read_text()) == timings
+
+    out = aggregate_spec(spec, tmp_path / "out", plots=False)
+    runs = read_csv(out / "runs.csv")
+    assert tuple(runs[0]) == PAPER_COLUMNS and len(runs) == 2
+    assert [r["meta_iterations"] for r in runs] == ["2", "0"]
+    settings = read_csv(out / "settings.csv")
+    assert settings[0]["batch_steps"] == "200" and settings[0]["hidden"] == "8"
+    assert settings[0]["inner_delta"] == "0.02"  # a default, pinned and recorded
+
+    retest = load_spec(_spec(tmp_path, "retest", RETEST))
+    assert run_sweep(retest) == 0
+    run_dir = retest.sweep_dir / "safenav-button-meta-cpo-seed0"
+    trained = spec.sweep_dir / run_dir.name
+    assert (run_dir / "progress.csv").read_text() == (trained / "progress.csv").read_text()
+    assert {r["adapt_step"] for r in read_csv(run_dir / "adaptation.csv")} == {"0", "1", "2"}
+    assert json.loads((run_dir / "config.json").read_text())["eval_steps"] == 400
+    out = aggregate_spec(retest, tmp_path / "out_retest", plots=True)
+    rows = read_csv(out / "rows.csv")
+    assert {r["source"] for r in rows} == {"adapt", "eval"}
+    after = [r for r in rows if r["source"] == "eval" and r["adapt_step"] == "2"]
+    (run,) = read_csv(out / "runs.csv")
+    assert float(run["share_within"]) == pytest.approx(np.mean([int(r["within"]) for r in after]))
+    assert (out / "adaptation.png").is_file() and (out / "share_within.png").is_file()
+
+
+@pytest.mark.slow
+def test_sweep_resumes_after_interruption(tmp_path):
+    path = _spec(tmp_path, "cpo", TINY_CPO)
+    spec = load_spec(path)
+    run_dir = spec.sweep_dir / "safenav-goal-cpo-textbook-seed3"
+    cmd = [sys.executable, "-m", "benchmarks.sweep", str(path), "--poll", "1"]
+    runner = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while not list(run_dir.glob("ckpt_*.pt")) and time.time() < deadline:
+        time.sleep(0.1)
+    assert list(run_dir.glob("ckpt_*.pt")), "the run wrote no checkpoint within 60 s"
+    with pytest.raises(RuntimeError, match="holds the lock"):
+        run_sweep(spec)  # a second runner is refused while the first one runs
+    runner.send_signal(signal.SIGTERM)
+    output, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 1 and "stopped" in output, output
+    done = len(read_csv(run_dir / "progress.csv"))
+    assert 1 <= done < 20
+
+    assert run_sweep(spec) == 0
+    log = (spec.sweep_dir / "logs" / f"{run_dir.name}.log").read_text()
+    assert "resumed:" in log and "--resume" in log
+    progress = read_csv(run_dir / "progress.csv")
+    assert [int(r["iteration"]) for r in progress] == list(range(20))
+    assert json.loads((spec.sweep_dir / "timings.json").read_text())[run_dir.name]["sessions"] == 2
+    assert json.loads((run_dir / "config.json").read_text())["debias"] is False
+
+    out = aggregate_spec(spec, tmp_path / "out", plots=True)
+    (row,) = read_csv(out / "runs.csv")
+    assert tuple(row) == OMNISAFE_COLUMNS
+    assert row["env_steps"] == "2000" and row["method"] == "cpo-textbook"
+    tail = [float(r["ep_cost"]) for r in progress[-2:]]  # the last 10 % of 20 iterations
+    assert float(row["ep_cost"]) == pytest.approx(np.mean(tail), rel=1e-5)
+    assert (out / "curves.png").is_file()
