@@ -7,7 +7,8 @@ A spec is a TOML file committed in ``benchmarks/specs/``::
     seeds = [0, 1, 2]
     methods = ["meta-cpo", "meta-trpo"]   # rl.meta_cpo algos, or a [methods.<name>] table of settings
     jobs = 1                         # runs at a time
-    [base]                           # settings of every run (the program's options, as in its config.json)
+    [base]                           # settings of every run (the program's options, as in its
+                                     # config.json; "none" for null: rl.cpo's cost_limit = "none" is TRPO)
     iterations = 40
     [meta_test]                      # rl.meta_cpo meta-test options (a re-test may change only these)
     adapt_batch_steps = 32000
@@ -177,6 +178,7 @@ def plan(spec: Spec) -> list[Run]:
         for env in spec.envs:
             for method, settings in spec.methods.items():
                 merged = {**spec.base, **settings, **spec.meta_test, "env": env, "seed": seed}
+                merged = {k: None if v == "none" else v for k, v in merged.items()}  # TOML has no null
                 runs.append(Run(f"{env}-{method}-seed{seed}", env, method, seed, merged))
     return runs
 
