@@ -6,21 +6,26 @@
 See :class:`TrustRegionStep` and ``docs/difftrust.md``.
 """
 
-from difftrust.cg import CGResult, conjugate_gradient
+from difftrust.cg import CGNotConvergedWarning, CGResult, conjugate_gradient
 from difftrust.layer import StepResult, TrustRegionStep, trust_region_step
 from difftrust.metrics import DenseMetric, FisherMetric, Metric, OperatorMetric
+from difftrust.reduced import MAX_ACTIVE_SET_M, ReducedSolution, solve_reduced
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_ACTIVE_SET_M",
+    "CGNotConvergedWarning",
     "CGResult",
     "DenseMetric",
     "FisherMetric",
     "Metric",
     "OperatorMetric",
+    "ReducedSolution",
     "StepResult",
     "TrustRegionStep",
     "__version__",
     "conjugate_gradient",
+    "solve_reduced",
     "trust_region_step",
 ]

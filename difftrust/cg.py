@@ -13,7 +13,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["CGResult", "conjugate_gradient"]
+__all__ = ["CGNotConvergedWarning", "CGResult", "conjugate_gradient"]
+
+#: Curvature ``p'Hp / p'p`` below this fraction of the largest seen counts as zero (singular H),
+#: and the ratio largest / smallest seen (a lower bound on the condition number) is capped at its
+#: inverse: beyond it float64 cannot certify the solve.
+CURVATURE_RTOL = 1e-13
+
+
+class CGNotConvergedWarning(UserWarning):
+    """Conjugate gradient stopped at ``max_iter`` above its tolerance (the message names the residual)."""
 
 
 @dataclass
@@ -58,8 +67,10 @@ def conjugate_gradient(
         A :class:`CGResult`.
 
     Raises:
-        ValueError: For bad arguments, or when CG meets non-positive curvature
-            (``p'Hp <= 0``), i.e. the operator is not positive definite.
+        ValueError: For bad arguments, for an operator returning a wrong shape or non-finite
+            values, or when CG meets non-positive or vanishing curvature (``p'Hp <= 0``, or
+            ``p'Hp / p'p`` below ``CURVATURE_RTOL`` times the largest seen: the operator is not
+            positive definite, or singular to working precision).
 
     Example:
         >>> H = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
@@ -90,20 +101,31 @@ def conjugate_gradient(
     Pd = R.clone()
     rr = (R * R).sum(0)
     it = 0
+    rq_max = torch.zeros((), dtype=B.dtype, device=B.device)
+    rtol = CURVATURE_RTOL if B.dtype == torch.float64 else 1e4 * CURVATURE_RTOL
     for it in range(1, max_iter + 1):
         active = rr.sqrt() > tol * scale
         if not bool(active.any()):
             it -= 1
             break
         HP = matvec(Pd)
+        if not isinstance(HP, Tensor) or HP.shape != Pd.shape:
+            shape = tuple(HP.shape) if isinstance(HP, Tensor) else type(HP).__name__
+            raise ValueError(
+                f"matvec returned {shape} for an input of shape {tuple(Pd.shape)}; expected the same shape"
+            )
         pHp = (Pd * HP).sum(0)
-        bad = active & (pHp <= 0)
+        rq = pHp / torch.where(active, (Pd * Pd).sum(0), torch.ones_like(pHp))
+        rq_max = torch.maximum(rq_max, torch.where(active, rq, torch.zeros_like(rq)).amax())
+        bad = active & ~(rq > rtol * rq_max)
         if bool(bad.any()):
             j = int(bad.nonzero()[0])
+            kind = "non-positive" if float(pHp[j]) <= 0 else "vanishing"
             raise ValueError(
-                "metric is not positive definite: conjugate gradient met non-positive "
-                f"curvature p'Hp = {float(pHp[j]):.3e} in column {j} at iteration {it}; "
-                "expected a symmetric positive-definite metric (add damping?)"
+                f"metric is not positive definite: conjugate gradient met {kind} curvature p'Hp = "
+                f"{float(pHp[j]):.3e} (p'Hp/p'p = {float(rq[j]):.3e}, largest seen {float(rq_max):.3e}) in "
+                f"column {j} at iteration {it}; expected a symmetric positive-definite metric, not "
+                "singular to working precision (add damping?)"
             )
         safe = torch.where(active, pHp, torch.ones_like(pHp))
         alpha = torch.where(active, rr / safe, torch.zeros_like(rr))

@@ -26,20 +26,22 @@ derived from ``dK = dG'P + P'dG - P'dH P`` and ``dx = H^-1(dG w - dH x) + P dw``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Literal
+import warnings
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from difftrust.cg import conjugate_gradient
-from difftrust.closed_form import ReducedSolution, solve_closed_form
-from difftrust.metrics import DenseMetric, Metric
+from difftrust.cg import CGNotConvergedWarning, conjugate_gradient
+from difftrust.metrics import DenseMetric, FisherMetric, Metric
+from difftrust.reduced import SOLVERS, ReducedBatch, Solver, check_solver, reduced_forward, reduced_vjp
 
-__all__ = ["StepResult", "TrustRegionStep", "trust_region_step"]
+__all__ = ["CGNotConvergedWarning", "StepResult", "TrustRegionStep", "trust_region_step"]
 
-Solver = Literal["auto", "analytic", "conic"]
-SOLVERS = ("auto", "analytic", "conic")
+#: Estimated condition number of a dense metric above which float64 (float32) results cannot be
+#: certified: 1e-4 / machine epsilon (about 4.5e11 in float64, 1.7e3 in float32).
+COND_EPS_FACTOR = 1e-4
 
 
 @dataclass
@@ -54,6 +56,12 @@ class StepResult:
             (infeasible: least worst violation); a list for batched input.
         cg_residuals: Relative residuals of the ``m+1`` CG solves for operator metrics,
             ``None`` otherwise.
+        w: The reduced solution, ``(m+1,)`` (or ``(B, m+1)``), detached: ``x = H^-1 G w`` with
+            ``G = [g, a_1, ..., a_m]``.
+        K: The reduced problem's Gram matrix ``G'H^-1 G``, ``(m+1, m+1)`` (or batched), detached;
+            ``(K, b, delta)`` is the problem :func:`difftrust.solve_reduced` solves.
+        solver: The solver that produced each step (``"active-set"``, ``"analytic"``, ``"conic"``);
+            a list for batched input.
     """
 
     x: Tensor
@@ -61,22 +69,9 @@ class StepResult:
     nu: Tensor
     case: str | list[str]
     cg_residuals: Tensor | None = None
-
-
-# ---------------------------------------------------------------------------------------------
-# the small solver
-
-
-def _solve_reduced(K: Tensor, b: Tensor, delta: Tensor, solver: str) -> ReducedSolution:
-    """Solve the reduced problem in float64; differentiable in (K, b, delta)."""
-    m = K.shape[0] - 1
-    K64, b64, d64 = K.double(), b.double(), delta.double()
-    if solver == "conic" or (solver == "auto" and m >= 2):
-        from difftrust.conic import solve_conic
-
-        sol = solve_conic(K64, b64, d64)
-        return ReducedSolution(sol.w, sol.lam, sol.nu, sol.case)
-    return solve_closed_form(K64, b64, d64)
+    w: Tensor | None = None
+    K: Tensor | None = None
+    solver: str | list[str] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,57 +87,160 @@ class _Record:
     metric: Metric | None
     cg_iters: int
     cg_tol: float
+    strict: bool
+    need_grad: bool = True
     P: Tensor | None = None
     L: Tensor | None = None
-    w: Tensor | None = None
+    K: Tensor | None = None
     x: Tensor | None = None
-    solutions: list[ReducedSolution] = field(default_factory=list)
-    leaves: list[tuple[Tensor, Tensor, Tensor]] = field(default_factory=list)
+    state: ReducedBatch | None = None
     operator: Any = None
     cg_residuals: Tensor | None = None
+    col_scale: Tensor | None = None  # (B, m+1): powers of two applied to g and the rows of A (and b)
+    h_scale: Tensor | None = None  # (B,): power of two applied to H and delta (dense metrics)
+
+
+def _pow2_scale(amax: Tensor) -> Tensor:
+    """The power of two ``2^-e`` with ``amax * 2^-e`` in ``[0.5, 1)`` (1 where ``amax = 0``).
+
+    Scaling by a power of two is exact in floating point, so the scaled problem has bitwise the
+    same mantissas and the step is invariant to the scale of each input.
+    """
+    _, e = torch.frexp(amax)
+    return torch.ldexp(torch.ones_like(amax), -e)
+
+
+def _checked_operator(metric: Metric, tensors: tuple[Tensor, ...], create_graph: bool = False) -> Any:
+    """The metric's matvec with a shape check on its output."""
+    op = metric.operator(*tensors, create_graph=create_graph)
+
+    def matvec(V: Tensor) -> Tensor:
+        out = op(V)
+        if not isinstance(out, Tensor) or out.shape != V.shape:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"metric {type(metric).__name__} returned {shape} for an input of shape {tuple(V.shape)}; "
+                "expected H v of the same shape as v"
+            )
+        return out
+
+    return matvec
+
+
+def _symmetry_probe(metric: Metric, matvec: Any, like: Tensor, n: int) -> None:
+    """Compare ``u'Hv`` with ``v'Hu`` for two fixed pseudo-random vectors (one product of 2 columns)."""
+    gen = torch.Generator().manual_seed(1234)
+    UV = torch.randn(n, 2, generator=gen, dtype=torch.float64).to(dtype=like.dtype, device=like.device)
+    HUV = matvec(UV)
+    uHv, vHu = UV[:, 0] @ HUV[:, 1], UV[:, 1] @ HUV[:, 0]
+    uHu, vHv = UV[:, 0] @ HUV[:, 0], UV[:, 1] @ HUV[:, 1]
+    vals = torch.stack([uHv, vHu, uHu, vHv]).tolist()
+    if not all(math.isfinite(t) for t in vals):
+        raise ValueError(f"metric {type(metric).__name__} returned non-finite products H v")
+    if vals[2] <= 0 or vals[3] <= 0:
+        raise ValueError(
+            f"metric {type(metric).__name__} is not positive definite: v'Hv = {min(vals[2], vals[3]):.3e} <= 0 "
+            "for a probe vector; expected a symmetric positive-definite metric"
+        )
+    gap = abs(vals[0] - vals[1]) / math.sqrt(vals[2] * vals[3])
+    tol = 1e3 * torch.finfo(like.dtype).eps * max(1.0, n**0.5)
+    if gap > tol:
+        raise ValueError(
+            f"metric {type(metric).__name__} is not symmetric: |u'Hv - v'Hu| / sqrt(u'Hu v'Hv) = {gap:.3e} "
+            f"> {tol:.1e} for two probe vectors; expected a symmetric positive-definite metric"
+        )
 
 
 def _solve_H(rec: _Record, R: Tensor, tensors: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
-    """H^-1 R for R of shape (B, n, k)."""
+    """H^-1 R for R of shape (B, n, k) (H scaled by rec.h_scale for dense metrics)."""
     if rec.kind == "identity":
         return R, None
     if rec.kind == "dense":
         return torch.cholesky_solve(R, rec.L), None
     if rec.operator is None:  # built once (first-order KL graph for a Fisher), reused by backward
-        rec.operator = rec.metric.operator(*[t.detach() for t in tensors])
+        rec.operator = _checked_operator(rec.metric, tuple(t.detach() for t in tensors))
+        if not isinstance(rec.metric, (FisherMetric, DenseMetric)):
+            _symmetry_probe(rec.metric, rec.operator, R, R.shape[1])
     res = conjugate_gradient(rec.operator, R[0], max_iter=rec.cg_iters, tol=rec.cg_tol)
+    worst = float(res.residuals.max()) if res.residuals.numel() else 0.0
+    if worst > rec.cg_tol:
+        msg = (
+            f"conjugate gradient did not reach its tolerance cg_tol = {rec.cg_tol:.1e} in cg_iters = "
+            f"{rec.cg_iters} iterations: worst relative residual {worst:.3e} (metric "
+            f"{type(rec.metric).__name__}); the step is only as accurate as that residual. "
+            "Raise cg_iters, loosen cg_tol, or add damping"
+        )
+        if rec.strict:
+            raise RuntimeError(msg)
+        warnings.warn(msg, CGNotConvergedWarning, stacklevel=5)
     return res.x.unsqueeze(0), res.residuals
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """Identity whose derivative raises: marks the step's gradients as not differentiable again."""
+
+    @staticmethod
+    def forward(t: Tensor) -> Tensor:
+        return t.clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, _: Tensor) -> Tensor:
+        raise RuntimeError(
+            "difftrust: the trust-region step is differentiable once; a second derivative (double "
+            "backward through TrustRegionStep, e.g. a Hessian-vector product of a loss of x) is not "
+            "supported"
+        )
 
 
 class _TrustRegionFunction(torch.autograd.Function):
     @staticmethod
     def forward(g: Tensor, A: Tensor, b: Tensor, delta: Tensor, rec: _Record, *tensors: Tensor) -> Tensor:
         # g (B, n), A (B, m, n), b (B, m), delta () ; tensors: the metric's tensors
-        G = torch.cat([g.unsqueeze(2), A.transpose(1, 2)], dim=2)  # (B, n, m+1)
+        Bsz = g.shape[0]
+        # exact power-of-two scaling of g, of (A, b) and of (H, delta)
+        # (one scale for all rows of A: the recovery problem's least worst violation depends on
+        # the rows' relative scales, the feasible problem does not)
+        m = A.shape[1]
+        amax = A.abs().amax((1, 2), keepdim=True).squeeze(2).expand(Bsz, m) if m else A.new_zeros(Bsz, 0)
+        col = _pow2_scale(torch.cat([g.abs().amax(1, keepdim=True), amax], 1))  # (B, m+1)
+        G = torch.cat([g.unsqueeze(2), A.transpose(1, 2)], dim=2) * col.unsqueeze(1)  # (B, n, m+1)
+        bs = b * col[:, 1:]
+        rec.col_scale = col
+        extra = None
         if rec.kind == "dense":
             H = tensors[0]
-            L, info = torch.linalg.cholesky_ex(H)
-            if bool((info > 0).any()):
+            hs = _pow2_scale(H.diagonal(dim1=1, dim2=2).abs().amax(1))
+            L, info = torch.linalg.cholesky_ex(H * hs[:, None, None])
+            rec.L, rec.h_scale = L, hs
+            ds = delta * hs
+            ld = L.diagonal(dim1=1, dim2=2)
+            cond = (ld.amax(1) / ld.amin(1)).square()
+            extra = (info, cond)
+        else:
+            ds = delta.expand(Bsz)
+        if extra is not None:  # the dense checks need the host before anything else is solved
+            info_l, cond_l = torch.stack([extra[0].to(g.dtype).amax(), extra[1].amax()]).tolist()
+            if info_l > 0:
                 raise ValueError(
                     "metric is not positive definite: its Cholesky factorisation failed "
-                    f"(leading minor {int(info.max())}); expected a symmetric positive-definite (n, n) matrix"
+                    f"(leading minor {int(info_l)}); expected a symmetric positive-definite (n, n) matrix"
                 )
-            rec.L = L
+            limit = COND_EPS_FACTOR / torch.finfo(g.dtype).eps
+            if not cond_l <= limit:
+                raise ValueError(
+                    f"metric is too ill-conditioned to certify in {g.dtype}: estimated condition number "
+                    f"{cond_l:.3e} > {limit:.1e} (from its Cholesky factor); expected a better-conditioned "
+                    "metric (add damping, or use float64)"
+                )
         P, rec.cg_residuals = _solve_H(rec, G, tensors)
         K = G.transpose(1, 2) @ P  # (B, m+1, m+1)
-        # The small solve runs on detached leaves with its graph kept for the backward's VJP.
-        sols, leaves = [], []
-        with torch.enable_grad():
-            for i in range(K.shape[0]):
-                Ki = K[i].detach().double().requires_grad_(True)
-                bi = b[i].detach().double().requires_grad_(True)
-                di = delta.detach().double().requires_grad_(True)
-                sols.append(_solve_reduced(Ki, bi, di, rec.solver))
-                leaves.append((Ki, bi, di))
-        rec.leaves = leaves
-        w = torch.stack([s.w.detach() for s in sols]).to(g.dtype)
-        x = (P @ w.unsqueeze(2)).squeeze(2)
-        rec.P, rec.w, rec.x, rec.solutions = P, w, x, sols
+        state = reduced_forward(K, bs, ds, rec.solver, rec.need_grad)
+        x = (P @ state.w.to(P.dtype).unsqueeze(2)).squeeze(2)
+        rec.P, rec.K, rec.x, rec.state = P, K, x, state
         return x
 
     @staticmethod
@@ -151,47 +249,45 @@ class _TrustRegionFunction(torch.autograd.Function):
         ctx.metric_tensors = inputs[5:]
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, xbar: Tensor) -> tuple:
+        twice = torch.is_grad_enabled()
+        with torch.no_grad():
+            grads = _TrustRegionFunction._vjp(ctx, xbar.detach())
+        if twice:
+            grads = tuple(None if t is None else _NoDoubleBackward.apply(t) for t in grads)
+        return grads
+
+    @staticmethod
+    def _vjp(ctx: Any, xbar: Tensor) -> tuple:
+        """``wbar = P'xbar``; ``(Kbar, bbar, deltabar)`` from the reduced solver; ``u = H^-1 xbar``;
+        ``Gbar = u w' + P (Kbar + Kbar')``; ``Hbar = -sym(u x' + P Kbar P')``; all in the scaled
+        problem, then multiplied by the (constant) scales: ``gbar = c_0 Gbar[:, 0]``,
+        ``Abar_j = c_j Gbar[:, j]``, ``bbar_j = c_j bbar_j``, ``Hbar = h Hbar``,
+        ``deltabar = h deltabar``."""
         rec: _Record = ctx.rec
         tensors = ctx.metric_tensors
-        P, w, x = rec.P, rec.w, rec.x
+        P, x, state = rec.P, rec.x, rec.state
+        w = state.w.to(P.dtype)
         need = ctx.needs_input_grad
         wbar = (P.transpose(1, 2) @ xbar.unsqueeze(2)).squeeze(2)  # (B, m+1)
-
-        # VJP of the small solver through the graph kept by forward.
-        Kbars, bbars, dbar = [], [], torch.zeros((), dtype=torch.float64, device=xbar.device)
-        with torch.enable_grad():
-            for i, (sol, (Ki, bi, di)) in enumerate(zip(rec.solutions, rec.leaves, strict=True)):
-                if sol.w.requires_grad:
-                    gK, gb, gd = torch.autograd.grad(
-                        sol.w,
-                        (Ki, bi, di),
-                        grad_outputs=wbar[i].double(),
-                        allow_unused=True,
-                        retain_graph=True,
-                    )
-                else:  # a constant solution (e.g. x = 0)
-                    gK = gb = gd = None
-                Kbars.append(torch.zeros_like(Ki) if gK is None else gK)
-                bbars.append(torch.zeros_like(bi) if gb is None else gb)
-                if gd is not None:
-                    dbar = dbar + gd
-        Kbar = torch.stack(Kbars).to(xbar.dtype)
-        bbar = torch.stack(bbars).to(xbar.dtype)
+        Kbar, bbar, dbar = reduced_vjp(state, wbar)
+        Kbar, bbar, dbar = Kbar.to(xbar.dtype), bbar.to(xbar.dtype), dbar.to(xbar.dtype)
 
         u, _ = _solve_H(rec, xbar.unsqueeze(2), tuple(tensors))
         u = u.squeeze(2)  # (B, n)
         Ksym = Kbar + Kbar.transpose(1, 2)
-        Gbar = u.unsqueeze(2) * w.unsqueeze(1) + P @ Ksym  # (B, n, m+1)
+        Gbar = (u.unsqueeze(2) * w.unsqueeze(1) + P @ Ksym) * rec.col_scale.unsqueeze(1)  # (B, n, m+1)
         gbar = Gbar[:, :, 0] if need[0] else None
         Abar = Gbar[:, :, 1:].transpose(1, 2) if need[1] else None
-        deltabar = dbar.to(xbar.dtype) if need[3] else None
+        bbar = bbar * rec.col_scale[:, 1:] if need[2] else None
+        deltabar = None
+        if need[3]:
+            deltabar = (dbar * rec.h_scale).sum() if rec.h_scale is not None else dbar.sum()
 
         tensor_grads: list[Tensor | None] = [None] * len(tensors)
         if rec.kind == "dense" and need[5]:
             Hbar = -(u.unsqueeze(2) * x.unsqueeze(1) + P @ Kbar @ P.transpose(1, 2))
-            tensor_grads[0] = 0.5 * (Hbar + Hbar.transpose(1, 2))
+            tensor_grads[0] = 0.5 * (Hbar + Hbar.transpose(1, 2)) * rec.h_scale[:, None, None]
         elif rec.kind == "operator" and any(need[5:]):
             # psibar = -d/dpsi [u'H x + sum_ij Kbar_ij p_i'H p_j], u, x, P held fixed; with x = P w
             # this is sum_j (u w_j + (P Kbar)[:, j])' H p_j: m+1 metric products.
@@ -199,7 +295,7 @@ class _TrustRegionFunction(torch.autograd.Function):
             right = P[0]  # (n, m+1)
             with torch.enable_grad():
                 ts = [t.detach().requires_grad_(True) for t in tensors]
-                op = rec.metric.operator(*ts, create_graph=True)
+                op = _checked_operator(rec.metric, tuple(ts), create_graph=True)
                 s = (left * op(right)).sum()
                 grads = torch.autograd.grad(s, ts, allow_unused=True)
             tensor_grads = [None if gr is None else -gr for gr in grads]
@@ -211,21 +307,26 @@ class _TrustRegionFunction(torch.autograd.Function):
 
 
 def _check_tensor(name: str, t: Any, ref: Tensor | None) -> Tensor:
+    """Type, dtype and device checks (finiteness is checked for all inputs at once)."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    if ref is not None:
-        if t.dtype != ref.dtype:
+    if ref is None:
+        if t.dtype not in (torch.float32, torch.float64):
             raise TypeError(
-                f"{name} has dtype {t.dtype} but g has {ref.dtype}; expected one dtype for all inputs"
+                f"{name} has dtype {t.dtype}; expected float32 or float64 (half precision cannot "
+                "represent the trust-region step's arithmetic)"
             )
-        if t.device != ref.device:
-            raise ValueError(
-                f"{name} is on {t.device} but g is on {ref.device}; expected one device for all inputs"
-            )
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or inf entries; expected finite values")
+        return t
+    if t.dtype != ref.dtype:
+        raise TypeError(
+            f"{name} has dtype {t.dtype} but g has {ref.dtype}; expected one dtype for all inputs"
+        )
+    if t.device != ref.device:
+        raise ValueError(
+            f"{name} is on {t.device} but g is on {ref.device}; expected one device for all inputs"
+        )
     return t
 
 
@@ -235,6 +336,8 @@ def _normalise_inputs(g: Any, A: Any, b: Any) -> tuple[Tensor, Tensor, Tensor, b
     if g.dim() not in (1, 2) or g.shape[-1] == 0:
         raise ValueError(f"g must have shape (n,) or (B, n) with n >= 1, got {tuple(g.shape)}")
     batched = g.dim() == 2
+    if batched and g.shape[0] == 0:
+        raise ValueError(f"g has batch size 0 (shape {tuple(g.shape)}); expected (B, n) with B >= 1")
     Bsz, n = (g.shape[0], g.shape[1]) if batched else (1, g.shape[0])
     if A is None:
         A = g.new_zeros((Bsz, 0, n))
@@ -273,10 +376,11 @@ def _normalise_inputs(g: Any, A: Any, b: Any) -> tuple[Tensor, Tensor, Tensor, b
 
 def _normalise_metric(
     metric: Any, g2: Tensor, batched: bool
-) -> tuple[str, Metric | None, tuple[Tensor, ...]]:
+) -> tuple[str, Metric | None, tuple[Tensor, ...], list[tuple[str, Tensor]]]:
+    """Kind, metric object, tensors and the deferred checks ``(message, failed-flag tensor)``."""
     Bsz, n = g2.shape
     if metric is None:
-        return "identity", None, ()
+        return "identity", None, (), []
     if isinstance(metric, DenseMetric):
         metric = metric.H
     if isinstance(metric, Tensor):
@@ -285,14 +389,18 @@ def _normalise_metric(
         if tuple(H.shape) != expected:
             raise ValueError(f"a dense metric must have shape {expected}, got {tuple(H.shape)}")
         H3 = H if batched else H.unsqueeze(0)
-        asym = (H3 - H3.transpose(1, 2)).detach().abs().amax()
-        tol = 100 * torch.finfo(H.dtype).eps * max(1.0, float(H3.detach().abs().amax()))
-        if float(asym) > tol:
-            raise ValueError(
-                f"metric must be symmetric: max |H - H'| = {float(asym):.3e} > {tol:.1e}; "
-                "expected a symmetric positive-definite matrix"
-            )
-        return "dense", None, (H3,)
+        Hd = H3.detach()
+        asym = (Hd - Hd.transpose(1, 2)).abs().amax((1, 2))
+        scale = Hd.abs().amax((1, 2))
+        eps = torch.finfo(H.dtype).eps
+        bad_sym = (asym > 100 * eps * scale).any()
+        finite = torch.isfinite(Hd).all()
+        return (
+            "dense",
+            None,
+            (H3,),
+            [("metric contains NaN or inf entries; expected finite values", ~finite), ("symmetry", bad_sym)],
+        )
     if isinstance(metric, Metric):
         if batched:
             raise ValueError(
@@ -305,7 +413,7 @@ def _normalise_metric(
                     f"metric tensor has dtype {t.dtype} on {t.device}, but g has {g2.dtype} on "
                     f"{g2.device}; expected one dtype and device for all inputs"
                 )
-        return "operator", metric, tuple(metric.tensors)
+        return "operator", metric, tuple(metric.tensors), []
     raise TypeError(
         "metric must be None (identity), a dense (n, n) tensor, or a difftrust Metric "
         f"(DenseMetric, FisherMetric, OperatorMetric); got {type(metric).__name__}"
@@ -327,6 +435,31 @@ def _check_delta(delta: Any, like: Tensor) -> Tensor:
     return torch.tensor(float(delta), dtype=like.dtype, device=like.device)
 
 
+def _run_checks(g2: Tensor, A3: Tensor, b2: Tensor, H: Tensor | None, metric_checks: list) -> None:
+    """All value checks with one device-to-host transfer; on failure, name the input."""
+    flags = [~torch.isfinite(g2).all(), ~torch.isfinite(A3).all(), ~torch.isfinite(b2).all()]
+    flags += [f for _, f in metric_checks]
+    failed = torch.stack(flags).tolist()
+    if not any(failed):
+        return
+    names = ("g", "A", "b")
+    for name, bad in zip(names, failed[:3], strict=True):
+        if bad:
+            raise ValueError(f"{name} contains NaN or inf entries; expected finite values")
+    for (msg, _), bad in zip(metric_checks, failed[3:], strict=True):
+        if not bad:
+            continue
+        if msg == "symmetry":
+            Hd = H.detach()
+            asym = float((Hd - Hd.transpose(1, 2)).abs().amax())
+            tol = 100 * torch.finfo(H.dtype).eps * float(Hd.abs().amax())
+            raise ValueError(
+                f"metric must be symmetric: max |H - H'| = {asym:.3e} > {tol:.1e} (relative to max |H|); "
+                "expected a symmetric positive-definite matrix"
+            )
+        raise ValueError(msg)
+
+
 # ---------------------------------------------------------------------------------------------
 # the public face
 
@@ -341,26 +474,35 @@ def trust_region_step(
     solver: Solver = "auto",
     cg_iters: int = 10,
     cg_tol: float = 1e-10,
+    strict: bool = False,
 ) -> StepResult:
     """Functional form of :class:`TrustRegionStep` (same arguments); returns a :class:`StepResult`."""
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {list(SOLVERS)}, got {solver!r}")
     g2, A3, b2, batched = _normalise_inputs(g, A, b)
-    m = A3.shape[1]
-    if solver == "analytic" and m > 1:
-        raise ValueError(f"solver='analytic' handles m <= 1 constraints, got m = {m}; use 'auto' or 'conic'")
-    kind, metric_obj, tensors = _normalise_metric(metric, g2, batched)
+    check_solver(solver, A3.shape[1])
+    kind, metric_obj, tensors, metric_checks = _normalise_metric(metric, g2, batched)
     d = _check_delta(delta, g2)
-    rec = _Record(kind, solver, metric_obj, cg_iters, cg_tol)
+    _run_checks(g2, A3, b2, tensors[0] if kind == "dense" else None, metric_checks)
+    need_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (g2, A3, b2, d, *tensors) if isinstance(t, Tensor)
+    )
+    rec = _Record(kind, solver, metric_obj, cg_iters, cg_tol, strict, need_grad)
     x = _TrustRegionFunction.apply(g2, A3, b2, d, rec, *tensors)
-    sols = rec.solutions
-    lam = torch.stack([s.lam for s in sols]).to(g2.dtype)
-    nu = torch.stack([s.nu for s in sols]).to(g2.dtype).detach()
-    lam = lam.detach()
-    cases = [s.case for s in sols]
+    state = rec.state
+    # multipliers of the caller's problem: x = H_s^-1 (c0 g - cA A'nu_s) / lam_s with H_s = h H
+    col = rec.col_scale
+    h = rec.h_scale if rec.h_scale is not None else torch.ones_like(col[:, 0])
+    lam = state.lam.to(g2.dtype) * h / col[:, 0]
+    nu = state.nu.to(g2.dtype) * col[:, 1:] / col[:, :1]
+    # the reduced problem in the caller's units: w = C w_s, K = C^-1 K_s C^-1 (C the column scales)
+    w = state.w.to(g2.dtype) * col
+    K = rec.K / (col.unsqueeze(2) * col.unsqueeze(1))
+    if rec.h_scale is not None:
+        K = K * rec.h_scale[:, None, None]
     if batched:
-        return StepResult(x, lam, nu, cases, rec.cg_residuals)
-    return StepResult(x[0], lam[0], nu[0], cases[0], rec.cg_residuals)
+        return StepResult(x, lam, nu, state.cases, rec.cg_residuals, w, K, state.solvers)
+    return StepResult(x[0], lam[0], nu[0], state.cases[0], rec.cg_residuals, w[0], K[0], state.solvers[0])
 
 
 class TrustRegionStep(nn.Module):
@@ -368,18 +510,24 @@ class TrustRegionStep(nn.Module):
 
     Args:
         delta: Trust-region size (> 0); a float, or a scalar tensor to differentiate through.
-        solver: ``"auto"`` (closed form for m <= 1, diffcp cone program for m >= 2),
-            ``"analytic"`` (closed form only, m <= 1) or ``"conic"`` (diffcp for every m).
+        solver: ``"auto"`` (exact active-set solver for m <= ``MAX_ACTIVE_SET_M``, conic beyond),
+            ``"active-set"``, ``"analytic"`` (closed form only, m <= 1) or ``"conic"`` (diffcp for
+            every m). Problems the active-set solver cannot certify (degenerate geometry) fall back
+            to the closed form (m <= 1) or the conic backend.
         cg_iters: Conjugate-gradient iterations for operator metrics.
         cg_tol: Relative residual tolerance of conjugate gradient.
+        strict: Raise (instead of warning with :class:`CGNotConvergedWarning`) when conjugate
+            gradient does not reach ``cg_tol``.
 
     Calling the module with ``(g, A, b, metric)`` returns the step ``x``: ``g`` of shape ``(n,)``,
     ``A`` of shape ``(m, n)`` (``None`` or ``(0, n)`` for ``m = 0``; ``(n,)`` means ``m = 1``), ``b``
     of shape ``(m,)`` (a scalar for ``m = 1``), ``metric`` ``None`` (identity), a dense SPD
     ``(n, n)`` tensor or a :class:`~difftrust.metrics.Metric`. A leading batch dimension
-    (``g (B, n)``, ``A (B, m, n)``, ``b (B, m)``, dense ``H (B, n, n)`` or ``None``) solves B problems.
-    ``x`` is differentiable with respect to ``g``, ``A``, ``b``, ``delta`` (if a tensor), a dense
-    metric and the tensors a metric object depends on. :meth:`solve` returns the diagnostics too.
+    (``g (B, n)``, ``A (B, m, n)``, ``b (B, m)``, dense ``H (B, n, n)`` or ``None``) solves B problems
+    at once (batched linear algebra, no Python loop). Inputs may live on any device (CUDA included);
+    the step is computed there. ``x`` is differentiable with respect to ``g``, ``A``, ``b``,
+    ``delta`` (if a tensor), a dense metric and the tensors a metric object depends on.
+    :meth:`solve` returns the diagnostics too.
 
     Example:
         >>> import torch
@@ -399,6 +547,7 @@ class TrustRegionStep(nn.Module):
         solver: Solver = "auto",
         cg_iters: int = 10,
         cg_tol: float = 1e-10,
+        strict: bool = False,
     ):
         super().__init__()
         if solver not in SOLVERS:
@@ -412,6 +561,7 @@ class TrustRegionStep(nn.Module):
         self.solver = solver
         self.cg_iters = cg_iters
         self.cg_tol = float(cg_tol)
+        self.strict = bool(strict)
 
     def solve(
         self,
@@ -422,7 +572,15 @@ class TrustRegionStep(nn.Module):
     ) -> StepResult:
         """Solve and return the step with its diagnostics (``x`` is differentiable)."""
         return trust_region_step(
-            g, A, b, metric, delta=self.delta, solver=self.solver, cg_iters=self.cg_iters, cg_tol=self.cg_tol
+            g,
+            A,
+            b,
+            metric,
+            delta=self.delta,
+            solver=self.solver,
+            cg_iters=self.cg_iters,
+            cg_tol=self.cg_tol,
+            strict=self.strict,
         )
 
     def forward(

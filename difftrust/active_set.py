@@ -1,0 +1,289 @@
+"""Exact solver of the reduced problem for small ``m``: active-set enumeration, batched, in torch.
+
+The reduced problem (see :mod:`difftrust.layer`; ``w`` in R^{m+1}, ``K = G'H^-1 G`` PSD)::
+
+    maximise K[0,:] w   s.t.  0.5 w'Kw <= delta,   b + K[1:,:] w <= 0                 (P)
+
+and, when (P) is infeasible, the recovery problem (least worst violation)::
+
+    minimise t          s.t.  0.5 w'Kw <= delta,   b + K[1:,:] w <= t 1               (R)
+
+**Normalisation** (exact, scale-invariant). With ``d_i = K_ii^(-1/2)`` (1 where ``K_ii = 0``),
+``s = sqrt(2 delta)``, ``Kn = D K D`` (unit diagonal), ``beta = b d[1:] / s`` and ``w = s D v``,
+(P) becomes ``max (Kn v)_0  s.t.  v'Kn v <= 1,  beta + Kn[1:,:] v <= 0`` and (R)
+``min t  s.t.  v'Kn v <= 1,  beta + Kn[1:,:] v <= t omega`` with ``omega = d[1:] / max d[1:]``.
+Scaling ``g``, a row ``(a_j, b_j)``, or ``(H, delta)`` by a positive number leaves
+``(Kn, beta)`` unchanged, so every tolerance below is in the same units for every input.
+
+**Candidates, one per subset S of the constraints** (``k_S = Kn[S, 0]``, ``K_SS = Kn[S, S]``,
+``alpha = K_SS^-1 k_S``, ``gamma = K_SS^-1 beta_S``, ``eta = K_SS^-1 omega_S``):
+
+* (P), trust region active: ``x = H^-1 (g - A_S' nu) / lam`` i.e. ``v = (e_0 - E_S nu) / lam``.
+  The active rows give ``nu = alpha + lam gamma`` and the trust region
+  ``v'Kn v = (1 - k_S' alpha) / lam^2 + gamma' beta_S = 1``, so
+  ``lam = sqrt(Aq / (1 - Bq))`` with the Schur complement ``Aq = 1 - k_S' alpha`` and
+  ``Bq = beta_S' gamma`` (``m = 1``: the closed form's ``sqrt(A/B)``).
+* (R), ``S`` non-empty: ``v = -(0, E_S mu) / lam`` with ``omega' mu = 1``; the active rows and the
+  trust region give ``(beta_S - t omega_S)' K_SS^-1 (beta_S - t omega_S) = 1``, a quadratic in
+  ``t`` whose smaller root is the optimum: ``t = (Bq - 1) / (p + sqrt(p^2 - r (Bq - 1)))`` with
+  ``p = omega_S' gamma``, ``r = omega_S' eta``; ``lam = 1 / sqrt(p^2 - r (Bq - 1))``,
+  ``mu = lam (gamma - t eta)``.
+
+All ``2^m`` subsets are evaluated at once (one batched Cholesky factorisation of the masked
+``K_SS``), and a candidate is **certified** when it satisfies every KKT condition of its problem
+to ``KKT_TOL`` (normalised units): primal feasibility of the other rows, non-negative
+multipliers, the active equations and the trust region as computed, and a ``K_SS`` whose
+smallest Cholesky pivot is at least ``PIVOT_TOL``. A KKT point of a convex problem is optimal,
+so a certified candidate is the optimum whatever the enumeration found elsewhere. (P) is used
+when one of its candidates is certified; else a certified (R) candidate with ``t > 0`` decides
+infeasibility; else the problem is returned as *not certified* (degenerate geometry: ``g = 0``,
+``g`` in the span of active rows, a zero row with ``b > 0``, near-singular ``K_SS``) and the
+caller falls back to another solver.
+
+**Derivatives** (implicit differentiation of the active KKT system, closed form). The unknowns
+``z = (v, lam, t, nu)`` (size ``2m+3``) of the certified candidate solve ``F(z; Kn, beta,
+delta_n) = 0`` with ``delta_n = delta / s^2`` (``= 1/2``)::
+
+    lam v - [P] e_0 + E nu = 0                        (m+1 rows, stationarity)
+    0.5 v'Kn v - delta_n = 0                          (trust region)
+    [P] t = 0,   [R] 1 - omega' nu_S = 0
+    beta_j + Kn[1+j,:] v - [R] omega_j t = 0  (j in S),   nu_j = 0  (j not in S)
+
+With ``J = dF/dz`` and ``zeta = -J^-T (vbar, 0, 0, 0)``::
+
+    Knbar = 0.5 zeta_tr v v' + sum_{j in S} zeta_j e_{1+j} v',   betabar_j = zeta_j,
+    delta_nbar = -zeta_tr
+
+and, holding ``D`` and ``s`` fixed (the normalisation is an exact identity for any fixed
+positive ``D, s``), ``vbar = s D wbar``, ``Kbar = sym(D Knbar D)``, ``bbar = betabar d[1:] / s``,
+``deltabar = delta_nbar / s^2``. ``J^-1`` is formed in the forward pass when a gradient is
+needed (its singularity also fails certification), so the backward is one small batched matmul.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["ActiveSetSolution", "active_set_vjp", "solve_active_set"]
+
+#: KKT residual (normalised units) below which a candidate is accepted as the optimum.
+KKT_TOL = 1e-9
+#: Smallest accepted Cholesky pivot of K_SS (unit diagonal): rows this close to dependent are left
+#: to the fallback solver.
+PIVOT_TOL = 1e-10
+#: Schur complement of g against the active rows (sin^2 of their angle) below which g counts as
+#: lying in their span (the trust region then need not bind: left to the fallback).
+AQ_TOL = 1e-10
+#: 1 - Bq (room left in the trust region by the active face) below which the face is tangent.
+BQ_TOL = 1e-12
+
+#: Case codes of :class:`ActiveSetSolution`.
+NOT_CERTIFIED, TRUST_REGION, CONSTRAINED, RECOVERY = -1, 0, 1, 2
+CASE_NAMES = {TRUST_REGION: "trust-region", CONSTRAINED: "constrained", RECOVERY: "recovery"}
+
+_SUBSETS: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+
+
+@dataclass
+class ActiveSetSolution:
+    """Batched solution of the reduced problem (no autograd graph; see :func:`active_set_vjp`).
+
+    Attributes:
+        w: Coefficients ``(B, m+1)``; the step is ``x = P w``.
+        lam: Trust-region multiplier ``(B,)`` in ``x = H^-1 (g - A'nu) / lam``; ``nan`` in recovery.
+        nu: Constraint multipliers ``(B, m)``; ``nan`` in recovery.
+        code: ``(B,)`` int64: ``0`` trust-region, ``1`` constrained, ``2`` recovery, ``-1`` not
+            certified (``w`` is then meaningless: use a fallback solver).
+        violation: ``max_j (b_j + K[j,:] w)`` per problem, ``(B,)`` (``-inf`` for ``m = 0``).
+    """
+
+    w: Tensor
+    lam: Tensor
+    nu: Tensor
+    code: Tensor
+    violation: Tensor
+    # normalised quantities kept for the backward pass
+    v: Tensor | None = None
+    d: Tensor | None = None
+    s: Tensor | None = None
+    active: Tensor | None = None
+    jinv: Tensor | None = None
+
+
+def _subsets(m: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """All ``2^m`` subsets of ``{0..m-1}`` as a ``(2^m, m)`` 0/1 matrix (row 0: the empty set)."""
+    key = (m, dtype, device)
+    if key not in _SUBSETS:
+        idx = torch.arange(2**m)
+        bits = (idx.unsqueeze(1) >> torch.arange(m)) & 1
+        _SUBSETS[key] = bits.to(dtype=dtype, device=device)
+    return _SUBSETS[key]
+
+
+def _rowmax(x: Tensor) -> Tensor:
+    """Max over the last dimension, 0 for an empty one (x >= 0 by construction)."""
+    if x.shape[-1] == 0:
+        return x.new_zeros(x.shape[:-1])
+    return x.amax(-1)
+
+
+def _kkt_matrix(Kn: Tensor, v: Tensor, lam: Tensor, S: Tensor, rec: Tensor, omega: Tensor) -> Tensor:
+    """``J = dF/dz`` of the module docstring, ``(B, 2m+3, 2m+3)``, for the chosen candidates."""
+    B, m1 = v.shape
+    m = m1 - 1
+    N = 2 * m + 3
+    J = Kn.new_zeros(B, N, N)
+    eye1 = torch.eye(m1, dtype=Kn.dtype, device=Kn.device)
+    J[:, :m1, :m1] = lam[:, None, None] * eye1
+    J[:, :m1, m1] = v
+    J[:, 1:m1, m + 3 :] = eye1[1:, 1:]
+    J[:, m1, :m1] = (Kn @ v.unsqueeze(-1)).squeeze(-1)
+    recf = rec.to(Kn.dtype)
+    J[:, m + 2, m + 2] = 1.0 - recf
+    J[:, m + 2, m + 3 :] = -(recf.unsqueeze(-1) * omega * S)
+    J[:, m + 3 :, :m1] = S.unsqueeze(-1) * Kn[:, 1:, :]
+    J[:, m + 3 :, m + 2] = -(recf.unsqueeze(-1) * omega * S)
+    J[:, m + 3 :, m + 3 :] = torch.diag_embed(1.0 - S)
+    return J
+
+
+def solve_active_set(K: Tensor, b: Tensor, delta: Tensor, *, with_jacobian: bool = True) -> ActiveSetSolution:
+    """Solve a batch of reduced problems exactly by active-set enumeration (see the module docstring).
+
+    Args:
+        K: Gram matrices ``(B, m+1, m+1)``, symmetric PSD (symmetrised here).
+        b: Offsets ``(B, m)``.
+        delta: Trust-region sizes ``(B,)`` or a scalar, > 0.
+        with_jacobian: Form the inverse KKT Jacobian for :func:`active_set_vjp` (a singular one
+            fails certification).
+
+    Returns:
+        An :class:`ActiveSetSolution`; problems with ``code == -1`` were not certified.
+    """
+    B, m1, _ = K.shape
+    m = m1 - 1
+    dt, dev = K.dtype, K.device
+    K = 0.5 * (K + K.transpose(1, 2))
+    delta = delta.to(dt).expand(B) if delta.dim() == 0 else delta.to(dt)
+    diag = K.diagonal(dim1=1, dim2=2)
+    pos = diag > 0
+    d = torch.where(pos, diag, 1.0).rsqrt()
+    s = torch.sqrt(2 * delta)
+    Kn = K * d.unsqueeze(2) * d.unsqueeze(1)
+    beta = b * d[:, 1:] / s.unsqueeze(1)
+    omega = d[:, 1:] / d[:, 1:].amax(1, keepdim=True) if m else d[:, 1:]
+
+    S = _subsets(m, dt, dev)  # (C, m)
+    C = S.shape[0]
+    K11 = Kn[:, 1:, 1:].unsqueeze(1)
+    M = K11 * (S.unsqueeze(2) * S.unsqueeze(1)) + torch.diag_embed(1.0 - S)  # (B, C, m, m)
+    kc, bS, oS = Kn[:, 1:, 0].unsqueeze(1) * S, beta.unsqueeze(1) * S, omega.unsqueeze(1) * S
+    L, info = torch.linalg.cholesky_ex(M)
+    X = torch.cholesky_solve(torch.stack([kc, bS, oS], -1), L)  # (B, C, m, 3)
+    alpha, gamma, eta = X.unbind(-1)
+    piv_ok = info == 0
+    if m:
+        piv_ok = piv_ok & (L.diagonal(dim1=2, dim2=3).square().amin(-1) >= PIVOT_TOL)
+    Aq = Kn[:, 0, 0].unsqueeze(1) - (kc * alpha).sum(-1)  # (B, C)
+    Bq = (bS * gamma).sum(-1)
+    room = 1.0 - Bq
+    Kn_c = Kn.unsqueeze(1)
+    beta_c = beta.unsqueeze(1)
+    bscale = torch.clamp(beta_c.abs(), min=1.0)
+    ones = Kn.new_ones(B, C, 1)
+
+    # (P): trust region active
+    okA = piv_ok & (Aq > AQ_TOL) & (room > BQ_TOL)
+    lamA = torch.sqrt(torch.clamp(Aq, min=AQ_TOL) / torch.clamp(room, min=BQ_TOL))
+    nuA = (alpha + lamA.unsqueeze(-1) * gamma) * S
+    vA = torch.cat([ones, -nuA], -1) / lamA.unsqueeze(-1)
+    KvA = (Kn_c @ vA.unsqueeze(-1)).squeeze(-1)
+    rowA = (beta_c + KvA[..., 1:]) / bscale
+    nscale = torch.clamp(_rowmax(nuA.abs()), min=1.0).unsqueeze(-1)
+    violA = torch.maximum(
+        _rowmax(torch.maximum((1 - S) * rowA.clamp(min=0), S * (rowA.abs() + (-nuA / nscale).clamp(min=0)))),
+        ((vA * KvA).sum(-1) - 1).abs(),
+    )
+    violA = torch.where(okA & torch.isfinite(violA), violA, math.inf)
+
+    # (R): recovery (least worst violation)
+    p = (oS * gamma).sum(-1)
+    r = (oS * eta).sum(-1)
+    disc = p * p - r * (Bq - 1.0)
+    okR = piv_ok & (S.sum(-1) > 0) & (r > 0) & (disc > 0)
+    sq = torch.sqrt(torch.clamp(disc, min=1e-300))
+    tR = torch.where(p >= 0, (Bq - 1.0) / (p + sq), (p - sq) / torch.where(r > 0, r, 1.0))
+    lamR = 1.0 / sq
+    uR = (gamma - tR.unsqueeze(-1) * eta) * S
+    muR = lamR.unsqueeze(-1) * uR
+    vR = torch.cat([torch.zeros_like(ones), -uR], -1)
+    KvR = (Kn_c @ vR.unsqueeze(-1)).squeeze(-1)
+    rowR = (beta_c + KvR[..., 1:] - tR.unsqueeze(-1) * omega.unsqueeze(1)) / bscale
+    mscale = torch.clamp(_rowmax(muR.abs()), min=1.0).unsqueeze(-1)
+    violR = torch.maximum(
+        _rowmax(torch.maximum((1 - S) * rowR.clamp(min=0), S * (rowR.abs() + (-muR / mscale).clamp(min=0)))),
+        ((vR * KvR).sum(-1) - 1).abs(),
+    )
+    violR = torch.where(okR & torch.isfinite(violR), violR, math.inf)
+
+    bestA, iA = violA.min(1)
+    bestR, iR = violR.min(1)
+    ar = torch.arange(B, device=dev)
+    certA = bestA <= KKT_TOL
+    certR = (~certA) & (bestR <= KKT_TOL) & (tR[ar, iR] > 0)
+    rec = certR
+    idx = torch.where(rec, iR, iA)
+    v = torch.where(rec.unsqueeze(1), vR[ar, iR], vA[ar, iA])
+    lam_n = torch.where(rec, lamR[ar, iR], lamA[ar, iA])
+    nu_n = torch.where(rec.unsqueeze(1), muR[ar, iR], nuA[ar, iA])
+    Ssel = S[idx]
+    code = torch.where(
+        certA,
+        torch.where(Ssel.sum(1) > 0, CONSTRAINED, TRUST_REGION),
+        torch.where(certR, RECOVERY, NOT_CERTIFIED),
+    )
+
+    jinv = None
+    if with_jacobian:
+        J = _kkt_matrix(Kn, v, lam_n, Ssel, rec, omega)
+        jinv, jinfo = torch.linalg.inv_ex(J)
+        bad = (jinfo != 0) | ~torch.isfinite(jinv).flatten(1).all(1)
+        code = torch.where(bad, NOT_CERTIFIED, code)
+
+    w = s.unsqueeze(1) * d * v
+    nan = torch.full_like(lam_n, math.nan)
+    d0 = torch.where(pos[:, 0], d[:, 0], math.nan)
+    lam = torch.where(rec, nan, lam_n / (s * d0))
+    nu = torch.where(rec.unsqueeze(1), math.nan, nu_n * d[:, 1:] / d0.unsqueeze(1))
+    Kw = (K[:, 1:, :] @ w.unsqueeze(-1)).squeeze(-1)
+    violation = (b + Kw).amax(1) if m else torch.full_like(lam, -math.inf)
+    return ActiveSetSolution(w, lam, nu, code, violation, v=v, d=d, s=s, active=Ssel, jinv=jinv)
+
+
+def active_set_vjp(sol: ActiveSetSolution, wbar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Vector-Jacobian product of :func:`solve_active_set` at ``wbar`` ``(B, m+1)``.
+
+    Returns ``(Kbar (B, m+1, m+1) symmetric, bbar (B, m), deltabar (B,))`` by the formulas of the
+    module docstring (implicit differentiation of the active KKT system). Rows that were not
+    certified get meaningless values: the caller replaces them.
+    """
+    if sol.jinv is None:
+        raise ValueError("the solution was computed with with_jacobian=False; no derivative is available")
+    v, d, s = sol.v, sol.d, sol.s
+    B, m1 = v.shape
+    m = m1 - 1
+    vbar = s.unsqueeze(1) * d * wbar
+    zeta = -(sol.jinv[:, :m1, :].transpose(1, 2) @ vbar.unsqueeze(-1)).squeeze(-1)  # (B, 2m+3)
+    z_tr = zeta[:, m1]
+    z_con = zeta[:, m + 3 :] * sol.active
+    Knbar = 0.5 * z_tr[:, None, None] * (v.unsqueeze(2) * v.unsqueeze(1))
+    Knbar[:, 1:, :] += z_con.unsqueeze(2) * v.unsqueeze(1)
+    Kbar = Knbar * d.unsqueeze(2) * d.unsqueeze(1)
+    Kbar = 0.5 * (Kbar + Kbar.transpose(1, 2))
+    bbar = z_con * d[:, 1:] / s.unsqueeze(1)
+    deltabar = -z_tr / (s * s)
+    return Kbar, bbar, deltabar
