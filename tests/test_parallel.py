@@ -110,7 +110,7 @@ JOBS = [(seed, 20) for seed in range(5)]
 
 # ---------------------------------------------------------------------------- pool basics
 def test_pool_rejects_bad_arguments():
-    with pytest.raises(ValueError, match=r"backend must be one of \['serial', 'processes', 'ray'\]"):
+    with pytest.raises(ValueError, match=r"backend must be one of \['auto', 'serial', 'processes', 'ray'\]"):
         TaskPool("mpi")
     with pytest.raises(ValueError, match="workers must be a positive int"):
         TaskPool("processes", workers=0)
@@ -130,9 +130,8 @@ def test_processes_results_equal_serial_and_survive_a_killed_worker(tmp_path):
         assert 1 <= pool.restarts <= 2
         assert all(torch.equal(a, b) for a, b in zip(out, serial, strict=True))
         # a worker killed while idle, between two maps: the next map notices and recovers
-        for proc in list(pool._executor._processes.values()):
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.join()
+        for pid in pool.worker_pids():
+            os.kill(pid, signal.SIGKILL)
         assert all(torch.equal(a, b) for a, b in zip(pool.map(_job, JOBS), serial, strict=True))
         # an exception raised by a job is not a death: no retry, the caller sees it
         with pytest.raises(ValueError, match="bad job 3"):
@@ -199,3 +198,66 @@ def test_ray_results_equal_serial_and_survive_a_dead_worker(ray_pool, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(out, serial, strict=True))
     with pytest.raises(ValueError, match="bad job 7"):
         ray_pool.map(_raise, [(7,)])
+
+
+# ---------------------------------------------------------------------------- parent death
+_DRIVER = """
+import os, sys, time
+from rl.runtime.parallel import TaskPool
+pool = TaskPool(sys.argv[1], workers=2)
+print(*pool.map(os.getpid, [(), (), (), ()]), flush=True)
+time.sleep(600)
+"""
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Process ids whose environment holds ``marker`` (every descendant of the driver inherits it)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if marker.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def _sigkill_driver_and_wait(backend: str, tmp_path: Path, grace: float) -> tuple[list[int], list[int]]:
+    """Start a driver with a pool of ``backend``, SIGKILL it once its workers ran a job, and return
+    (the workers' pids, the processes of its family still alive ``grace`` seconds later)."""
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    marker = f"TASKPOOL_DEATH_TEST={uuid.uuid4().hex}"
+    env = {**os.environ, marker.split("=")[0]: marker.split("=")[1]}
+    root = Path(__file__).resolve().parents[1]
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _DRIVER, backend], cwd=root, env=env, stdout=subprocess.PIPE, text=True
+    )
+    pids = [int(p) for p in driver.stdout.readline().split()]
+    assert pids and driver.pid not in pids
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _processes_with(marker):
+        time.sleep(0.2)
+    return pids, _processes_with(marker)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_process_workers_end_with_a_sigkilled_driver(tmp_path):
+    pids, alive = _sigkill_driver_and_wait("processes", tmp_path, grace=5.0)
+    assert len(set(pids)) == 2  # two distinct workers ran the jobs
+    assert alive == [], f"processes of the killed driver still alive: {alive}"
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_ray_workers_end_with_a_sigkilled_driver(tmp_path):
+    pids, alive = _sigkill_driver_and_wait("ray", tmp_path, grace=30.0)
+    assert len(pids) == 4
+    assert alive == [], f"processes of the killed driver (Ray) still alive: {alive}"

@@ -1,23 +1,33 @@
-"""Run independent jobs (the tasks of a meta-batch) serially, in worker processes, or on Ray.
+"""Run independent jobs serially, in persistent worker processes, or on persistent Ray actors.
 
-One level of parallelism only: each job runs single-threaded in its worker (``torch`` with one
-thread), and environments step in-process inside it. Results come back in job order, and a job
-computes the same thing wherever it runs, so every backend returns the same results (the
-Meta-CPO trainer derives every random stream of a task from ``(seed, iteration, task)``).
+A :class:`TaskPool` keeps ``workers`` long-lived workers (spawned processes, or Ray actors with
+one CPU each). A worker keeps whatever a job stores in :func:`worker_state` (the rollout code
+keeps its environments there, so they are built once and reused until the task changes), and a
+job submitted with a ``key`` goes preferably to the worker that last ran a job with that key
+(the one that already holds its environments). Jobs are queued centrally and handed to whichever
+worker is free, so ``M`` tasks split into shards keep ``W`` workers busy whether or not ``W``
+divides ``M``.
 
-Fault tolerance: a job whose worker *dies* (killed, out of memory, ``os._exit``) is run again,
-up to ``max_retries`` times; an exception *raised* by the job is a bug or a bad input and
-reaches the caller at once, unretried.
+Every job computes the same thing wherever it runs (each runs single-threaded, ``torch`` with one
+thread; every random stream is derived from its arguments), and results are returned per job, so
+every backend and every number of workers gives the same results, bit for bit.
 
-* ``serial``: ``[fn(*args) for args in jobs]`` in the calling process.
-* ``processes``: a pool of ``workers`` spawned processes (:mod:`concurrent.futures`), kept
-  between calls; a dead worker breaks the pool, which is rebuilt, and the jobs not finished
-  are submitted again (finished ones are kept).
-* ``ray``: one Ray task per job (``num_cpus=1``, ``max_retries`` reruns after a worker's
-  death); arguments shared by several jobs (the same object) are put in the object store once.
-  Without ``ray_address`` a local instance with ``workers`` CPUs is started (and shut down by
-  :meth:`TaskPool.close`), and its workers get the driver's ``sys.path``; with an address the
-  pool joins that cluster, whose nodes must have this package installed.
+Fault tolerance: a job whose worker *dies* (killed, out of memory, ``os._exit``) is run again on
+a fresh worker, up to ``max_retries`` times; an exception *raised* by the job is a bug or a bad
+input and reaches the caller at once, unretried.
+
+Workers end with their parent: a worker process exits when its driver dies, even by SIGKILL (a
+``PR_SET_PDEATHSIG`` request on Linux, and a watchdog thread that polls the parent process id
+everywhere); a local Ray instance started by the pool shares the driver's fate the same way (Ray
+starts its node processes with ``fate_share``).
+
+* ``serial``: jobs run in the calling thread, at :meth:`TaskPool.submit`.
+* ``processes``: ``workers`` spawned processes, each connected by a pipe; a dispatcher thread in
+  the driver sends jobs and receives results.
+* ``ray``: ``workers`` Ray actors (``num_cpus=1``). Without ``ray_address`` a local instance
+  with ``workers`` CPUs is started (and shut down by :meth:`TaskPool.close`), and its workers get
+  the driver's ``sys.path``; with an address the pool joins that cluster, whose nodes must have
+  this package installed.
 
 >>> def square(x):
 ...     return x * x
@@ -28,19 +38,70 @@ reaches the caller at once, unretried.
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
-from collections.abc import Callable, Sequence
+import threading
+import time
+import traceback
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BACKENDS", "TaskPool", "default_backend"]
+__all__ = [
+    "BACKENDS",
+    "TaskPool",
+    "available_cores",
+    "default_backend",
+    "resolve_parallelism",
+    "worker_state",
+]
 
 BACKENDS = ("serial", "processes", "ray")
+
+_WORKER_STATE: dict[Hashable, Any] = {}
+
+
+def worker_state() -> dict[Hashable, Any]:
+    """The calling process's per-worker store: kept between the jobs a worker runs (the driver
+    has one too, used by the serial backend)."""
+    return _WORKER_STATE
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def default_backend() -> str:
     """``"processes"`` when the machine has more than one core, else ``"serial"``."""
-    return "processes" if (os.cpu_count() or 1) > 1 else "serial"
+    return "processes" if available_cores() > 1 else "serial"
+
+
+def resolve_parallelism(backend: str, workers: int | None) -> tuple[str, int]:
+    """The concrete ``(backend, workers)`` for ``backend`` (``"auto"`` allowed) and ``workers``
+    (``None``: one per core).
+
+    ``"auto"`` is ``processes`` with one worker per core when there is more than one core
+    (sampling, split in shards, keeps them all busy), else ``serial``.
+
+    Raises:
+        ValueError: on an unknown backend or ``workers < 1``.
+    """
+    if backend not in (*BACKENDS, "auto"):
+        raise ValueError(f"backend must be one of {['auto', *BACKENDS]}, got {backend!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive int or None (one per core), got {workers!r}")
+    cores = available_cores()
+    if backend == "auto":
+        backend = default_backend()
+    if workers is None:
+        workers = 1 if backend == "serial" else cores
+    return backend, workers
 
 
 def _init_worker() -> None:
@@ -50,12 +111,138 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """End this process when ``parent_pid`` is no longer its parent (the driver died)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # died before the request above was made
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """``{pid: start time}`` of every live descendant of ``root`` (from ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    starts: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        starts[int(entry)] = fields[19]
+    found: dict[int, str] = {}
+    stack = list(children.get(root, []))
+    while stack:
+        pid = stack.pop()
+        if pid not in found and pid in starts:
+            found[pid] = starts[pid]
+            stack.extend(children.get(pid, []))
+    return found
+
+
+def _reaper_main(driver_pid: int) -> None:
+    """Watch the driver's descendants; when the driver dies, SIGKILL those still alive.
+
+    Ray's node processes mostly share the fate of the process that started them, but not all
+    of them (its agents check their parent only with optional dependencies installed): this
+    process, started next to a local Ray instance, makes sure nothing outlives the driver."""
+    import signal
+
+    me = os.getpid()
+    known: dict[int, str] = {}
+    while os.getppid() == driver_pid:
+        known.update({pid: start for pid, start in _descendants(driver_pid).items() if pid != me})
+        time.sleep(0.5)
+    for pid, start in known.items():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                alive_start = f.read().rsplit(")", 1)[1].split()[19]
+        except OSError:
+            continue
+        if alive_start == start:  # the same process, not a reused pid
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _worker_main(conn: Any, parent_pid: int) -> None:
+    """A worker process: run ``(job_id, fn, args)`` messages until ``None`` or the pipe closes."""
+    _die_with_parent(parent_pid)
+    _init_worker()
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            break
+        if msg is None:
+            break
+        job_id, fn, args = msg
+        try:
+            reply = (job_id, True, fn(*args))
+        except BaseException as err:  # noqa: BLE001 - reported to the driver, which re-raises it
+            reply = (job_id, False, _picklable_error(err))
+        try:
+            conn.send(reply)
+        except (BrokenPipeError, OSError):
+            break
+    for value in _WORKER_STATE.values():
+        close = getattr(value, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                pass
+    os._exit(0)
+
+
+def _picklable_error(err: BaseException) -> BaseException:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:  # noqa: BLE001
+        text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+        return RuntimeError(f"a job raised an exception that cannot be pickled:\n{text}")
+
+
+@dataclass
+class _Job:
+    fn: Callable[..., Any]
+    args: tuple
+    key: Hashable | None
+    future: Future
+    deaths: int = 0
+    index: int = field(default=0)
+
+
 class TaskPool:
-    """A map over independent jobs, results in order.
+    """Persistent workers that run jobs; :meth:`map` returns results in job order.
 
     Args:
-        backend: ``"serial"``, ``"processes"`` (a pool of spawned processes) or ``"ray"``.
-        workers: Worker processes (processes) or CPUs of a local Ray instance (ray).
+        backend: ``"serial"``, ``"processes"``, ``"ray"`` or ``"auto"`` (see
+            :func:`resolve_parallelism`).
+        workers: Worker processes (processes), actors and CPUs of a local instance (ray);
+            ``None``: one per core.
         ray_address: Join this Ray cluster (``"HOST:PORT"`` or ``"auto"``; ``None``: start a
             local instance).
         max_retries: How often a job whose worker died is run again (``>= 0``).
@@ -65,22 +252,33 @@ class TaskPool:
     """
 
     def __init__(
-        self, backend: str = "serial", workers: int = 2, ray_address: str | None = None, max_retries: int = 2
+        self,
+        backend: str = "serial",
+        workers: int | None = 2,
+        ray_address: str | None = None,
+        max_retries: int = 2,
     ):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be a positive int, got {workers!r}")
+        backend, workers = resolve_parallelism(backend, workers)
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
         self.backend = backend
         self.workers = workers
         self.ray_address = ray_address
         self.max_retries = max_retries
-        self.restarts = 0  # how often a dead worker made a job run again (processes backend)
-        self._executor: Any = None
+        self.restarts = 0  # how often a dead worker made a job run again
+        self._lock = threading.Lock()
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._affinity: dict[Hashable, int] = {}
+        self._dispatcher: threading.Thread | None = None
+        self._closing = False
+        self._wake_r: Any = None
+        self._wake_w: Any = None
+        self._procs: list[Any] = []  # processes: (process, conn) per slot
+        self._running: list[_Job | None] = []
+        self._actors: list[Any] = []
         self._ray_started = False
-        self._ray_remote: Any = None
+        self._ray_actor_cls: Any = None
+        self._reaper: Any = None  # watches a local Ray instance's processes (see _reaper_main)
 
     def __enter__(self) -> TaskPool:
         return self
@@ -88,74 +286,254 @@ class TaskPool:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def map(self, fn: Callable[..., Any], jobs: Sequence[tuple]) -> list[Any]:
-        """``[fn(*args) for args in jobs]``, possibly in parallel, results in job order.
+    @property
+    def parallel(self) -> bool:
+        """Whether jobs run outside the calling thread."""
+        return self.backend != "serial"
 
-        ``fn`` must be importable by the workers (a module-level function) for ``processes``
-        and picklable (cloudpickle) for ``ray``.
+    # ------------------------------------------------------------------ public API
+    def submit(self, fn: Callable[..., Any], *args: Any, key: Hashable | None = None) -> Future:
+        """Run ``fn(*args)`` on a worker; ``key`` prefers the worker that last ran that key.
+
+        ``fn`` must be importable by the workers (a module-level function). Thread-safe.
+        """
+        fut: Future = Future()
+        if self.backend == "serial":
+            try:
+                fut.set_result(fn(*args))
+            except Exception as err:  # noqa: BLE001 - the caller sees it through the future
+                fut.set_exception(err)
+            return fut
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("the pool is closed")
+            if self.backend == "ray":
+                self._ensure_ray()  # in the caller's thread (usually the main one)
+            self._queue.append(_Job(fn, tuple(args), key, fut))
+            self._ensure_dispatcher()
+        self._wake()
+        return fut
+
+    def map(
+        self, fn: Callable[..., Any], jobs: Sequence[tuple], keys: Sequence[Hashable] | None = None
+    ) -> list[Any]:
+        """``[fn(*args) for args in jobs]``, possibly in parallel, results in job order.
 
         Raises:
             RuntimeError: if a job's worker died more than ``max_retries`` times.
             Exception: whatever ``fn`` raised (not retried).
         """
         jobs = [tuple(args) for args in jobs]
-        if not jobs:
-            return []
-        if self.backend == "serial" or (len(jobs) == 1 and self.backend == "processes"):
-            return [fn(*args) for args in jobs]
-        if self.backend == "processes":
-            return self._map_processes(fn, jobs)
-        return self._map_ray(fn, jobs)
+        keys = [None] * len(jobs) if keys is None else list(keys)
+        futures = [self.submit(fn, *args, key=k) for args, k in zip(jobs, keys, strict=True)]
+        return [f.result() for f in futures]
 
-    # ------------------------------------------------------------------ processes
-    def _new_executor(self) -> Any:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        return ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
-
-    def _map_processes(self, fn: Callable[..., Any], jobs: list[tuple]) -> list[Any]:
-        from concurrent.futures.process import BrokenProcessPool
-
-        results: dict[int, Any] = {}
-        deaths = 0
-        while len(results) < len(jobs):
-            if self._executor is None:
-                self._executor = self._new_executor()
-            pending: dict[int, Any] = {}
+    def close(self) -> None:
+        """Stop the workers, or the local Ray instance if this pool started it."""
+        with self._lock:
+            self._closing = True
+            dispatcher = self._dispatcher
+        if dispatcher is not None:
+            self._wake()
+            dispatcher.join()
+        for job in list(self._queue):
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("the pool was closed before the job ran"))
+        self._queue.clear()
+        for proc, conn in self._procs:
             try:
-                # inside the try: a worker that died between two calls breaks submit() as well
-                for i in range(len(jobs)):
-                    if i not in results:
-                        pending[i] = self._executor.submit(fn, *jobs[i])
-                for i, fut in pending.items():
-                    results[i] = fut.result()
-            except BrokenProcessPool as err:
-                deaths += 1
-                self._executor.shutdown(wait=False, cancel_futures=True)
-                self._executor = None
-                if deaths > self.max_retries:
-                    raise RuntimeError(
-                        f"a worker process died {deaths} times during one map of {len(jobs)} jobs "
-                        f"(max_retries={self.max_retries}); last error: {err}"
-                    ) from err
-                for i, fut in pending.items():  # keep what finished before the pool broke
-                    if i not in results and fut.done() and not fut.cancelled() and fut.exception() is None:
-                        results[i] = fut.result()
-                self.restarts += 1
-                print(
-                    f"warning: a worker process died; rerunning {len(jobs) - len(results)} job(s) "
-                    f"(retry {deaths} of {self.max_retries})",
-                    file=sys.stderr,
-                )
-        return [results[i] for i in range(len(jobs))]
+                conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for proc, conn in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+            conn.close()
+        self._procs = []
+        self._running = []
+        if self._actors:
+            import ray
 
-    # ------------------------------------------------------------------ ray
+            for actor in self._actors:
+                ray.kill(actor)
+            self._actors = []
+        if self._ray_started:
+            import ray
+
+            ray.shutdown()
+            self._ray_started = False
+        if self._reaper is not None:
+            self._reaper.kill()
+            self._reaper.join()
+            self._reaper = None
+        for end in (self._wake_r, self._wake_w):
+            if end is not None:
+                end.close()
+        self._wake_r = self._wake_w = None
+        self._dispatcher = None
+        self._closing = False
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live worker processes (processes backend; tests and diagnostics)."""
+        return [proc.pid for proc, _ in self._procs if proc.is_alive()]
+
+    # ------------------------------------------------------------------ dispatching
+    def _ensure_dispatcher(self) -> None:
+        if self._dispatcher is not None:
+            return
+        import multiprocessing as mp
+
+        self._wake_r, self._wake_w = mp.Pipe(duplex=False)
+        target = self._dispatch_processes if self.backend == "processes" else self._dispatch_ray
+        self._dispatcher = threading.Thread(target=target, name="taskpool-dispatcher", daemon=True)
+        self._dispatcher.start()
+
+    def _wake(self) -> None:
+        with self._lock:
+            w = self._wake_w
+        if w is not None:
+            try:
+                w.send_bytes(b"x")
+            except (BrokenPipeError, OSError):
+                pass
+
+    def _drain_wake(self) -> None:
+        while self._wake_r.poll():
+            self._wake_r.recv_bytes()
+
+    def _next_job_for(self, slot: int) -> _Job | None:
+        """The first queued job whose key lives on ``slot``; else the first without a home;
+        else the first (its environments get built here)."""
+        with self._lock:
+            if not self._queue:
+                return None
+            chosen = None
+            for job in self._queue:
+                home = self._affinity.get(job.key) if job.key is not None else None
+                if home == slot:
+                    chosen = job
+                    break
+                if chosen is None and home is None:
+                    chosen = job
+            if chosen is None:
+                chosen = self._queue[0]
+            self._queue.remove(chosen)
+            if chosen.key is not None:
+                self._affinity[chosen.key] = slot
+            return chosen
+
+    def _lost(self, job: _Job, why: str) -> None:
+        """``job``'s worker died: queue it again, or fail it after ``max_retries`` deaths."""
+        job.deaths += 1
+        if job.deaths > self.max_retries:
+            job.future.set_exception(
+                RuntimeError(
+                    f"a worker died {job.deaths} times running one job (max_retries={self.max_retries}); "
+                    f"last: {why}"
+                )
+            )
+            return
+        self.restarts += 1
+        print(
+            f"warning: a worker died ({why}); rerunning its job (retry {job.deaths} of {self.max_retries})",
+            file=sys.stderr,
+        )
+        with self._lock:
+            self._queue.appendleft(job)
+
+    # processes ---------------------------------------------------------------------
+    def _start_process(self) -> tuple[Any, Any]:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker_main, args=(child, os.getpid()), daemon=True)
+        proc.start()
+        child.close()
+        return proc, parent
+
+    def _dispatch_processes(self) -> None:
+        from multiprocessing.connection import wait
+
+        self._procs = [self._start_process() for _ in range(self.workers)]
+        self._running = [None] * self.workers
+        while True:
+            with self._lock:
+                if self._closing:
+                    break
+            # hand out work
+            for slot in range(self.workers):
+                if self._running[slot] is None:
+                    job = self._next_job_for(slot)
+                    if job is None:
+                        break
+                    self._send(slot, job)
+            conns = {conn: slot for slot, (_, conn) in enumerate(self._procs)}
+            sentinels = {proc.sentinel: slot for slot, (proc, _) in enumerate(self._procs)}
+            ready = wait([self._wake_r, *conns, *sentinels], timeout=1.0)
+            dead: set[int] = set()
+            for obj in ready:
+                if obj is self._wake_r:
+                    self._drain_wake()
+                elif obj in conns:
+                    slot = conns[obj]
+                    try:
+                        job_id, ok, value = obj.recv()
+                    except (EOFError, OSError):
+                        dead.add(slot)
+                        continue
+                    job = self._running[slot]
+                    self._running[slot] = None
+                    if job is not None:
+                        (job.future.set_result if ok else job.future.set_exception)(value)
+                else:
+                    slot = sentinels[obj]
+                    if not conns_has_data(self._procs[slot][1]):
+                        dead.add(slot)
+            for slot in dead:
+                self._replace_process(slot, "its process ended")
+
+    def _send(self, slot: int, job: _Job) -> None:
+        proc, conn = self._procs[slot]
+        self._running[slot] = job
+        try:
+            conn.send((id(job), job.fn, job.args))
+        except (BrokenPipeError, EOFError, OSError):
+            self._replace_process(slot, "its pipe broke")
+        except Exception as err:  # noqa: BLE001 - unpicklable arguments: the caller's error
+            self._running[slot] = None
+            job.future.set_exception(err)
+
+    def _replace_process(self, slot: int, why: str) -> None:
+        proc, conn = self._procs[slot]
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+        conn.close()
+        code = proc.exitcode
+        job = self._running[slot]
+        self._running[slot] = None
+        with self._lock:  # the environments built there are gone
+            for key in [k for k, s in self._affinity.items() if s == slot]:
+                del self._affinity[key]
+        self._procs[slot] = self._start_process()
+        if job is not None:
+            self._lost(job, f"{why}, exit code {code}")
+
+    # ray ---------------------------------------------------------------------------
     def _ensure_ray(self) -> Any:
         import ray
 
         if not ray.is_initialized():
             if self.ray_address is None:
+                if sys.platform.startswith("linux") and self._reaper is None:
+                    import multiprocessing as mp
+
+                    ctx = mp.get_context("spawn")
+                    self._reaper = ctx.Process(target=_reaper_main, args=(os.getpid(),), daemon=True)
+                    self._reaper.start()
                 path = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
                 ray.init(
                     num_cpus=self.workers,
@@ -166,46 +544,70 @@ class TaskPool:
             else:
                 ray.init(address=self.ray_address, log_to_driver=False)
             self._ray_started = True
-        if self._ray_remote is None:
-            self._ray_remote = ray.remote(num_cpus=1, max_retries=self.max_retries)(_ray_call)
+        if self._ray_actor_cls is None:
+            self._ray_actor_cls = ray.remote(num_cpus=1, max_restarts=0)(_RayWorker)
         return ray
 
-    def _map_ray(self, fn: Callable[..., Any], jobs: list[tuple]) -> list[Any]:
-        ray = self._ensure_ray()
-        # an object used by several jobs (the setup, theta) travels to the object store once
-        counts: dict[int, int] = {}
-        for args in jobs:
-            for a in args:
-                counts[id(a)] = counts.get(id(a), 0) + 1
-        refs: dict[int, Any] = {}
-        calls = []
-        for args in jobs:
-            packed = []
-            for a in args:
-                if counts[id(a)] > 1 and not isinstance(a, int | float | str | bool | type(None)):
-                    if id(a) not in refs:
-                        refs[id(a)] = ray.put(a)
-                    packed.append(refs[id(a)])
+    def _dispatch_ray(self) -> None:
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        self._actors = [self._ray_actor_cls.remote() for _ in range(self.workers)]
+        self._running = [None] * self.workers
+        refs: dict[Any, int] = {}
+        while True:
+            with self._lock:
+                if self._closing:
+                    break
+            for slot in range(self.workers):
+                if self._running[slot] is None:
+                    job = self._next_job_for(slot)
+                    if job is None:
+                        break
+                    self._running[slot] = job
+                    refs[self._actors[slot].run.remote(job.fn, job.args)] = slot
+            if not refs:
+                self._wake_r.poll(0.5)
+                self._drain_wake()
+                continue
+            done, _ = ray.wait(list(refs), num_returns=1, timeout=0.05)
+            self._drain_wake()
+            for ref in done:
+                slot = refs.pop(ref)
+                job = self._running[slot]
+                self._running[slot] = None
+                try:
+                    value = ray.get(ref)
+                except RayTaskError as err:  # the job raised: the caller sees its exception
+                    job.future.set_exception(err.as_instanceof_cause())
+                except RayActorError as err:  # the actor's process died: a fresh actor, rerun
+                    self._actors[slot] = self._ray_actor_cls.remote()
+                    with self._lock:
+                        for key in [k for k, s in self._affinity.items() if s == slot]:
+                            del self._affinity[key]
+                    self._lost(job, f"Ray actor died: {type(err).__name__}")
+                except Exception as err:  # noqa: BLE001
+                    job.future.set_exception(err)
                 else:
-                    packed.append(a)
-            # refs as top-level arguments: Ray resolves them to values in the worker
-            calls.append(self._ray_remote.remote(fn, *packed))
-        return ray.get(calls)
-
-    # ------------------------------------------------------------------ shutdown
-    def close(self) -> None:
-        """Stop the worker processes, or the local Ray instance if this pool started it."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
-        if self._ray_started:
-            import ray
-
-            ray.shutdown()
-            self._ray_started = False
-        self._ray_remote = None
+                    job.future.set_result(value)
 
 
-def _ray_call(fn: Callable[..., Any], *args: Any) -> Any:
-    _init_worker()
-    return fn(*args)
+def conns_has_data(conn: Any) -> bool:
+    """Whether a result is waiting in ``conn`` (a worker that ended after replying)."""
+    try:
+        return bool(conn.poll())
+    except (OSError, EOFError):
+        return False
+
+
+class _RayWorker:
+    """A Ray actor that runs jobs and keeps :func:`worker_state` between them."""
+
+    def __init__(self) -> None:
+        _init_worker()
+
+    def run(self, fn: Callable[..., Any], args: tuple) -> Any:
+        return fn(*args)
+
+    def pid(self) -> int:
+        return os.getpid()
