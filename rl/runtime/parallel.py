@@ -340,7 +340,7 @@ class TaskPool:
             if not job.future.done():
                 job.future.set_exception(RuntimeError("the pool was closed before the job ran"))
         self._queue.clear()
-        for proc, conn in self._procs:
+        for _proc, conn in self._procs:
             try:
                 conn.send(None)
             except (BrokenPipeError, OSError):
