@@ -123,7 +123,7 @@ def load_runs(spec: Spec) -> list[dict[str, Any]]:
     found = []
     for run in plan(spec):
         run_dir = spec.sweep_dir / run.name
-        if not is_finished(run_dir):
+        if not is_finished(run_dir, run.settings.get("steps")):
             continue
         config = json.loads((run_dir / "config.json").read_text())
         progress = read_csv(run_dir / "progress.csv") if (run_dir / "progress.csv").is_file() else []

@@ -183,8 +183,9 @@ def plan(spec: Spec) -> list[Run]:
     return runs
 
 
-def is_finished(run_dir: Path) -> bool:
-    """Whether a run folder holds a finished run of rl.meta_cpo or rl.cpo."""
+def is_finished(run_dir: Path, steps: int | None = None) -> bool:
+    """Whether a run folder holds a finished run of rl.meta_cpo or rl.cpo (of ``steps`` env steps if
+    given, else of its own; so raising a spec's ``steps`` extends its finished rl.cpo runs)."""
     config = run_dir / "config.json"
     if not config.is_file():
         return False
@@ -195,7 +196,7 @@ def is_finished(run_dir: Path) -> bool:
         return False
     progress = run_dir / "progress.csv"
     rows = len(progress.read_text().splitlines()) - 1 if progress.is_file() else 0
-    return rows >= max(1, settings["steps"] // settings["steps_per_iter"])
+    return rows >= max(1, (steps or settings["steps"]) // settings["steps_per_iter"])
 
 
 def pinned_settings(spec: Spec) -> dict[str, Any]:
@@ -277,8 +278,9 @@ def run_sweep(spec: Spec, jobs: int | None = None, poll_s: float = 30.0) -> int:
         raise RuntimeError(
             f"{sweep}: another runner (or a run it started) holds the lock; wait for it"
         ) from None
-    todo = [r for r in plan(spec) if not is_finished(sweep / r.name)]
+    todo = [r for r in plan(spec) if not is_finished(sweep / r.name, r.settings.get("steps"))]
     total = len(plan(spec))
+    steps = {r.name: r.settings.get("steps") for r in plan(spec)}
     timings_path = sweep / "timings.json"
     timings = _load_json(timings_path)
     active: dict[str, tuple[subprocess.Popen, float]] = {}
@@ -299,7 +301,7 @@ def run_sweep(spec: Spec, jobs: int | None = None, poll_s: float = 30.0) -> int:
         entry = timings.setdefault(name, {"wall_s": 0.0, "sessions": 0})
         entry["wall_s"] = round(entry["wall_s"] + time.time() - t0, 1)
         entry["sessions"] += 1
-        entry["finished"] = is_finished(sweep / name)
+        entry["finished"] = is_finished(sweep / name, steps.get(name))
         _save_json(timings_path, timings)
         if not entry["finished"]:
             failed += 1
@@ -337,7 +339,7 @@ def run_sweep(spec: Spec, jobs: int | None = None, poll_s: float = 30.0) -> int:
                     del active[name]
                     _finish(name, child, t0)
             if time.time() - last_line >= poll_s or not (todo or active):
-                done = sum(is_finished(sweep / r.name) for r in plan(spec))
+                done = sum(is_finished(sweep / r.name, r.settings.get("steps")) for r in plan(spec))
                 walls = [t["wall_s"] for t in timings.values() if t.get("finished") and t["sessions"] == 1]
                 eta = sum(walls) / len(walls) * (total - done) / jobs if walls else None
                 print(_bar(done, total, len(active), eta), flush=True)
@@ -369,7 +371,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         for run in plan(spec):
             run_dir = spec.sweep_dir / run.name
-            state = "finished" if is_finished(run_dir) else "started" if run_dir.exists() else "new"
+            state = (
+                "finished"
+                if is_finished(run_dir, run.settings.get("steps"))
+                else "started"
+                if run_dir.exists()
+                else "new"
+            )
             print(f"{run.name}: {state}")
         return
     try:

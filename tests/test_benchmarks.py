@@ -19,7 +19,7 @@ from benchmarks.aggregate import (
     read_csv,
     stratified_bootstrap_ci,
 )
-from benchmarks.sweep import ROOT, load_spec, plan, run_sweep
+from benchmarks.sweep import ROOT, is_finished, load_spec, plan, run_sweep
 
 TINY_META = """
 program = "rl.meta_cpo"
@@ -188,6 +188,7 @@ def test_sweep_resumes_after_interruption(tmp_path):
     assert [int(r["iteration"]) for r in progress] == list(range(20))
     assert json.loads((spec.sweep_dir / "timings.json").read_text())[run_dir.name]["sessions"] == 2
     assert json.loads((run_dir / "config.json").read_text())["debias"] is False
+    assert is_finished(run_dir) and not is_finished(run_dir, steps=4000)  # a larger spec extends it
 
     out = aggregate_spec(spec, tmp_path / "out", plots=True)
     (row,) = read_csv(out / "runs.csv")
