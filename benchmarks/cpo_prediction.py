@@ -16,7 +16,7 @@ the plain step estimated from two halves of the batch (``corrected`` = ``a'x`` p
 optimism, which should be unbiased for the actual change), and the step taken with the corrected
 offsets (``--debias`` in ``rl.cpo``) with its own predicted and actual change. Usage::
 
-    python benchmarks/cpo_prediction.py [--run DIR] [--repeats 3] [--quick]
+    python -m benchmarks.cpo_prediction [--run DIR] [--repeats 3] [--quick]
 """
 
 from __future__ import annotations
