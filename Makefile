@@ -10,11 +10,12 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile rl/envs/install_safety.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[safety,distributed,dev]"
-	$(BIN)/pip install --disable-pip-version-check -q --no-deps safety-gymnasium==1.0.0 gymnasium-robotics==1.2.2
+	$(BIN)/python -m rl.envs.install_safety
+	$(BIN)/pip check
 	touch $(STAMP)
 
 run: $(STAMP)

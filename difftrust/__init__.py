@@ -11,7 +11,7 @@ from difftrust.layer import StepResult, TrustRegionStep, trust_region_step
 from difftrust.metrics import DenseMetric, FisherMetric, Metric, OperatorMetric
 from difftrust.reduced import MAX_ACTIVE_SET_M, ReducedSolution, solve_reduced
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the version of the distribution (pyproject.toml reads it here)
 
 __all__ = [
     "MAX_ACTIVE_SET_M",

@@ -523,7 +523,7 @@ def test_render_draws_robot_hazard_and_goal():
 
 
 def test_gymnasium_make_goal_and_button():
-    sn._register_gymnasium()  # registering twice is harmless
+    sn.register_gymnasium_envs()  # registering twice is harmless
     env = gymnasium.make("SafeNavGoal-v0", horizon=3, render_mode="rgb_array")
     obs, info = env.reset(seed=4)
     assert obs.shape == (sn.OBS_DIM,) and obs.dtype == np.float64

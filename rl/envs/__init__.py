@@ -17,7 +17,7 @@ Every environment :func:`make` returns is a :class:`gymnasium.vector.VectorEnv`
 
 Single-environment Gymnasium ids (:data:`GYMNASIUM_IDS`) are registered when
 ``gymnasium`` is imported, through this package's ``gymnasium.envs`` entry point
-(:func:`register_gymnasium_envs`)::
+(:func:`rl.envs.registration.register_gymnasium_envs`)::
 
     import gymnasium
     env = gymnasium.make("SafeNavGoal-v0")  # no import of rl needed
@@ -47,32 +47,13 @@ def _import_gymnasium_quietly() -> None:
 _import_gymnasium_quietly()
 
 from rl.envs.base import VecEnv  # noqa: E402
+from rl.envs.registration import GYMNASIUM_IDS, register_gymnasium_envs  # noqa: E402
 
 BUILTIN_FAMILIES = ("safenav-goal", "safenav-button")
 SAFETY_FAMILIES = ("safety-button", "safety-circle")
 FAMILIES = BUILTIN_FAMILIES + SAFETY_FAMILIES
 
 __all__ = ["FAMILIES", "GYMNASIUM_IDS", "VecEnv", "make", "register_gymnasium_envs", "task_distribution"]
-
-# Gymnasium id -> (entry point of the single gymnasium.Env, its keyword arguments).
-GYMNASIUM_IDS: dict[str, tuple[str, dict[str, Any]]] = {
-    "SafeNavGoal-v0": ("rl.envs.safenav:SafeNavGymEnv", {"family": "safenav-goal"}),
-    "SafeNavButton-v0": ("rl.envs.safenav:SafeNavGymEnv", {"family": "safenav-button"}),
-}
-
-
-def register_gymnasium_envs() -> None:
-    """Register :data:`GYMNASIUM_IDS` with gymnasium (idempotent).
-
-    Gymnasium calls this on ``import gymnasium`` through the ``gymnasium.envs``
-    entry point of the installed package; the environments' modules are imported
-    only when an id is made.
-    """
-    from gymnasium.envs.registration import register, registry
-
-    for env_id, (entry_point, kwargs) in GYMNASIUM_IDS.items():
-        if env_id not in registry:
-            register(id=env_id, entry_point=entry_point, kwargs=dict(kwargs))
 
 
 def _check_name(name: Any) -> str:

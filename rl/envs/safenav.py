@@ -81,6 +81,7 @@ import gymnasium
 import numpy as np
 
 from rl.envs.base import all_true, check_seed, next_observations, with_final
+from rl.envs.registration import register_gymnasium_envs
 
 __all__ = [
     "DEFAULT_HORIZON",
@@ -1161,16 +1162,6 @@ class SafeNavGymEnv(gymnasium.Env):
         return None
 
 
-GYMNASIUM_IDS = {"SafeNavGoal-v0": "safenav-goal", "SafeNavButton-v0": "safenav-button"}
-
-
-def _register_gymnasium() -> None:
-    """Register the single-env gymnasium ids once (re-imports are harmless)."""
-    from gymnasium.envs.registration import register, registry
-
-    for env_id, family in GYMNASIUM_IDS.items():
-        if env_id not in registry:
-            register(id=env_id, entry_point="rl.envs.safenav:SafeNavGymEnv", kwargs={"family": family})
-
-
-_register_gymnasium()
+# The ids are registered through the package's gymnasium.envs entry point; importing this
+# module registers them too (for a source tree that is not installed).
+register_gymnasium_envs()

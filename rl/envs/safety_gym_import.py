@@ -111,8 +111,9 @@ def import_safety_gymnasium() -> ModuleType:
                 _forward_stderr(captured.getvalue())
         except ImportError as exc:
             raise ImportError(
-                "safety-gymnasium 1.0.0 is not importable; install the 'safety' extra "
-                "(see DESIGN.md section 3 for the Python 3.11 recipe): " + str(exc)
+                "safety-gymnasium 1.0.0 is not importable; install it with "
+                "`pip install 'difftrust[safety]'` (or `pip install -e '.[safety]'` in a checkout) "
+                f"and then `python -m rl.envs.install_safety`: {exc}"
             ) from exc
         finally:
             dataclasses.dataclass = original
