@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.sweep import ROOT, RUN_KEYS, Spec, load_spec, plan
+from benchmarks.sweep import ROOT, RUN_KEYS, Spec, is_finished, load_spec, plan
 
 PAPER_COLUMNS = ("env", "method", "seed", "meta_iterations", "env_steps", "ret_before", "ret_after")
 PAPER_COLUMNS += ("cost_before", "cost_after", "share_within")
@@ -113,8 +113,6 @@ def is_within(row: dict[str, Any], channels: list[str], limits: list[float]) -> 
 
 def load_runs(spec: Spec) -> list[dict[str, Any]]:
     """The spec's finished runs: settings, timings and their rows (adaptation, evaluation, progress)."""
-    from benchmarks.sweep import is_finished
-
     timings = (
         json.loads((spec.sweep_dir / "timings.json").read_text())
         if (spec.sweep_dir / "timings.json").is_file()
