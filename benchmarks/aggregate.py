@@ -388,7 +388,12 @@ def main(argv: list[str] | None = None) -> None:
             [Path(p) for p in args.rows], args.channel_limit, Path(args.out), args.env, not args.no_plots
         )
     elif args.spec:
-        out = aggregate_spec(load_spec(args.spec), Path(args.out) if args.out else None, not args.no_plots)
+        try:
+            out = aggregate_spec(
+                load_spec(args.spec), Path(args.out) if args.out else None, not args.no_plots
+            )
+        except ValueError as err:
+            parser.error(str(err))
     else:
         parser.error("give a spec file or --rows")
     print(f"tables written to {out}")

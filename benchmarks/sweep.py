@@ -109,8 +109,10 @@ def program_defaults(program: str, run_keys: bool = False) -> dict[str, Any]:
 
 
 def load_spec(path: str | Path) -> Spec:
-    """Read and check a spec file (see the module docstring for its keys)."""
+    """Read and check a spec file, or a committed spec by name (see the module docstring for its keys)."""
     path = Path(path)
+    if not path.is_file() and (ROOT / "benchmarks" / "specs" / f"{path}.toml").is_file():
+        path = ROOT / "benchmarks" / "specs" / f"{path}.toml"  # a committed spec by name
     if not path.is_file():
         raise ValueError(
             f"spec {str(path)!r} is not a file; expected a TOML file such as benchmarks/specs/x.toml"
@@ -360,14 +362,17 @@ def run_sweep(spec: Spec, jobs: int | None = None, poll_s: float = 30.0) -> int:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m benchmarks.sweep``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("spec", help="a spec file, e.g. benchmarks/specs/adaptation.toml")
+    parser.add_argument("spec", help="a spec file, or the name of one in benchmarks/specs/ (adaptation)")
     parser.add_argument("--jobs", type=int, default=None, help="runs at a time (default: the spec's jobs)")
     parser.add_argument("--dry-run", action="store_true", help="print the runs and their state, run nothing")
     parser.add_argument("--poll", type=float, default=30.0, help="seconds between progress lines")
     args = parser.parse_args(argv)
     if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
-    spec = load_spec(args.spec)
+    try:
+        spec = load_spec(args.spec)
+    except ValueError as err:
+        parser.error(str(err))
     if args.dry_run:
         for run in plan(spec):
             run_dir = spec.sweep_dir / run.name
