@@ -65,6 +65,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -287,3 +288,180 @@ def active_set_vjp(sol: ActiveSetSolution, wbar: Tensor) -> tuple[Tensor, Tensor
     bbar = z_con * d[:, 1:] / s.unsqueeze(1)
     deltabar = -z_tr / (s * s)
     return Kbar, bbar, deltabar
+
+
+# ---------------------------------------------------------------------------------------------
+# the same enumeration in numpy (float64): CPU tensors, where numpy's per-operation overhead on
+# arrays of a few entries is several times lower than eager torch's
+
+
+def _subsets_np(m: int) -> np.ndarray:
+    key = (m, "numpy")
+    if key not in _SUBSETS_NP:
+        idx = np.arange(2**m)
+        _SUBSETS_NP[key] = ((idx[:, None] >> np.arange(m)) & 1).astype(np.float64)
+    return _SUBSETS_NP[key]
+
+
+_SUBSETS_NP: dict[tuple[int, str], np.ndarray] = {}
+
+
+def _rowmax_np(x: np.ndarray) -> np.ndarray:
+    return x.max(-1) if x.shape[-1] else np.zeros(x.shape[:-1])
+
+
+def _kkt_matrix_np(
+    Kn: np.ndarray, v: np.ndarray, lam: np.ndarray, S: np.ndarray, rec: np.ndarray, omega: np.ndarray
+) -> np.ndarray:
+    """:func:`_kkt_matrix` in numpy."""
+    B, m1 = v.shape
+    m = m1 - 1
+    N = 2 * m + 3
+    J = np.zeros((B, N, N))
+    ar = np.arange(m1)
+    J[:, ar, ar] = lam[:, None]
+    J[:, :m1, m1] = v
+    J[:, ar[1:], m + 2 + ar[1:]] = 1.0
+    J[:, m1, :m1] = (Kn @ v[..., None])[..., 0]
+    recf = rec.astype(np.float64)
+    J[:, m + 2, m + 2] = 1.0 - recf
+    wS = recf[:, None] * omega * S
+    J[:, m + 2, m + 3 :] = -wS
+    J[:, m + 3 :, :m1] = S[:, :, None] * Kn[:, 1:, :]
+    J[:, m + 3 :, m + 2] = -wS
+    J[:, m + 3 + ar[:-1], m + 3 + ar[:-1]] = 1.0 - S
+    return J
+
+
+def solve_active_set_numpy(
+    K: np.ndarray, b: np.ndarray, delta: np.ndarray, *, with_jacobian: bool = True
+) -> dict[str, np.ndarray]:
+    """:func:`solve_active_set` on float64 numpy arrays (same formulas, same certification).
+
+    ``K (B, m+1, m+1)``, ``b (B, m)``, ``delta (B,)``; returns a dict with the fields of
+    :class:`ActiveSetSolution` as arrays. ``K_SS`` is judged by its smallest eigenvalue (unit
+    diagonal, so comparable with the Cholesky pivot of the torch version).
+    """
+    B, m1, _ = K.shape
+    m = m1 - 1
+    K = 0.5 * (K + K.transpose(0, 2, 1))
+    diag = np.diagonal(K, axis1=1, axis2=2)
+    pos = diag > 0
+    d = 1.0 / np.sqrt(np.where(pos, diag, 1.0))
+    s = np.sqrt(2 * delta)
+    Kn = K * d[:, :, None] * d[:, None, :]
+    beta = b * d[:, 1:] / s[:, None]
+    omega = d[:, 1:] / d[:, 1:].max(1, keepdims=True) if m else d[:, 1:]
+
+    S = _subsets_np(m)
+    C = S.shape[0]
+    M = Kn[:, None, 1:, 1:] * (S[:, :, None] * S[:, None, :]) + (np.eye(m) * (1.0 - S)[:, :, None])
+    if m:
+        piv_ok = np.linalg.eigvalsh(M)[..., 0] >= PIVOT_TOL
+        M = np.where(piv_ok[..., None, None], M, np.eye(m))
+    else:
+        piv_ok = np.ones((B, C), dtype=bool)
+    kc, bS, oS = Kn[:, None, 1:, 0] * S, beta[:, None, :] * S, omega[:, None, :] * S
+    X = np.linalg.solve(M, np.stack([kc, bS, oS], -1))  # (B, C, m, 3)
+    alpha, gamma, eta = X[..., 0], X[..., 1], X[..., 2]
+    Aq = Kn[:, 0, 0][:, None] - (kc * alpha).sum(-1)
+    Bq = (bS * gamma).sum(-1)
+    room = 1.0 - Bq
+    beta_c = beta[:, None, :]
+    bscale = np.maximum(np.abs(beta_c), 1.0)
+    Kn_c = Kn[:, None]
+
+    with np.errstate(all="ignore"):
+        okA = piv_ok & (Aq > AQ_TOL) & (room > BQ_TOL)
+        lamA = np.sqrt(np.maximum(Aq, AQ_TOL) / np.maximum(room, BQ_TOL))
+        nuA = (alpha + lamA[..., None] * gamma) * S
+        vA = np.concatenate([np.ones((B, C, 1)), -nuA], -1) / lamA[..., None]
+        KvA = (Kn_c @ vA[..., None])[..., 0]
+        rowA = (beta_c + KvA[..., 1:]) / bscale
+        nscale = np.maximum(_rowmax_np(np.abs(nuA)), 1.0)[..., None]
+        violA = np.maximum(
+            _rowmax_np(
+                np.maximum((1 - S) * np.maximum(rowA, 0), S * (np.abs(rowA) + np.maximum(-nuA / nscale, 0)))
+            ),
+            np.abs((vA * KvA).sum(-1) - 1),
+        )
+        violA = np.where(okA & np.isfinite(violA), violA, np.inf)
+
+    ar = np.arange(B)
+    iA = violA.argmin(1)
+    certA = violA[ar, iA] <= KKT_TOL
+    if certA.all():  # the usual case: every problem feasible and certified, no recovery candidates
+        rec = np.zeros(B, dtype=bool)
+        certR = rec
+        v, lam_n, nu_n, Ssel = vA[ar, iA], lamA[ar, iA], nuA[ar, iA], S[iA]
+    else:
+        with np.errstate(all="ignore"):
+            p = (oS * gamma).sum(-1)
+            r = (oS * eta).sum(-1)
+            disc = p * p - r * (Bq - 1.0)
+            okR = piv_ok & (S.sum(-1) > 0) & (r > 0) & (disc > 0)
+            sq = np.sqrt(np.maximum(disc, 1e-300))
+            tR = np.where(p >= 0, (Bq - 1.0) / (p + sq), (p - sq) / np.where(r > 0, r, 1.0))
+            lamR = 1.0 / sq
+            uR = (gamma - tR[..., None] * eta) * S
+            muR = lamR[..., None] * uR
+            vR = np.concatenate([np.zeros((B, C, 1)), -uR], -1)
+            KvR = (Kn_c @ vR[..., None])[..., 0]
+            rowR = (beta_c + KvR[..., 1:] - tR[..., None] * omega[:, None, :]) / bscale
+            mscale = np.maximum(_rowmax_np(np.abs(muR)), 1.0)[..., None]
+            violR = np.maximum(
+                _rowmax_np(
+                    np.maximum(
+                        (1 - S) * np.maximum(rowR, 0), S * (np.abs(rowR) + np.maximum(-muR / mscale, 0))
+                    )
+                ),
+                np.abs((vR * KvR).sum(-1) - 1),
+            )
+            violR = np.where(okR & np.isfinite(violR), violR, np.inf)
+        iR = violR.argmin(1)
+        certR = ~certA & (violR[ar, iR] <= KKT_TOL) & (tR[ar, iR] > 0)
+        rec = certR
+        idx = np.where(rec, iR, iA)
+        v = np.where(rec[:, None], vR[ar, iR], vA[ar, iA])
+        lam_n = np.where(rec, lamR[ar, iR], lamA[ar, iA])
+        nu_n = np.where(rec[:, None], muR[ar, iR], nuA[ar, iA])
+        Ssel = S[idx]
+    code = np.where(
+        certA,
+        np.where(Ssel.sum(1) > 0, CONSTRAINED, TRUST_REGION),
+        np.where(certR, RECOVERY, NOT_CERTIFIED),
+    )
+    jinv = None
+    if with_jacobian:
+        J = _kkt_matrix_np(Kn, v, lam_n, Ssel, rec, omega)
+        try:
+            jinv = np.linalg.inv(J)
+            bad = ~np.isfinite(jinv).reshape(B, -1).all(1)
+        except np.linalg.LinAlgError:
+            jinv_t, info = torch.linalg.inv_ex(torch.from_numpy(J))
+            jinv = jinv_t.numpy()
+            bad = (info.numpy() != 0) | ~np.isfinite(jinv).reshape(B, -1).all(1)
+        code = np.where(bad, NOT_CERTIFIED, code)
+    w = s[:, None] * d * v
+    with np.errstate(all="ignore"):
+        d0 = np.where(pos[:, 0], d[:, 0], np.nan)
+        lam = np.where(rec, np.nan, lam_n / (s * d0))
+        nu = np.where(rec[:, None], np.nan, nu_n * d[:, 1:] / d0[:, None])
+    violation = (b + (K[:, 1:, :] @ w[..., None])[..., 0]).max(1) if m else np.full(B, -np.inf)
+    return dict(w=w, lam=lam, nu=nu, code=code, violation=violation, v=v, d=d, s=s, active=Ssel, jinv=jinv)
+
+
+def active_set_vjp_numpy(sol: dict[str, np.ndarray], wbar: np.ndarray) -> tuple[np.ndarray, ...]:
+    """:func:`active_set_vjp` on the arrays of :func:`solve_active_set_numpy`."""
+    v, d, s, jinv, S = sol["v"], sol["d"], sol["s"], sol["jinv"], sol["active"]
+    B, m1 = v.shape
+    m = m1 - 1
+    vbar = s[:, None] * d * wbar
+    zeta = -(jinv[:, :m1, :].transpose(0, 2, 1) @ vbar[..., None])[..., 0]
+    z_tr = zeta[:, m1]
+    z_con = zeta[:, m + 3 :] * S
+    Knbar = 0.5 * z_tr[:, None, None] * (v[:, :, None] * v[:, None, :])
+    Knbar[:, 1:, :] += z_con[:, :, None] * v[:, None, :]
+    Kbar = Knbar * d[:, :, None] * d[:, None, :]
+    Kbar = 0.5 * (Kbar + Kbar.transpose(0, 2, 1))
+    return Kbar, z_con * d[:, 1:] / s[:, None], -z_tr / (s * s)

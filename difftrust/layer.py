@@ -197,9 +197,15 @@ class _NoDoubleBackward(torch.autograd.Function):
 
 
 class _TrustRegionFunction(torch.autograd.Function):
+    # forward(ctx, ...) rather than setup_context: Function.apply then skips binding the
+    # signature with inspect, a visible cost at this size.
     @staticmethod
-    def forward(g: Tensor, A: Tensor, b: Tensor, delta: Tensor, rec: _Record, *tensors: Tensor) -> Tensor:
+    def forward(
+        ctx: Any, g: Tensor, A: Tensor, b: Tensor, delta: Tensor, rec: _Record, *tensors: Tensor
+    ) -> Tensor:
         # g (B, n), A (B, m, n), b (B, m), delta () ; tensors: the metric's tensors
+        ctx.rec = rec
+        ctx.metric_tensors = tensors
         Bsz = g.shape[0]
         # exact power-of-two scaling of g, of (A, b) and of (H, delta)
         # (one scale for all rows of A: the recovery problem's least worst violation depends on
@@ -242,11 +248,6 @@ class _TrustRegionFunction(torch.autograd.Function):
         x = (P @ state.w.to(P.dtype).unsqueeze(2)).squeeze(2)
         rec.P, rec.K, rec.x, rec.state = P, K, x, state
         return x
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        ctx.rec = inputs[4]
-        ctx.metric_tensors = inputs[5:]
 
     @staticmethod
     def backward(ctx: Any, xbar: Tensor) -> tuple:

@@ -20,14 +20,20 @@ or a batch, differentiably in ``(K, b, delta)``. Solvers:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from difftrust.active_set import CASE_NAMES, NOT_CERTIFIED, active_set_vjp, solve_active_set
+from difftrust.active_set import (
+    CASE_NAMES,
+    NOT_CERTIFIED,
+    active_set_vjp,
+    active_set_vjp_numpy,
+    solve_active_set,
+    solve_active_set_numpy,
+)
 from difftrust.closed_form import ReducedSolution, solve_closed_form
 
 __all__ = ["MAX_ACTIVE_SET_M", "ReducedSolution", "solve_reduced"]
@@ -89,7 +95,16 @@ def reduced_forward(K: Tensor, b: Tensor, delta: Tensor, solver: str, need_grad:
     m = m1 - 1
     use_enum = solver == "active-set" or (solver == "auto" and m <= MAX_ACTIVE_SET_M)
     per_problem = "analytic" if (solver == "analytic" or m <= 1) else "conic"
-    if use_enum:
+    if use_enum and K.device.type == "cpu":
+        sol = solve_active_set_numpy(
+            *(t.detach().double().numpy() for t in (K, b, delta)), with_jacobian=need_grad
+        )
+        codes = sol["code"].tolist()
+        todo = [i for i, c in enumerate(codes) if c == NOT_CERTIFIED]
+        w, lam, nu = (torch.from_numpy(sol[k]).to(K.dtype) for k in ("w", "lam", "nu"))
+        cases = [CASE_NAMES.get(c, "") for c in codes]
+        solvers = ["active-set"] * B
+    elif use_enum:
         sol = solve_active_set(K, b, delta, with_jacobian=need_grad)
         codes = sol.code.tolist()
         todo = [i for i, c in enumerate(codes) if c == NOT_CERTIFIED]
@@ -119,7 +134,10 @@ def reduced_forward(K: Tensor, b: Tensor, delta: Tensor, solver: str, need_grad:
 def reduced_vjp(state: ReducedBatch, wbar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(Kbar (B, m+1, m+1), bbar (B, m), deltabar (B,))`` of :func:`reduced_forward` at ``wbar``."""
     B, m1 = wbar.shape
-    if state.active is not None:
+    if isinstance(state.active, dict):
+        out = active_set_vjp_numpy(state.active, wbar.detach().double().cpu().numpy())
+        Kbar, bbar, dbar = (torch.from_numpy(a).to(wbar.dtype) for a in out)
+    elif state.active is not None:
         Kbar, bbar, dbar = active_set_vjp(state.active, wbar)
     else:
         Kbar = wbar.new_zeros(B, m1, m1)
@@ -219,8 +237,3 @@ def solve_reduced(
         ReducedSolution(w[i], state.lam[i].detach(), state.nu[i].detach(), state.cases[i]) for i in range(Bsz)
     ]
     return sols if batched else sols[0]
-
-
-def nan_like(t: Tensor) -> Tensor:
-    """A ``nan`` scalar of ``t``'s dtype and device."""
-    return torch.full((), math.nan, dtype=t.dtype, device=t.device)
