@@ -4,7 +4,7 @@
 :class:`Batch`: normalised observations, actions, behaviour log-probabilities, reward
 and per-channel cost advantages, critic targets and per-episode figures.
 
-Units (they matter for CPO, DESIGN.md section 2). The constraint value is measured
+Units (they matter for CPO; see the concepts page of the docs). The constraint value is measured
 per *episode*: ``b_j = J_Cj - limit_j`` with ``J_Cj`` the mean undiscounted cost of an
 episode in channel ``j`` (``Batch.ep_cost``, the "EpCost" that OmniSafe and the
 Meta-CPO paper report). The cost surrogate is therefore put in the same units::
@@ -41,7 +41,9 @@ seed drawn from ``generator``), so a batch holds data of one policy only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,7 +52,21 @@ from torch import Tensor
 from rl.envs.base import VecEnv, next_observations
 from rl.policy import Critic, GaussianPolicy, ObsNormalizer
 
-__all__ = ["Batch", "collect", "discounted_cumsum", "gae"]
+__all__ = [
+    "Batch",
+    "EnvSpec",
+    "Segment",
+    "assemble",
+    "collect",
+    "collect_sharded",
+    "discounted_cumsum",
+    "gae",
+    "gather_sharded",
+    "run_segment",
+    "sample_shard",
+    "shard_slices",
+    "submit_sharded",
+]
 
 
 @dataclass
@@ -187,6 +203,220 @@ def _check_unit_interval(name: str, value: float) -> float:
     return value
 
 
+def _check_collect_args(
+    env: VecEnv,
+    policy: GaussianPolicy,
+    num_steps: int,
+    num_envs: int,
+    reward_critic: Critic,
+    cost_critic: Critic,
+    gammas: tuple[float, float, float, float],
+    generator: torch.Generator,
+) -> tuple[float, float, float, float]:
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < num_envs:
+        raise ValueError(f"num_steps must be an int >= num_envs = {num_envs}, got {num_steps!r}")
+    if env.obs_dim != policy.obs_dim or env.act_dim != policy.act_dim:
+        raise ValueError(
+            f"policy has obs_dim={policy.obs_dim}, act_dim={policy.act_dim} but the environment has "
+            f"obs_dim={env.obs_dim}, act_dim={env.act_dim}"
+        )
+    channels = tuple(env.cost_channels)
+    if cost_critic.out_dim != len(channels) or reward_critic.out_dim != 1:
+        raise ValueError(
+            f"reward_critic must have out_dim 1 and cost_critic out_dim {len(channels)} (channels {channels}); "
+            f"got {reward_critic.out_dim} and {cost_critic.out_dim}"
+        )
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    names = ("gamma", "lam", "cost_gamma", "cost_lam")
+    return tuple(_check_unit_interval(n, v) for n, v in zip(names, gammas, strict=True))  # type: ignore[return-value]
+
+
+@dataclass
+class Segment:
+    """What some sub-environments produced over one batch: raw, time-major data (``S`` steps,
+    ``n`` sub-environments). :func:`assemble` turns segments into a :class:`Batch`.
+
+    Attributes:
+        obs: ``(S, n, obs_dim)`` raw observations the policy acted on.
+        next_obs: ``(S, n, obs_dim)`` raw observations that followed (the final one where an
+            episode ended).
+        act: ``(S, n, act_dim)`` actions. logp: ``(S, n)`` their log-probabilities.
+        reward: ``(S, n)``. cost: ``(S, n, C)`` per channel.
+        terminated: ``(S, n)`` bool. done: ``(S, n)`` bool, terminated or truncated.
+        horizon: The environment's episode length. cost_channels: Its cost channels.
+    """
+
+    obs: np.ndarray
+    next_obs: np.ndarray
+    act: Tensor
+    logp: Tensor
+    reward: np.ndarray
+    cost: np.ndarray
+    terminated: np.ndarray
+    done: np.ndarray
+    horizon: int
+    cost_channels: tuple[str, ...]
+
+
+@torch.no_grad()
+def run_segment(
+    env: VecEnv,
+    policy: GaussianPolicy,
+    params: Tensor,
+    steps: int,
+    normalizer: ObsNormalizer,
+    generator: torch.Generator,
+    reset_seed: int,
+) -> Segment:
+    """Step every sub-environment of ``env`` ``steps`` times from ``env.reset(seed=reset_seed)``,
+    actions from ``policy`` with ``params`` (noise from ``generator``, observations normalised
+    with ``normalizer``'s current statistics). One policy forward per vector step."""
+    dtype = params.dtype
+    params = params.detach()
+    n_envs, obs_dim, act_dim = int(env.num_envs), env.obs_dim, env.act_dim
+    channels = tuple(env.cost_channels)
+    raw_obs = np.empty((steps, n_envs, obs_dim))
+    raw_next = np.empty((steps, n_envs, obs_dim))
+    acts = torch.empty(steps, n_envs, act_dim, dtype=dtype)
+    logps = torch.empty(steps, n_envs, dtype=dtype)
+    rewards = np.empty((steps, n_envs))
+    costs = np.empty((steps, n_envs, len(channels)))
+    terminated = np.empty((steps, n_envs), dtype=bool)
+    done = np.empty((steps, n_envs), dtype=bool)
+    log_norm = 0.5 * act_dim * np.log(2 * np.pi)
+    # the normaliser's statistics, frozen for the batch (as ObsNormalizer.normalize computes them)
+    mean, scale, clip = normalizer.mean, torch.sqrt(normalizer.var + normalizer.eps), normalizer.clip
+
+    obs, _ = env.reset(seed=reset_seed)
+    for t in range(steps):
+        raw_obs[t] = obs
+        o = ((torch.from_numpy(raw_obs[t]) - mean) / scale).clamp(-clip, clip).to(dtype)
+        act_mean, log_std = policy.mean_log_std(params, o)
+        noise = torch.randn(act_mean.shape, generator=generator, dtype=dtype)
+        act = act_mean + torch.exp(log_std) * noise
+        acts[t] = act
+        logps[t] = -0.5 * (noise * noise).sum(-1) - log_std.sum() - log_norm
+        obs, reward, term, trunc, info = env.step(act.numpy().astype(np.float64))
+        info_costs = info["costs"]
+        for j, ch in enumerate(channels):
+            costs[t, :, j] = info_costs[ch]
+        raw_next[t] = next_observations(obs, info)
+        rewards[t] = reward
+        terminated[t] = term
+        done[t] = np.logical_or(term, trunc)
+    return Segment(
+        raw_obs, raw_next, acts, logps, rewards, costs, terminated, done, int(env.horizon), channels
+    )
+
+
+@torch.no_grad()
+def assemble(
+    segments: Sequence[Segment],
+    normalizer: ObsNormalizer,
+    reward_critic: Critic,
+    cost_critic: Critic,
+    *,
+    gamma: float = 0.99,
+    lam: float = 0.95,
+    cost_gamma: float = 0.99,
+    cost_lam: float = 0.95,
+    update_normalizer: bool = True,
+) -> Batch:
+    """The :class:`Batch` of ``segments`` side by side (sub-environments in segment order):
+    critic values, GAE, episode figures, and (``update_normalizer``) the observation statistics
+    merged. See :func:`collect`."""
+    first = segments[0]
+    channels = first.cost_channels
+    dtype = first.act.dtype
+
+    def cat(name: str) -> np.ndarray:
+        parts = [getattr(seg, name) for seg in segments]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    raw_obs, raw_next = cat("obs"), cat("next_obs")
+    rewards, costs, terminated, done = cat("reward"), cat("cost"), cat("terminated"), cat("done")
+    acts = torch.cat([seg.act for seg in segments], dim=1)
+    logps = torch.cat([seg.logp for seg in segments], dim=1)
+    steps, n_envs, obs_dim = raw_obs.shape
+    act_dim, n_cost = acts.shape[-1], len(channels)
+
+    # per-episode figures, in the order the episodes finished (step, then sub-environment)
+    ep_ret = np.zeros(n_envs)
+    ep_cost = np.zeros((n_envs, n_cost))
+    ep_len = np.zeros(n_envs, dtype=np.int64)
+    finished_ret: list[float] = []
+    finished_cost: list[np.ndarray] = []
+    finished_len: list[int] = []
+    for t in range(steps):
+        ep_ret += rewards[t]
+        ep_cost += costs[t]
+        ep_len += 1
+        ended = np.flatnonzero(done[t])
+        if len(ended):
+            for i in ended:
+                finished_ret.append(float(ep_ret[i]))
+                finished_cost.append(ep_cost[i].copy())
+                finished_len.append(int(ep_len[i]))
+            ep_ret[ended] = 0.0
+            ep_cost[ended] = 0.0
+            ep_len[ended] = 0
+
+    # Values of every visited state and of every successor state, one pass each.
+    flat_obs = normalizer.normalize(raw_obs.reshape(-1, obs_dim), dtype=dtype)
+    flat_next = normalizer.normalize(raw_next.reshape(-1, obs_dim), dtype=dtype)
+    shape_r, shape_c = (steps, n_envs), (steps, n_envs, n_cost)
+    v_r = reward_critic(flat_obs).reshape(shape_r).double().numpy()
+    nv_r = reward_critic(flat_next).reshape(shape_r).double().numpy()
+    v_c = cost_critic(flat_obs).reshape(shape_c).double().numpy()
+    nv_c = cost_critic(flat_next).reshape(shape_c).double().numpy()
+
+    adv_r = gae(rewards, v_r, nv_r, terminated, done, gamma, lam)
+    adv_c = gae(costs, v_c, nv_c, terminated, done, cost_gamma, cost_lam)
+    ret_r = adv_r + v_r
+    ret_c = adv_c + v_c
+
+    if update_normalizer:
+        normalizer.update(raw_obs.reshape(-1, obs_dim))
+
+    if finished_len:
+        ep_ret_mean = float(np.mean(finished_ret))
+        ep_cost_mean = np.mean(np.stack(finished_cost), axis=0)
+        ep_len_mean = float(np.mean(finished_len))
+    else:
+        horizon = float(first.horizon)
+        ep_ret_mean = float(rewards.mean() * horizon)
+        ep_cost_mean = costs.reshape(-1, n_cost).mean(0) * horizon
+        ep_len_mean = horizon
+
+    adv_r_flat = adv_r.reshape(-1)
+    std_r = adv_r_flat.std()
+    adv_r_flat = (adv_r_flat - adv_r_flat.mean()) / (std_r + 1e-8)
+    adv_c_flat = adv_c.reshape(-1, n_cost)
+    adv_c_flat = adv_c_flat - adv_c_flat.mean(0)
+
+    def as_tensor(x: np.ndarray) -> Tensor:
+        return torch.as_tensor(np.ascontiguousarray(x), dtype=dtype)
+
+    return Batch(
+        obs=flat_obs,
+        act=acts.reshape(-1, act_dim),
+        logp=logps.reshape(-1),
+        adv_r=as_tensor(adv_r_flat),
+        adv_c=as_tensor(adv_c_flat),
+        ret_r=as_tensor(ret_r.reshape(-1)),
+        ret_c=as_tensor(ret_c.reshape(-1, n_cost)),
+        ep_ret=ep_ret_mean,
+        ep_cost=np.asarray(ep_cost_mean, dtype=np.float64),
+        ep_len=ep_len_mean,
+        num_episodes=len(finished_len),
+        env_steps=steps * n_envs,
+        cost_channels=channels,
+        num_envs=n_envs,
+        episode_costs=np.stack(finished_cost) if finished_cost else np.zeros((0, n_cost)),
+    )
+
+
 @torch.no_grad()
 def collect(
     env: VecEnv,
@@ -239,128 +469,261 @@ def collect(
         A :class:`Batch` (tensors in the policy's dtype).
     """
     n_envs = int(env.num_envs)
+    gammas = _check_collect_args(
+        env,
+        policy,
+        num_steps,
+        n_envs,
+        reward_critic,
+        cost_critic,
+        (gamma, lam, cost_gamma, cost_lam),
+        generator,
+    )
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    segment = run_segment(env, policy, params, num_steps // n_envs, normalizer, generator, seed)
+    return assemble(
+        [segment],
+        normalizer,
+        reward_critic,
+        cost_critic,
+        gamma=gammas[0],
+        lam=gammas[1],
+        cost_gamma=gammas[2],
+        cost_lam=gammas[3],
+        update_normalizer=update_normalizer,
+    )
+
+
+# ------------------------------------------------------------------------ sharded sampling
+@dataclass(frozen=True)
+class EnvSpec:
+    """How to build a task's vectorised environment anywhere (a worker process, a Ray node).
+
+    Attributes:
+        name: The environment name for :func:`rl.envs.make`.
+        task: The task (``None``: the family's default).
+        num_envs: Sub-environments of a whole batch.
+        kwargs: Further keyword arguments of :func:`rl.envs.make`, as ``(name, value)`` pairs.
+    """
+
+    name: str
+    task: Any
+    num_envs: int
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def make(self, first: int = 0, count: int | None = None) -> VecEnv:
+        """Sub-environments ``first .. first + count - 1`` of the batch as one vectorised environment
+        (sub-environment ``i`` is seeded ``seed + i`` at every reset, as in the whole one)."""
+        from rl.envs import make
+
+        count = self.num_envs - first if count is None else count
+        return make(self.name, task=self.task, num_envs=count, seed=first, **dict(self.kwargs))
+
+
+def shard_slices(num_envs: int, shards: int) -> list[tuple[int, int]]:
+    """``(first, count)`` of each of ``min(shards, num_envs)`` contiguous blocks of sub-environments,
+    as even as possible (the first ones one larger)."""
+    if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
+        raise ValueError(f"shards must be a positive int, got {shards!r}")
+    shards = min(shards, num_envs)
+    base, extra = divmod(num_envs, shards)
+    out, first = [], 0
+    for s in range(shards):
+        count = base + (1 if s < extra else 0)
+        out.append((first, count))
+        first += count
+    return out
+
+
+_ENV_CACHE = "rl.rollout.envs"
+_ENV_CACHE_SIZE = 48
+
+
+def _cached_env(spec: EnvSpec, first: int, count: int) -> VecEnv:
+    """The worker's environment for these sub-environments, built on first use and kept (the
+    least recently used ones beyond ``_ENV_CACHE_SIZE`` are closed)."""
+    from rl.runtime.parallel import worker_state
+
+    cache = worker_state().setdefault(_ENV_CACHE, _EnvCache())
+    key = (shard_key(spec), first, count)
+    env = cache.envs.pop(key, None)
+    if env is None:
+        env = spec.make(first, count)
+    cache.envs[key] = env
+    while len(cache.envs) > _ENV_CACHE_SIZE:
+        cache.envs.popitem(last=False)[1].close()
+    return env
+
+
+class _EnvCache:
+    """The environments a worker keeps between jobs (closed when the worker ends)."""
+
+    def __init__(self) -> None:
+        from collections import OrderedDict
+
+        self.envs: OrderedDict = OrderedDict()
+
+    def close(self) -> None:
+        while self.envs:
+            self.envs.popitem()[1].close()
+
+
+def shard_key(spec: EnvSpec) -> bytes:
+    """A key equal for equal specs (in every process): the pickled spec."""
+    import pickle
+
+    return pickle.dumps((spec.name, spec.task, spec.num_envs, spec.kwargs), protocol=4)
+
+
+def sample_shard(
+    spec: EnvSpec,
+    first: int,
+    count: int,
+    policy: GaussianPolicy,
+    params: Tensor,
+    normalizer: ObsNormalizer,
+    steps: int,
+    reset_seed: int,
+    noise_seed: int,
+) -> Segment:
+    """One shard of a batch (a job for :class:`rl.runtime.parallel.TaskPool`): sub-environments
+    ``first .. first + count - 1`` of ``spec``, reset with ``reset_seed + first``, action noise
+    from a generator seeded ``noise_seed``. The environment is kept in the worker for the next
+    batch of the same task."""
+    env = _cached_env(spec, first, count)
+    generator = torch.Generator().manual_seed(noise_seed)
+    return run_segment(env, policy, params, steps, normalizer, generator, reset_seed + first)
+
+
+def shard_noise_seed(base: int, shard: int) -> int:
+    """The noise seed of shard ``shard`` of a batch whose noise seed is ``base``."""
+    return int(np.random.SeedSequence([int(base), int(shard)]).generate_state(1)[0])
+
+
+def collect_sharded(
+    pool: Any,
+    spec: EnvSpec,
+    policy: GaussianPolicy,
+    params: Tensor,
+    num_steps: int,
+    normalizer: ObsNormalizer,
+    reward_critic: Critic,
+    cost_critic: Critic,
+    *,
+    shards: int,
+    gamma: float = 0.99,
+    lam: float = 0.95,
+    cost_gamma: float = 0.99,
+    cost_lam: float = 0.95,
+    generator: torch.Generator,
+    update_normalizer: bool = True,
+) -> Batch:
+    """:func:`collect` with the sub-environments split into ``shards`` blocks that step in parallel.
+
+    The same batch, bit for bit, whatever runs the shards: ``pool`` (a
+    :class:`rl.runtime.parallel.TaskPool` of any backend and number of workers, or ``None``: this
+    process). Two numbers are drawn from ``generator``: the reset seed (sub-environment ``i`` is
+    reset with ``seed + i``) and the base of the shards' noise seeds (:func:`shard_noise_seed`);
+    each shard acts with its own noise generator, so the batch depends on ``shards`` but not on
+    where, or in which order, the shards ran. The driver then computes critic values, GAE and the
+    episode figures over the whole batch (:func:`assemble`).
+
+    Args:
+        pool: Where the shards run (``None``: here, one after the other).
+        spec: The task's environment.
+        shards: Blocks of sub-environments (at most ``spec.num_envs``).
+        Others: as in :func:`collect`.
+    """
+    return gather_sharded(
+        submit_sharded(pool, spec, policy, params, num_steps, normalizer, shards=shards, generator=generator),
+        normalizer,
+        reward_critic,
+        cost_critic,
+        gamma=gamma,
+        lam=lam,
+        cost_gamma=cost_gamma,
+        cost_lam=cost_lam,
+        update_normalizer=update_normalizer,
+    )
+
+
+def submit_sharded(
+    pool: Any,
+    spec: EnvSpec,
+    policy: GaussianPolicy,
+    params: Tensor,
+    num_steps: int,
+    normalizer: ObsNormalizer,
+    *,
+    shards: int,
+    generator: torch.Generator,
+) -> list[Any]:
+    """Start the shards of :func:`collect_sharded`; returns futures (or segments, ``pool=None``)
+    for :func:`gather_sharded`. Sampling needs only the policy and the normaliser: the caller may
+    update the critics while the shards run."""
+    n_envs = int(spec.num_envs)
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < n_envs:
         raise ValueError(f"num_steps must be an int >= num_envs = {n_envs}, got {num_steps!r}")
-    if env.obs_dim != policy.obs_dim or env.act_dim != policy.act_dim:
-        raise ValueError(
-            f"policy has obs_dim={policy.obs_dim}, act_dim={policy.act_dim} but the environment has "
-            f"obs_dim={env.obs_dim}, act_dim={env.act_dim}"
-        )
-    channels = tuple(env.cost_channels)
-    n_cost = len(channels)
-    if cost_critic.out_dim != n_cost or reward_critic.out_dim != 1:
-        raise ValueError(
-            f"reward_critic must have out_dim 1 and cost_critic out_dim {n_cost} (channels {channels}); "
-            f"got {reward_critic.out_dim} and {cost_critic.out_dim}"
-        )
-    gamma, lam = _check_unit_interval("gamma", gamma), _check_unit_interval("lam", lam)
-    cost_gamma = _check_unit_interval("cost_gamma", cost_gamma)
-    cost_lam = _check_unit_interval("cost_lam", cost_lam)
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-
-    dtype = params.dtype
-    params = params.detach()
+    reset_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    noise_base = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     steps = num_steps // n_envs
-    obs_dim, act_dim = env.obs_dim, env.act_dim
+    params = params.detach()
+    key = shard_key(spec)
+    out = []
+    for s, (first, count) in enumerate(shard_slices(n_envs, shards)):
+        args = (
+            spec,
+            first,
+            count,
+            policy,
+            params,
+            normalizer,
+            steps,
+            reset_seed,
+            shard_noise_seed(noise_base, s),
+        )
+        out.append(
+            sample_shard(*args) if pool is None else pool.submit(sample_shard, *args, key=(key, first))
+        )
+    return out
 
-    raw_obs = np.empty((steps, n_envs, obs_dim))
-    raw_next = np.empty((steps, n_envs, obs_dim))
-    acts = torch.empty(steps, n_envs, act_dim, dtype=dtype)
-    logps = torch.empty(steps, n_envs, dtype=dtype)
-    rewards = np.empty((steps, n_envs))
-    costs = np.empty((steps, n_envs, n_cost))
-    terminated = np.empty((steps, n_envs), dtype=bool)
-    done = np.empty((steps, n_envs), dtype=bool)
 
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    obs, _ = env.reset(seed=seed)
-    ep_ret = np.zeros(n_envs)
-    ep_cost = np.zeros((n_envs, n_cost))
-    ep_len = np.zeros(n_envs, dtype=np.int64)
-    finished_ret: list[float] = []
-    finished_cost: list[np.ndarray] = []
-    finished_len: list[int] = []
-
-    for t in range(steps):
-        raw_obs[t] = obs
-        o = normalizer.normalize(obs, dtype=dtype)
-        mean, log_std = policy.mean_log_std(params, o)
-        std = torch.exp(log_std)
-        noise = torch.randn(mean.shape, generator=generator, dtype=dtype)
-        act = mean + std * noise
-        acts[t] = act
-        logps[t] = -0.5 * (noise * noise).sum(-1) - log_std.sum() - 0.5 * act_dim * np.log(2 * np.pi)
-        obs, reward, term, trunc, info = env.step(act.numpy().astype(np.float64))
-        info_costs = info["costs"]
-        c = np.stack([np.asarray(info_costs[ch], dtype=np.float64) for ch in channels], axis=-1)
-        raw_next[t] = next_observations(obs, info)
-        rewards[t] = reward
-        costs[t] = c
-        terminated[t] = term
-        d = np.asarray(term, dtype=bool) | np.asarray(trunc, dtype=bool)
-        done[t] = d
-        ep_ret += reward
-        ep_cost += c
-        ep_len += 1
-        for i in np.flatnonzero(d):
-            finished_ret.append(float(ep_ret[i]))
-            finished_cost.append(ep_cost[i].copy())
-            finished_len.append(int(ep_len[i]))
-            ep_ret[i] = 0.0
-            ep_cost[i] = 0.0
-            ep_len[i] = 0
-
-    # Values of every visited state and of every successor state, one pass each.
-    flat_obs = normalizer.normalize(raw_obs.reshape(-1, obs_dim), dtype=dtype)
-    flat_next = normalizer.normalize(raw_next.reshape(-1, obs_dim), dtype=dtype)
-    shape_r, shape_c = (steps, n_envs), (steps, n_envs, n_cost)
-    v_r = reward_critic(flat_obs).reshape(shape_r).double().numpy()
-    nv_r = reward_critic(flat_next).reshape(shape_r).double().numpy()
-    v_c = cost_critic(flat_obs).reshape(shape_c).double().numpy()
-    nv_c = cost_critic(flat_next).reshape(shape_c).double().numpy()
-
-    adv_r = gae(rewards, v_r, nv_r, terminated, done, gamma, lam)
-    adv_c = gae(costs, v_c, nv_c, terminated, done, cost_gamma, cost_lam)
-    ret_r = adv_r + v_r
-    ret_c = adv_c + v_c
-
-    if update_normalizer:
-        normalizer.update(raw_obs.reshape(-1, obs_dim))
-
-    if finished_len:
-        ep_ret_mean = float(np.mean(finished_ret))
-        ep_cost_mean = np.mean(np.stack(finished_cost), axis=0)
-        ep_len_mean = float(np.mean(finished_len))
-    else:
-        horizon = float(env.horizon)
-        ep_ret_mean = float(rewards.mean() * horizon)
-        ep_cost_mean = costs.reshape(-1, n_cost).mean(0) * horizon
-        ep_len_mean = horizon
-
-    adv_r_flat = adv_r.reshape(-1)
-    std_r = adv_r_flat.std()
-    adv_r_flat = (adv_r_flat - adv_r_flat.mean()) / (std_r + 1e-8)
-    adv_c_flat = adv_c.reshape(-1, n_cost)
-    adv_c_flat = adv_c_flat - adv_c_flat.mean(0)
-
-    def as_tensor(x: np.ndarray) -> Tensor:
-        return torch.as_tensor(np.ascontiguousarray(x), dtype=dtype)
-
-    return Batch(
-        obs=flat_obs,
-        act=acts.reshape(-1, act_dim),
-        logp=logps.reshape(-1),
-        adv_r=as_tensor(adv_r_flat),
-        adv_c=as_tensor(adv_c_flat),
-        ret_r=as_tensor(ret_r.reshape(-1)),
-        ret_c=as_tensor(ret_c.reshape(-1, n_cost)),
-        ep_ret=ep_ret_mean,
-        ep_cost=np.asarray(ep_cost_mean, dtype=np.float64),
-        ep_len=ep_len_mean,
-        num_episodes=len(finished_len),
-        env_steps=steps * n_envs,
-        cost_channels=channels,
-        num_envs=n_envs,
-        episode_costs=np.stack(finished_cost) if finished_cost else np.zeros((0, n_cost)),
+def gather_sharded(
+    started: list[Any],
+    normalizer: ObsNormalizer,
+    reward_critic: Critic,
+    cost_critic: Critic,
+    *,
+    gamma: float = 0.99,
+    lam: float = 0.95,
+    cost_gamma: float = 0.99,
+    cost_lam: float = 0.95,
+    update_normalizer: bool = True,
+) -> Batch:
+    """Wait for the shards started by :func:`submit_sharded` and assemble their batch."""
+    segments = [s if isinstance(s, Segment) else s.result() for s in started]
+    n_cost = len(segments[0].cost_channels)
+    if cost_critic.out_dim != n_cost or reward_critic.out_dim != 1:
+        raise ValueError(
+            f"reward_critic must have out_dim 1 and cost_critic out_dim {n_cost} "
+            f"(channels {segments[0].cost_channels}); got {reward_critic.out_dim} and {cost_critic.out_dim}"
+        )
+    gammas = [
+        _check_unit_interval(n, v)
+        for n, v in zip(
+            ("gamma", "lam", "cost_gamma", "cost_lam"), (gamma, lam, cost_gamma, cost_lam), strict=True
+        )
+    ]
+    return assemble(
+        segments,
+        normalizer,
+        reward_critic,
+        cost_critic,
+        gamma=gammas[0],
+        lam=gammas[1],
+        cost_gamma=gammas[2],
+        cost_lam=gammas[3],
+        update_normalizer=update_normalizer,
     )

@@ -229,3 +229,56 @@ def test_identical_seeds_identical_batches_on_safenav():
     assert a.env_steps == 600 and a.num_episodes == 2 and a.ep_len == 200.0
     # normalised observations: roughly standardised after the first batch
     assert float(a.obs.abs().max()) <= 10.0
+
+
+def _sharded_batches(pool, shards: int = 3) -> list[Batch]:
+    """Two consecutive sharded batches of one safenav task (6 sub-environments)."""
+    from rl.envs import task_distribution
+    from rl.rollout import EnvSpec, collect_sharded
+
+    task = task_distribution("safenav-button").sample(1, seed=0)[0]
+    spec = EnvSpec("safenav-button", task, 6, (("horizon", 50),))
+    env = spec.make()
+    pi = GaussianPolicy(env.obs_dim, env.act_dim, hidden=(16,))
+    gen = torch.Generator().manual_seed(0)
+    params = pi.init_params(gen)
+    crit_gen = torch.Generator().manual_seed(1)
+    v_r = Critic(env.obs_dim, 1, hidden=(16,), generator=crit_gen)
+    v_c = Critic(env.obs_dim, len(env.cost_channels), hidden=(16,), generator=crit_gen)
+    norm = ObsNormalizer(env.obs_dim)
+    return [
+        collect_sharded(pool, spec, pi, params, 600, norm, v_r, v_c, shards=shards, generator=gen)
+        for _ in range(2)
+    ]
+
+
+def _assert_same_batches(batches: list[Batch], ref: list[Batch]) -> None:
+    for a, b in zip(batches, ref, strict=True):
+        for name in Batch._TENSORS:
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+        assert (a.ep_ret, a.num_episodes, a.num_envs) == (b.ep_ret, b.num_episodes, b.num_envs)
+        assert np.array_equal(a.episode_costs, b.episode_costs)
+
+
+def test_sharded_batches_do_not_depend_on_where_the_shards_run():
+    from rl.runtime.parallel import TaskPool
+
+    ref = _sharded_batches(None)
+    assert ref[0].env_steps == 600 and ref[0].num_envs == 6 and ref[0].num_episodes == 12
+    assert not torch.equal(ref[0].act, ref[1].act)  # the second batch draws new seeds
+    _assert_same_batches(_sharded_batches(TaskPool("serial")), ref)
+    for workers in (1, 2):
+        with TaskPool("processes", workers=workers) as pool:
+            _assert_same_batches(_sharded_batches(pool), ref)
+    # another split is another (valid) batch
+    other = _sharded_batches(None, shards=2)
+    assert other[0].env_steps == 600 and not torch.equal(other[0].act, ref[0].act)
+
+
+def test_shard_slices():
+    from rl.rollout import shard_slices
+
+    assert shard_slices(7, 3) == [(0, 3), (3, 2), (5, 2)]
+    assert shard_slices(2, 5) == [(0, 1), (1, 1)]
+    with pytest.raises(ValueError, match="shards must be a positive int, got 0"):
+        shard_slices(4, 0)
