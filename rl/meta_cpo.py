@@ -3,7 +3,7 @@
 ``python -m rl.meta_cpo`` trains on the built-in Button distribution, adapts on held-out test
 tasks and writes every artifact into a run folder (``--help`` lists every option).
 
-The algorithm (Cho & Sun, AAAI-24; ``DESIGN.md`` section 2), as this file reads:
+The algorithm (Cho & Sun, AAAI-24; ``docs/concepts.md``), as this file reads:
 
 1. **Inner loop** (:func:`inner_loop`), for each of ``M`` training tasks ``T_i``:
    ``phi^0 = theta`` (a copy with a graph, never an alias: ``theta`` does not move), then ``K``

@@ -174,7 +174,7 @@ class GaussianPolicy:
 
         Differentiable in *both* arguments (nothing is detached): the Fisher metric
         at psi is the Hessian in ``params`` at ``params = ref_params = psi`` and
-        depends on psi through both (DESIGN.md section 1).
+        depends on psi through both (``docs/concepts.md``).
         """
         mu0, ls0 = self.mean_log_std(ref_params, obs)
         mu1, ls1 = self.mean_log_std(params, obs)

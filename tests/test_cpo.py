@@ -95,7 +95,7 @@ def _grads_and_fisher(pi, params, batch):
 
 
 def _reference_step_m1(g, a, H, c, delta):
-    """The m = 1 CPO step from DESIGN.md section 1 (maximisation form), dense H."""
+    """The m = 1 CPO step of docs/concepts.md, "The closed form" (maximisation form), dense H."""
     Hg = torch.linalg.solve(H, g)
     Ha = torch.linalg.solve(H, a)
     q, r, s = float(g @ Hg), float(g @ Ha), float(a @ Ha)

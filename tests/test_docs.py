@@ -23,3 +23,43 @@ def test_docs_have_examples():
 def test_doc_example_runs(block, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(block, "<doc>", "exec"), {"__name__": "__doc_example__"})
+
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Where the repository names files to a reader (the benchmark reports under docs/results and
+#: benchmarks/results quote their own generators' history and are checked by their tests).
+NAMING_SCOPE = ("README.md", "CHANGELOG.md", "mkdocs.yml", "pyproject.toml", "Makefile", "CITATION.cff")
+NAMING_DIRS = ("docs/", "rl/", "difftrust/")
+FILE_NAME = re.compile(r"(?<![\w.])[\w-]+(?:/[\w.-]+)*\.(?:md|py|toml|yml|yaml|cff)\b")
+
+
+def _repository_files() -> list[str]:
+    import subprocess
+
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return [f for f in listed if (ROOT / f).is_file()]
+
+
+def test_no_file_names_a_file_outside_the_repository():
+    files = _repository_files()
+    names = {Path(f).name for f in files}
+    scope = [
+        f
+        for f in files
+        if (f in NAMING_SCOPE or (f.startswith(NAMING_DIRS) and not f.startswith("docs/results/")))
+        and f.endswith((".md", ".py", ".yml", ".toml", ".cff", "Makefile"))
+    ]
+    assert "README.md" in scope and any(f.startswith("docs/") for f in scope)
+    missing = [
+        f"{f}: {name}"
+        for f in scope
+        for name in FILE_NAME.findall((ROOT / f).read_text())
+        if Path(name).name not in names
+    ]
+    assert missing == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Markdown that was not rendered: a fence, a bullet or a numbered item at the start of a text line.
+_RAW = re.compile(r"^\s*(?:\* |- |\d+\. )|```")
 
 #: Modules whose docstring examples are run (each takes well under a second).
 DOCTEST_MODULES = (
@@ -69,6 +72,19 @@ def test_mkdocs_build_strict(tmp_path):
         assert (site / page / "index.html").is_file(), page
     # docstring doctests render as code, not as nested block quotes
     assert "<blockquote>" not in api and "<blockquote>" not in rl_api
+    # fences, lists and numbered steps render as such on every page (no raw Markdown left in
+    # the text: a fence inside a list item, or an item glued to the paragraph before it)
+    raw = []
+    for page in sorted(site.rglob("*.html")):
+        text = re.sub(r"<(pre|script)\b.*?</\1>", "", page.read_text(), flags=re.S)
+        raw += [
+            f"{page.relative_to(site)}: {line.strip()[:80]}"
+            for line in text.splitlines()
+            if _RAW.search(line)
+        ]
+    assert raw == []
+    home = (site / "index.html").read_text()
+    assert "<code>text" not in home and home.count("<li>") >= 2
 
 
 @pytest.mark.parametrize("name", DOCTEST_MODULES)

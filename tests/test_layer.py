@@ -139,7 +139,7 @@ def test_gradient_identity_metric_and_batch_match_unbatched():
 
 
 # ---------------------------------------------------------------------------------------------
-# the two published defects (DESIGN.md section 1) and the closed form's cases
+# the two published defects (docs/concepts.md, "The closed form") and the closed form's cases
 
 
 def test_worked_example_is_the_plain_trust_region_step():

@@ -8,7 +8,11 @@ would mangle; this extension rewrites them before mkdocstrings renders them:
 * a literal block (a paragraph ending in ``::`` followed by an indented block) becomes a
   fenced ``text`` block, the ``::`` a single colon;
 * Sphinx roles (``:mod:`x```, ``:class:`x```, ...) become inline code;
-* ``\\ `` (reST's escaped space) is dropped.
+* ``\\ `` (reST's escaped space) is dropped;
+* list items are re-indented to Markdown's four columns per level (reST lets the text of
+  ``1. item`` continue at three columns, ``* item`` at two; Python-Markdown would end the
+  list there and show the rest of the item as a paragraph, or a nested list as text), and
+  a literal block inside an item stays inside it.
 
 Loaded by ``mkdocs.yml`` (``extensions`` of the python handler); used only to build the docs.
 """
@@ -21,15 +25,39 @@ from typing import Any
 import griffe
 
 _ROLE = re.compile(r":(?:mod|class|func|meth|attr|data|obj|exc|ref):`~?([^`]+)`")
+_MARKER = re.compile(r"^( *)([*+-]|\d+[.)]) +(?=\S)")
 
 
 def _indent(line: str) -> int:
     return len(line) - len(line.lstrip(" "))
 
 
+def _indent_lists(lines: list[str]) -> list[str]:
+    """Re-indent list items so that each level's content sits four columns past its marker."""
+    out: list[str] = []
+    stack: list[tuple[int, int]] = []  # (content column in the input, shift of the content)
+    for line in lines:
+        if not line.strip():
+            out.append(line)
+            continue
+        ind = _indent(line)
+        in_list = bool(stack)
+        while stack and ind < stack[-1][0]:
+            stack.pop()
+        shift = stack[-1][1] if stack else 0
+        match = _MARKER.match(line)
+        if match and in_list and out and out[-1].strip() and not _MARKER.match(out[-1]):
+            out.append("")  # an item after a paragraph of the previous one: not its lazy continuation
+        out.append(" " * (ind + shift) + line.lstrip(" "))
+        if match and not line.lstrip().startswith(">>>"):
+            content = match.end()
+            stack.append((content, ind + shift + 4 - content))
+    return out
+
+
 def rst_to_markdown(text: str) -> str:
-    """Rewrite doctests, literal blocks and roles of a (dedented) docstring as Markdown."""
-    lines = text.splitlines()
+    """Rewrite doctests, literal blocks, lists and roles of a (dedented) docstring as Markdown."""
+    lines = _indent_lists(text.splitlines())
     out: list[str] = []
     i = 0
     while i < len(lines):
@@ -62,7 +90,7 @@ def rst_to_markdown(text: str) -> str:
                     k += 1
                 while block and not block[-1].strip():
                     block.pop()
-                pad = " " * _indent(line)
+                pad = " " * (_indent(line) + (4 if _MARKER.match(line) else 0))
                 out.append(pad + "```text")
                 out.extend(pad + b[base:] if b.strip() else "" for b in block)
                 out.append(pad + "```")
