@@ -8,8 +8,10 @@
 >>> obs.shape[0]
 4
 
-Families: ``safenav-goal`` and ``safenav-button`` (built-in, pure numpy,
-:mod:`rl.envs.safenav`), ``safety-button`` and ``safety-circle`` (the real
+Families: ``hiddennav`` (built-in, pure numpy, :mod:`rl.envs.hiddennav`: a hidden goal in a
+ring of hidden hazards, the family that needs adaptation), ``safenav-goal`` and
+``safenav-button`` (built-in, pure numpy, :mod:`rl.envs.safenav`: every hazard and button on a
+lidar, the "no adaptation needed" control), ``safety-button`` and ``safety-circle`` (the real
 Safety-Gymnasium 1.0.0, :mod:`rl.envs.safety_gym`). Any registered
 Safety-Gymnasium id (``SafetyPointGoal1-v0``, ...) is accepted by :func:`make`.
 Every environment :func:`make` returns is a :class:`gymnasium.vector.VectorEnv`
@@ -49,7 +51,7 @@ _import_gymnasium_quietly()
 from rl.envs.base import VecEnv  # noqa: E402
 from rl.envs.registration import GYMNASIUM_IDS, register_gymnasium_envs  # noqa: E402
 
-BUILTIN_FAMILIES = ("safenav-goal", "safenav-button")
+BUILTIN_FAMILIES = ("hiddennav", "safenav-goal", "safenav-button")
 SAFETY_FAMILIES = ("safety-button", "safety-circle")
 FAMILIES = BUILTIN_FAMILIES + SAFETY_FAMILIES
 
@@ -70,6 +72,10 @@ def _check_name(name: Any) -> str:
 def task_distribution(name: str):
     """The task distribution of a family (``dist.sample(n, split=..., seed=...)``)."""
     name = _check_name(name)
+    if name == "hiddennav":
+        from rl.envs import hiddennav
+
+        return hiddennav.task_distribution(name)
     if name in BUILTIN_FAMILIES:
         from rl.envs import safenav
 
@@ -95,6 +101,10 @@ def make(name: str, task: Any = None, num_envs: int = 1, seed: int = 0, **kwargs
         raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {seed!r}")
+    if name == "hiddennav":
+        from rl.envs import hiddennav
+
+        return hiddennav.make(name, task=task, num_envs=num_envs, seed=seed, **kwargs)
     if name in BUILTIN_FAMILIES:
         from rl.envs import safenav
 

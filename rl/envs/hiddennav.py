@@ -1,0 +1,503 @@
+"""A task family that needs adaptation: a hidden goal in a ring of hidden hazards.
+
+``hiddennav`` is built so that the task is *not* in the observation and the best safe policy
+differs between tasks, the setting meta-RL is for (the safenav families show every hazard and
+button on a lidar, so one pooled policy is right for every task there: they are the "no
+adaptation needed" control). Pure numpy and vectorised like :mod:`rl.envs.safenav`, whose
+dynamics constants and SplitMix64 streams it reuses.
+
+>>> from rl.envs import hiddennav
+>>> dist = hiddennav.task_distribution()
+>>> task = dist.sample(1, split="train", seed=0)[0]
+>>> env = hiddennav.make(task=task, num_envs=4, seed=0)
+>>> obs, info = env.reset()
+>>> obs.shape == (4, hiddennav.OBS_DIM)
+True
+
+The task. A point robot starts near the centre of a square arena. ``slots`` points lie evenly on
+a ring of radius ``ring_radius`` around the centre: one of them is the goal (a disc of
+``goal_radius``), each of the others holds a hazard disc of ``hazard_radius``. The ring's
+rotation (where the goal is) and its radius are the task; none of it is observed. The robot must
+infer the goal's direction from the reward and where it may not go from the cost: straight to
+the goal is safe, a wrong guess runs into a hazard.
+
+Dynamics (per step of ``DT`` = 0.1 s, the constants of :mod:`rl.envs.safenav`). Action
+``(a_x, a_y)`` in ``[-1, 1]^2`` is a world-frame thrust: the velocity decays by
+``exp(-DAMPING * DT)`` and gains ``DT * THRUST * a``; the position moves by ``DT * velocity`` and
+is clipped to the arena (the velocity component into a wall is zeroed). Top speed is about 1
+unit/s (0.1 per step), so a goal on a ring of radius 1.5 is some 17 steps away.
+
+Reward: ``PROGRESS_SCALE * (previous distance - distance)`` to the goal centre every step, plus
+``GOAL_REWARD`` on every step the robot's centre is inside the goal disc (so reaching the goal
+early and staying there pays). The goal does not move within an episode.
+
+Cost (channel ``"hazards"``, 0 or 1 per step): 1 while the robot's centre is inside any hazard.
+
+Observation (float64, ``OBS_DIM`` = 5, see ``OBS_LAYOUT``): the robot's world-frame position,
+its world-frame velocity and the elapsed fraction of the episode ``t / horizon``. Nothing about
+the goal or the hazards.
+
+Episodes: ``truncated`` exactly at ``horizon`` steps (default ``DEFAULT_HORIZON`` = 50),
+``terminated`` never. Sub-environments auto-reset as :mod:`rl.envs.base` specifies
+(``info["final_observation"]``).
+
+Splits (:data:`SPLITS_RANGES`): the goal's angle is uniform in both; the ring radius is drawn
+from ``[1.0, 1.4]`` for training tasks and from ``[1.5, 1.8]`` for test tasks, outside the
+training range (farther goals, hazards farther apart); hazard radius and slot count are shared.
+
+Randomness: as in :mod:`rl.envs.safenav`, sub-environment ``i`` owns a SplitMix64 stream seeded
+``seed + i`` and a reset consumes a fixed number of its draws, so ``N`` sub-environments behave
+exactly like ``N`` separate 1-env instances seeded ``seed, seed + 1, ...``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import gymnasium
+import numpy as np
+
+from rl.envs.base import all_true, check_seed, with_final
+from rl.envs.safenav import DAMPING, DT, THRUST, _finite_float, _points, _positive, _Streams
+
+__all__ = [
+    "DEFAULT_HORIZON",
+    "FAMILY",
+    "OBS_DIM",
+    "OBS_LAYOUT",
+    "SPLITS_RANGES",
+    "HiddenNavDistribution",
+    "HiddenNavRanges",
+    "HiddenNavTask",
+    "HiddenNavVecEnv",
+    "make",
+    "task_distribution",
+]
+
+FAMILY = "hiddennav"
+SPLITS = ("train", "test")
+DEFAULT_HORIZON = 50
+
+PROGRESS_SCALE = 1.0
+GOAL_REWARD = 0.1  # per step inside the goal disc
+
+OBS_LAYOUT = {"position": slice(0, 2), "velocity": slice(2, 4), "time": slice(4, 5)}
+OBS_DIM = 5
+
+#: Half side of the arena (the ring of every split fits inside with room to overshoot).
+ARENA_HALF_SIZE = 2.5
+#: Robots start uniformly in a disc of this radius around the centre, at rest.
+START_RADIUS = 0.1
+#: Bound of each world-frame velocity component in the observation space (top speed is
+#: ``DT * THRUST / (1 - exp(-DAMPING * DT))`` per axis, about 1.05 units/s).
+VELOCITY_BOUND = 1.2
+
+
+@dataclass(frozen=True)
+class HiddenNavTask:
+    """One pinned task: where the goal and the hazards are (JSON-able via :meth:`to_dict`).
+
+    Attributes:
+        goal: Goal centre ``(x, y)``.
+        goal_radius: Radius of the goal disc (> 0).
+        hazard_positions: Hazard centres ``((x, y), ...)``; may be empty.
+        hazard_radius: Radius of every hazard disc (> 0).
+        arena_half_size: The arena is ``[-arena_half_size, arena_half_size]^2``.
+        start_radius: Robots start uniformly in the disc of this radius around ``(0, 0)``.
+        family: Always ``"hiddennav"``.
+
+    Raises:
+        ValueError: A parameter is out of range (the message names it and the range).
+        TypeError: A parameter has the wrong type.
+    """
+
+    goal: tuple[float, float]
+    goal_radius: float = 0.3
+    hazard_positions: tuple[tuple[float, float], ...] = ()
+    hazard_radius: float = 0.3
+    arena_half_size: float = ARENA_HALF_SIZE
+    start_radius: float = START_RADIUS
+    family: str = FAMILY
+
+    def __post_init__(self) -> None:
+        if self.family != FAMILY:
+            raise ValueError(f"family must be {FAMILY!r}, got {self.family!r}")
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        half = _positive("arena_half_size", self.arena_half_size)
+        set_("arena_half_size", half)
+        set_("goal_radius", _positive("goal_radius", self.goal_radius))
+        set_("hazard_radius", _positive("hazard_radius", self.hazard_radius))
+        start = _finite_float("start_radius", self.start_radius)
+        if not 0.0 <= start < half:
+            raise ValueError(f"start_radius must be in [0, arena_half_size = {half}), got {start!r}")
+        set_("start_radius", start)
+        goal = _points("goal", [self.goal], half)
+        set_("goal", goal[0])
+        set_("hazard_positions", _points("hazard_positions", self.hazard_positions, half))
+
+    @property
+    def num_hazards(self) -> int:
+        """Number of hazards."""
+        return len(self.hazard_positions)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (lists instead of tuples) that :meth:`from_dict` inverts."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = [list(v) if isinstance(v, tuple) else v for v in value]
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HiddenNavTask:
+        """Build a task from :meth:`to_dict` output.
+
+        Raises:
+            ValueError: ``data`` has unknown or missing keys (the message lists the valid ones).
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(f"data must be a mapping, got {type(data).__name__}")
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown HiddenNavTask keys {unknown}; valid keys are {valid}")
+        if "goal" not in data:
+            raise ValueError(f"missing HiddenNavTask key 'goal'; valid keys are {valid}")
+        kwargs = dict(data)
+        kwargs["goal"] = tuple(kwargs["goal"])
+        if "hazard_positions" in kwargs:
+            kwargs["hazard_positions"] = tuple(tuple(p) for p in kwargs["hazard_positions"])
+        return cls(**kwargs)
+
+
+# ------------------------------------------------------------------- distributions
+
+
+@dataclass(frozen=True)
+class HiddenNavRanges:
+    """What a split draws its tasks from (uniform in each range).
+
+    Attributes:
+        ring_radius: ``(low, high)`` distance of the goal and the hazards from the centre.
+        hazard_radius: ``(low, high)`` radius of the hazards.
+        slots: Points on the ring: the goal and ``slots - 1`` hazards, evenly spaced.
+        goal_radius: Radius of the goal disc.
+    """
+
+    ring_radius: tuple[float, float]
+    hazard_radius: tuple[float, float]
+    slots: int
+    goal_radius: float
+
+
+#: The train and test ranges (fixed before any comparison of methods was run).
+SPLITS_RANGES: dict[str, HiddenNavRanges] = {
+    "train": HiddenNavRanges(ring_radius=(1.0, 1.4), hazard_radius=(0.3, 0.4), slots=4, goal_radius=0.3),
+    "test": HiddenNavRanges(ring_radius=(1.5, 1.8), hazard_radius=(0.3, 0.4), slots=4, goal_radius=0.3),
+}
+
+
+@dataclass(frozen=True)
+class HiddenNavDistribution:
+    """Tasks of the ``hiddennav`` family with a train and a test split.
+
+    The goal's angle ``alpha`` is uniform on ``[0, 2 pi)``; the ring radius ``rho`` and the
+    hazard radius are uniform in the split's ranges; the goal sits at
+    ``rho (cos alpha, sin alpha)`` and the hazards at the angles ``alpha + 2 pi k / slots``,
+    ``k = 1 .. slots - 1``, on the same ring.
+
+    Attributes:
+        train: Ranges of the training split.
+        test: Ranges of the test split (ring radii outside the training range).
+        name: ``"hiddennav"``.
+    """
+
+    train: HiddenNavRanges
+    test: HiddenNavRanges
+    name: str = FAMILY
+
+    def ranges(self, split: str) -> HiddenNavRanges:
+        """The ranges of ``split`` (``"train"`` or ``"test"``)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        return self.train if split == "train" else self.test
+
+    def sample(self, n: int, split: str = "train", seed: int = 0) -> list[HiddenNavTask]:
+        """Draw ``n`` tasks from ``split`` with a generator private to the call (equal arguments
+        give equal tasks).
+
+        Args:
+            n: Number of tasks (>= 1).
+            split: ``"train"`` or ``"test"``.
+            seed: Any int.
+
+        Returns:
+            A list of ``n`` :class:`HiddenNavTask`.
+        """
+        if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n must be an int >= 1, got {n!r}")
+        r = self.ranges(split)
+        if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        rng = np.random.default_rng([int(seed) % 2**64, 7, SPLITS.index(split)])
+        tasks = []
+        for _ in range(int(n)):
+            alpha = float(rng.uniform(0.0, 2 * math.pi))
+            rho = float(rng.uniform(*r.ring_radius))
+            radius = float(rng.uniform(*r.hazard_radius))
+            angles = alpha + 2 * math.pi * np.arange(1, r.slots) / r.slots
+            hazards = tuple((rho * math.cos(a), rho * math.sin(a)) for a in angles)
+            tasks.append(
+                HiddenNavTask(
+                    goal=(rho * math.cos(alpha), rho * math.sin(alpha)),
+                    goal_radius=r.goal_radius,
+                    hazard_positions=hazards,
+                    hazard_radius=radius,
+                )
+            )
+        return tasks
+
+
+def task_distribution(name: str = FAMILY) -> HiddenNavDistribution:
+    """The ``hiddennav`` task distribution."""
+    if name != FAMILY:
+        raise ValueError(f"unknown hiddennav family {name!r}; expected {FAMILY!r}")
+    return HiddenNavDistribution(train=SPLITS_RANGES["train"], test=SPLITS_RANGES["test"])
+
+
+# ------------------------------------------------------------------ the VecEnv
+
+
+class HiddenNavVecEnv(gymnasium.vector.VectorEnv):
+    """``num_envs`` copies of one :class:`HiddenNavTask`, stepped together.
+
+    A :class:`gymnasium.vector.VectorEnv` following :mod:`rl.envs.base` (see the module
+    docstring). Build it with :func:`make`.
+
+    Attributes:
+        num_envs, obs_dim, act_dim, horizon, cost_channels, task, action_low, action_high:
+            As in :mod:`rl.envs.base`.
+        name: ``"hiddennav"``.
+    """
+
+    def __init__(
+        self, task: HiddenNavTask, num_envs: int = 1, seed: int = 0, horizon: int = DEFAULT_HORIZON
+    ) -> None:
+        if not isinstance(task, HiddenNavTask):
+            raise TypeError(f"task must be a HiddenNavTask, got {type(task).__name__}")
+        if not isinstance(num_envs, int | np.integer) or isinstance(num_envs, bool) or num_envs < 1:
+            raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
+        if not isinstance(horizon, int | np.integer) or isinstance(horizon, bool) or horizon < 1:
+            raise ValueError(f"horizon must be an int >= 1, got {horizon!r}")
+        if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        half = task.arena_half_size
+        low = np.array([-half, -half, -VELOCITY_BOUND, -VELOCITY_BOUND, 0.0])
+        high = np.array([half, half, VELOCITY_BOUND, VELOCITY_BOUND, 1.0])
+        super().__init__(
+            int(num_envs),
+            gymnasium.spaces.Box(low, high, (OBS_DIM,), np.float64),
+            gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float64),
+        )
+        self.task = task
+        self.name = FAMILY
+        self.horizon = int(horizon)
+        self.obs_dim = OBS_DIM
+        self.act_dim = 2
+        self.action_low = -np.ones(2)
+        self.action_high = np.ones(2)
+        self.cost_channels = ("hazards",)
+        self._goal = np.asarray(task.goal, dtype=np.float64)
+        self._hazards = np.asarray(task.hazard_positions, dtype=np.float64).reshape(-1, 2)
+        self._decay = math.exp(-DAMPING * DT)
+        self._limit = task.arena_half_size
+        n = self.num_envs
+        self._streams = _Streams(n, int(seed))
+        self._pos = np.zeros((n, 2))
+        self._vel = np.zeros((n, 2))
+        self._last_dist = np.zeros(n)
+        self._t = np.zeros(n, dtype=np.int64)
+        self._needs_reset = True
+        self._all_true = all_true(n)
+
+    @property
+    def robot_positions(self) -> np.ndarray:
+        """World-frame robot centres, ``(N, 2)`` (a copy)."""
+        return self._pos.copy()
+
+    def reset(
+        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict]:
+        """Reset every sub-environment (sub-env ``i`` reseeded with ``seed + i``).
+
+        Args:
+            seed: ``None`` continues the streams seeded at construction; a list gives one seed
+                per sub-environment.
+            options: Unused (Gymnasium's signature).
+
+        Returns:
+            ``(obs, info)``: obs float64 ``(num_envs, obs_dim)``; info is empty.
+        """
+        seeds = check_seed(seed, self.num_envs)
+        if seeds is not None:
+            self._streams.seed_each(seeds)
+        self._reset_envs(np.arange(self.num_envs))
+        self._needs_reset = False
+        return self._observe(), {}
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        """Advance every sub-environment by one step (see :mod:`rl.envs.base`).
+
+        Args:
+            actions: ``(num_envs, 2)`` world-frame thrusts; clipped to ``[-1, 1]``.
+
+        Returns:
+            ``(obs, reward, terminated, truncated, info)`` with ``info["cost"]``,
+            ``info["costs"]`` (``{"hazards": (N,)}``), ``info["goal_reached"]`` (bool ``(N,)``:
+            inside the goal disc) and, where episodes ended, ``info["final_observation"]``.
+        """
+        if self._needs_reset:
+            raise RuntimeError("call reset() before step()")
+        a = np.asarray(actions, dtype=np.float64)
+        if a.shape != (self.num_envs, 2):
+            raise ValueError(f"actions must have shape ({self.num_envs}, 2), got {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError("actions must be finite, got NaN or inf")
+        a = np.clip(a, -1.0, 1.0)
+
+        vel = self._vel * self._decay + (DT * THRUST) * a
+        pos = self._pos + DT * vel
+        at_wall = np.abs(pos) > self._limit
+        np.clip(pos, -self._limit, self._limit, out=pos)
+        vel[at_wall] = 0.0
+        self._pos, self._vel = pos, vel
+
+        if len(self._hazards):
+            dx = pos[:, 0, None] - self._hazards[None, :, 0]
+            dy = pos[:, 1, None] - self._hazards[None, :, 1]
+            inside = (dx * dx + dy * dy <= self.task.hazard_radius**2).any(axis=1)
+            hazard_cost = inside.astype(np.float64)
+        else:
+            hazard_cost = np.zeros(self.num_envs)
+        dist = np.hypot(self._goal[0] - pos[:, 0], self._goal[1] - pos[:, 1])
+        at_goal = dist <= self.task.goal_radius
+        reward = PROGRESS_SCALE * (self._last_dist - dist) + GOAL_REWARD * at_goal
+        self._last_dist = dist
+
+        self._t += 1
+        truncated = self._t >= self.horizon
+        terminated = np.zeros(self.num_envs, dtype=bool)
+        obs = self._observe()
+        mask = self._all_true
+        info = {
+            "cost": hazard_cost.copy(),
+            "_cost": mask,
+            "costs": {"hazards": hazard_cost},
+            "_costs": mask,
+            "goal_reached": at_goal,
+            "_goal_reached": mask,
+        }
+        if truncated.any():
+            done = np.flatnonzero(truncated)
+            with_final(info, done, obs[done].copy(), self.num_envs)
+            self._reset_envs(done)
+            obs[done] = self._observe(done)
+        return obs, reward, terminated, truncated, info
+
+    def render(self, index: int = 0, size: int = 256) -> np.ndarray:
+        """A top-down RGB picture of sub-environment ``index`` (what the robot cannot see):
+        grey arena, blue hazards, green goal, red robot.
+
+        Args:
+            index: Which sub-environment.
+            size: Image side in pixels (>= 16).
+
+        Returns:
+            uint8 array of shape ``(size, size, 3)``.
+        """
+        if not isinstance(index, int | np.integer) or not 0 <= index < self.num_envs:
+            raise ValueError(f"index must be an int in [0, {self.num_envs}), got {index!r}")
+        if not isinstance(size, int | np.integer) or size < 16:
+            raise ValueError(f"size must be an int >= 16, got {size!r}")
+        half = self.task.arena_half_size
+        extent = 1.05 * half
+        coords = (np.arange(size) + 0.5) / size * 2 * extent - extent
+        x, y = coords[None, :], -coords[:, None]
+        img = np.empty((size, size, 3))
+        img[:] = (40, 40, 48)
+        img[(np.abs(x) <= half) & (np.abs(y) <= half)] = (235, 235, 228)
+
+        def disc(cx: float, cy: float, r: float, color: tuple[int, int, int]) -> None:
+            img[(x - cx) ** 2 + (y - cy) ** 2 <= r * r] = color
+
+        for hx, hy in self._hazards:
+            disc(hx, hy, self.task.hazard_radius, (70, 110, 230))
+        disc(self._goal[0], self._goal[1], self.task.goal_radius, (40, 190, 70))
+        disc(self._pos[index, 0], self._pos[index, 1], 0.08, (215, 40, 40))
+        return np.clip(img, 0, 255).astype(np.uint8)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        """Nothing to release (``close()`` comes from :class:`gymnasium.vector.VectorEnv`)."""
+
+    def _reset_envs(self, idx: np.ndarray) -> None:
+        u = self._streams.uniform(idx, 2)
+        r = self.task.start_radius * np.sqrt(u[:, 0])
+        angle = 2 * np.pi * u[:, 1]
+        self._pos[idx] = np.stack([r * np.cos(angle), r * np.sin(angle)], axis=1)
+        self._vel[idx] = 0.0
+        self._t[idx] = 0
+        self._last_dist[idx] = np.hypot(self._goal[0] - self._pos[idx, 0], self._goal[1] - self._pos[idx, 1])
+
+    def _observe(self, idx: np.ndarray | None = None) -> np.ndarray:
+        sel = slice(None) if idx is None else idx
+        pos, vel, t = self._pos[sel], self._vel[sel], self._t[sel]
+        obs = np.empty((pos.shape[0], OBS_DIM))
+        obs[:, 0:2] = pos
+        obs[:, 2:4] = vel
+        obs[:, 4] = t / self.horizon
+        return obs
+
+
+def make(
+    name: str = FAMILY,
+    task: HiddenNavTask | Mapping[str, Any] | None = None,
+    num_envs: int = 1,
+    seed: int = 0,
+    horizon: int = DEFAULT_HORIZON,
+    **kwargs: Any,
+) -> HiddenNavVecEnv:
+    """Build a vectorised ``hiddennav`` environment.
+
+    Args:
+        name: ``"hiddennav"``.
+        task: A :class:`HiddenNavTask` (or its :meth:`~HiddenNavTask.to_dict`); ``None`` uses the
+            first training task drawn with ``seed``.
+        num_envs: Number of sub-environments (sub-env ``i`` is seeded ``seed + i``).
+        seed: Seed of the random streams (and of the default task).
+        horizon: Episode length at which sub-environments are truncated.
+
+    Returns:
+        A :class:`HiddenNavVecEnv`; call ``reset()`` before ``step()``.
+
+    Raises:
+        ValueError: Unknown family or bad sizes.
+        TypeError: Unknown keyword arguments or a task of the wrong type.
+    """
+    if name != FAMILY:
+        raise ValueError(f"unknown hiddennav family {name!r}; expected {FAMILY!r}")
+    if kwargs:
+        raise TypeError(
+            f"unknown options {sorted(kwargs)} for {name!r}; valid: task, num_envs, seed, horizon"
+        )
+    if task is None:
+        task = task_distribution().sample(1, split="train", seed=seed)[0]
+    elif isinstance(task, Mapping):
+        task = HiddenNavTask.from_dict(task)
+    elif not isinstance(task, HiddenNavTask):
+        raise TypeError(f"task must be a HiddenNavTask, a dict or None, got {type(task).__name__}")
+    return HiddenNavVecEnv(task, num_envs=num_envs, seed=seed, horizon=horizon)
