@@ -1,0 +1,261 @@
+"""The exact active-set solver of the reduced problem: cross-checks, gradients, batches, invariances."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from difftrust import TrustRegionStep, solve_reduced
+from difftrust.active_set import (
+    NOT_CERTIFIED,
+    active_set_vjp,
+    active_set_vjp_numpy,
+    solve_active_set,
+    solve_active_set_numpy,
+)
+from difftrust.closed_form import solve_closed_form
+from difftrust.conic import solve_conic
+from tests._problems import REGIMES, random_problem, reference_step, t64
+
+F64 = torch.float64
+
+
+def _reduced(seed: int, n: int, m: int, regime: str):
+    g, A, b, H, delta = random_problem(seed, n, m, regime)
+    G = np.concatenate([g[:, None], A.T], 1)
+    K = G.T @ np.linalg.solve(H, G)
+    return torch.tensor(K), torch.tensor(b), torch.tensor(delta, dtype=F64)
+
+
+@given(seed=st.integers(0, 10_000), m=st.integers(0, 4), regime=st.sampled_from(REGIMES))
+@settings(max_examples=40, deadline=None)
+def test_torch_and_numpy_enumerations_agree(seed, m, regime):
+    K, b, delta = _reduced(seed, 7, m, regime)
+    st_ = solve_active_set(K[None], b[None], delta)
+    sn = solve_active_set_numpy(K[None].numpy(), b[None].numpy(), delta.reshape(1).numpy())
+    assert int(st_.code[0]) == int(sn["code"][0])
+    if int(st_.code[0]) == NOT_CERTIFIED:
+        return
+    assert np.allclose(st_.w.numpy(), sn["w"], rtol=1e-12, atol=1e-14)
+    wbar = torch.randn(1, m + 1, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    gt = active_set_vjp(st_, wbar)
+    gn = active_set_vjp_numpy(sn, wbar.numpy())
+    for a, c in zip(gt, gn, strict=True):
+        assert np.allclose(a.numpy(), c, rtol=1e-10, atol=1e-12)
+
+
+@given(seed=st.integers(0, 10_000), m=st.integers(0, 3), regime=st.sampled_from(REGIMES))
+@settings(max_examples=40, deadline=None)
+def test_matches_closed_form_and_conic_with_gradients(seed, m, regime):
+    """m <= 1 against the closed form (exact), m >= 2 against the conic backend (diffcp)."""
+    if m == 0:
+        regime = "inactive"
+    K, b, delta = _reduced(seed, 6, m, regime)
+    leaves = [t.clone().requires_grad_(True) for t in (K, b, delta)]
+    ref = solve_closed_form(*leaves) if m <= 1 else solve_conic(*leaves)
+    ours = solve_reduced(K, b, delta, solver="active-set")
+    assert ours.case == ref.case
+    scale = float(ref.w.detach().abs().max())
+    assert float((ours.w - ref.w.detach()).abs().max()) <= 1e-9 * scale
+    wbar = torch.randn(m + 1, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    gref = torch.autograd.grad(ref.w, leaves, wbar, allow_unused=True)
+    ours_leaves = [t.clone().requires_grad_(True) for t in (K, b, delta)]
+    gours = torch.autograd.grad(
+        solve_reduced(*ours_leaves, solver="active-set").w, ours_leaves, wbar, allow_unused=True
+    )
+    for k, (a, c) in enumerate(zip(gref, gours, strict=True)):
+        a = torch.zeros_like(ours_leaves[k]) if a is None else a
+        if k == 0:
+            a = 0.5 * (a + a.T)  # gradient with respect to the symmetric matrix
+        tol = 1e-12 if m <= 1 else 1e-6  # diffcp's adjoint is the less accurate side
+        big = float(a.abs().max()) if a.numel() else 0.0
+        assert torch.allclose(a, c, rtol=tol, atol=tol * max(1.0, big))
+
+
+def _central_fd(fn, x: torch.Tensor, h: float) -> torch.Tensor:
+    out = torch.zeros_like(x)
+    flat = x.reshape(-1)
+    for i in range(flat.numel()):
+        e = torch.zeros_like(flat)
+        e[i] = h
+        e = e.reshape(x.shape)
+        f1, f2, f3, f4 = fn(x + e), fn(x - e), fn(x + 2 * e), fn(x - 2 * e)
+        out.reshape(-1)[i] = (8 * (f1 - f2) - (f3 - f4)) / (12 * h)  # fourth order
+    return out
+
+
+@pytest.mark.parametrize(("seed", "m", "regime"), [(1, 2, "binding"), (2, 3, "binding"), (3, 2, "infeasible")])
+def test_layer_gradients_match_finite_differences_to_1e8(seed, m, regime):
+    g, A, b, H, delta = random_problem(seed, 5, m, regime)
+    gt, At, bt, Ht = t64(g, A, b, H)
+    v = torch.randn(5, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    step = TrustRegionStep(delta=delta)
+    res = step.solve(gt, At, bt, Ht)
+    assert res.solver == "active-set"
+    leaves = [t.clone().requires_grad_(True) for t in (gt, At, bt)]
+    grads = torch.autograd.grad(step(*leaves, Ht) @ v, leaves)
+    fns = [
+        lambda x: float(step(x, At, bt, Ht) @ v),
+        lambda x: float(step(gt, x, bt, Ht) @ v),
+        lambda x: float(step(gt, At, x, Ht) @ v),
+    ]
+    for gr, fn, x in zip(grads, fns, (gt, At, bt), strict=True):
+        fd = _central_fd(fn, x, 1e-4)
+        assert float((gr - fd).abs().max()) <= 1e-8 * max(1.0, float(fd.abs().max()))
+
+
+def test_batch_without_loop_matches_one_by_one_and_gradients():
+    rng = np.random.default_rng(5)
+    B, n, m = 12, 6, 2
+    regimes = [REGIMES[i % 3] for i in range(B)]
+    probs = [random_problem(int(rng.integers(1e6)), n, m, r) for r in regimes]
+    g, A, b, H = (torch.tensor(np.stack([p[k] for p in probs]), requires_grad=True) for k in range(4))
+    step = TrustRegionStep(delta=0.02)
+    res = step.solve(g, A, b, H)
+    assert res.x.shape == (B, n) and res.solver == ["active-set"] * B
+    v = torch.randn(B, n, dtype=F64, generator=torch.Generator().manual_seed(0))
+    grads = torch.autograd.grad((res.x * v).sum(), (g, A, b, H))
+    for i in range(B):
+        leaves = [t.detach()[i].clone().requires_grad_(True) for t in (g, A, b, H)]
+        ri = step.solve(*leaves)
+        assert ri.case == res.case[i]
+        assert torch.allclose(ri.x, res.x[i], atol=1e-13)
+        gi = torch.autograd.grad(ri.x @ v[i], leaves)
+        for a, c in zip(gi, grads, strict=True):
+            assert torch.allclose(a, c[i], atol=1e-11)
+    # identity metric, batched, and the reduced problem exposed on the result
+    res_id = step.solve(g.detach(), A.detach(), b.detach())
+    sols = solve_reduced(res_id.K, b.detach(), 0.02)
+    for i in range(B):
+        assert torch.allclose(sols[i].w, res_id.w[i], atol=1e-12)
+        x = sols[i].w[0] * g[i].detach() + sols[i].w[1:] @ A[i].detach()
+        assert torch.allclose(x, res_id.x[i], atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# invariances and feasibility over scales and geometry (issue: silent degradation at scale gaps)
+
+
+def _feasible_checks(res, g, A, b, H, delta):
+    x = res.x.numpy()
+    assert np.all(np.isfinite(x))
+    assert 0.5 * x @ H @ x <= delta * (1 + 1e-8)
+    if res.case != "recovery" and len(b):
+        assert np.all(b + A @ x <= 1e-8 * np.maximum(np.abs(b), np.abs(A) @ np.abs(x)).max())
+
+
+@given(
+    seed=st.integers(0, 10_000),
+    m=st.integers(1, 3),
+    regime=st.sampled_from(REGIMES),
+    which=st.sampled_from(("g", "A", "H")),
+    log_scale=st.floats(-6.0, 9.0),
+)
+@settings(max_examples=60, deadline=None)
+def test_step_is_invariant_to_scales_and_feasible(seed, m, regime, which, log_scale):
+    g, A, b, H, delta = random_problem(seed, 5, m, regime)
+    s = 10.0**log_scale
+    base = TrustRegionStep(delta=delta).solve(*t64(g, A, b, H))
+    if which == "g":
+        args, d2 = (g * s, A, b, H), delta
+    elif which == "A":
+        args, d2 = (g, A * s, b * s, H), delta
+    else:
+        args, d2 = (g, A, b, H * s), delta * s
+    res = TrustRegionStep(delta=d2).solve(*t64(*args))
+    assert res.case == base.case
+    assert float((res.x - base.x).norm()) <= 1e-6 * float(base.x.norm())
+    _feasible_checks(res, *args, d2)
+    _feasible_checks(base, g, A, b, H, delta)
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e200])
+def test_extreme_scales_give_the_same_step(scale):
+    g, A, b, H, delta = random_problem(7, 4, 2, "binding")
+    base = TrustRegionStep(delta=delta).solve(*t64(g, A, b, H)).x
+    for args, d in (((g * scale, A, b, H), delta), ((g, A * scale, b * scale, H), delta)):
+        x = TrustRegionStep(delta=d).solve(*t64(*args)).x
+        assert torch.allclose(x, base, rtol=1e-9, atol=1e-12 * float(base.abs().max()))
+
+
+def test_constraint_gap_between_rows_is_exact():
+    """Rows differing in scale by 1e9 against each other and g: same step as the balanced problem."""
+    g, A, b, H, delta = random_problem(11, 6, 2, "binding")
+    base = TrustRegionStep(delta=delta).solve(*t64(g, A, b, H)).x
+    A2, b2 = A.copy(), b.copy()
+    A2[0] *= 1e9
+    b2[0] *= 1e9
+    x = TrustRegionStep(delta=delta).solve(*t64(g * 1e-6, A2, b2, H)).x
+    assert float((x - base).norm()) <= 1e-9 * float(base.norm())
+
+
+@pytest.mark.parametrize("log_cond", [4, 8, 10])
+def test_ill_conditioned_metric_agrees_with_clarabel(log_cond):
+    rng = np.random.default_rng(log_cond)
+    n, m = 6, 2
+    Q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    H = Q @ np.diag(np.logspace(0, log_cond, n)) @ Q.T
+    H = 0.5 * (H + H.T)
+    g, A = rng.normal(size=n), rng.normal(size=(m, n))
+    Hinv = np.linalg.inv(H)
+    delta = 0.01
+    x_tr = np.sqrt(2 * delta / (g @ Hinv @ g)) * Hinv @ g
+    b = -(A @ x_tr) * 0.5  # both rows bind
+    x_ref, _ = reference_step(g, A, b, H, delta)
+    try:
+        x = TrustRegionStep(delta=delta).solve(*t64(g, A, b, H)).x.numpy()
+    except ValueError as err:  # allowed only with the named error
+        assert "too ill-conditioned" in str(err)
+        return
+    assert np.linalg.norm(x - x_ref) <= 1e-6 * np.linalg.norm(x_ref)
+
+
+def test_metric_beyond_float64_raises_named_error():
+    H = torch.diag(torch.tensor([1.0, 1e-13, 1.0], dtype=F64))
+    with pytest.raises(ValueError, match="too ill-conditioned.*condition number"):
+        TrustRegionStep(delta=0.01)(torch.ones(3, dtype=F64), torch.ones(3, dtype=F64), -0.1, H)
+
+
+# ---------------------------------------------------------------------------------------------
+# degenerate geometry: certified or handed to the fallback
+
+
+def test_g_parallel_to_a_row_falls_back_and_is_right():
+    g = torch.tensor([1.0, 0.0, 0.0], dtype=F64)
+    A = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=F64)
+    b = torch.tensor([-0.05, 0.01], dtype=F64)
+    res = TrustRegionStep(delta=0.01).solve(g, A, b)
+    x_ref, _ = reference_step(g.numpy(), A.numpy(), b.numpy(), np.eye(3), 0.01)
+    assert res.solver == "conic"  # g in the span of the active rows: lam = 0 is left to the fallback
+    # the optimum is a face (x_2 is free in [-0.1396, -0.01]): compare objective and feasibility
+    x = res.x.numpy()
+    assert g.numpy() @ x == pytest.approx(g.numpy() @ x_ref, rel=1e-7)
+    assert np.all(b.numpy() + A.numpy() @ x <= 1e-9) and 0.5 * x @ x <= 0.01 * (1 + 1e-9)
+
+
+def test_duplicate_rows_and_zero_rows():
+    g, A, b, H, delta = random_problem(3, 5, 2, "binding")
+    A3 = np.concatenate([A, A[:1], np.zeros((1, 5))])
+    b3 = np.concatenate([b, b[:1], [-1.0]])
+    x2 = TrustRegionStep(delta=delta).solve(*t64(g, A, b, H)).x
+    x3 = TrustRegionStep(delta=delta).solve(*t64(g, A3, b3, H)).x
+    assert torch.allclose(x2, x3, atol=1e-9 * float(x2.abs().max()))
+
+
+def test_solve_reduced_input_errors():
+    K = torch.eye(2, dtype=F64)
+    with pytest.raises(ValueError, match="K must have shape"):
+        solve_reduced(torch.eye(2, 3, dtype=F64), torch.zeros(1, dtype=F64), 0.01)
+    with pytest.raises(ValueError, match="b must have shape"):
+        solve_reduced(K, torch.zeros(2, dtype=F64), 0.01)
+    with pytest.raises(ValueError, match="finite"):
+        solve_reduced(K, torch.tensor([math.nan], dtype=F64), 0.01)
+    with pytest.raises(ValueError, match="finite and delta > 0"):
+        solve_reduced(K, torch.zeros(1, dtype=F64), -1.0)
+    with pytest.raises(ValueError, match="solver must be one of"):
+        solve_reduced(K, torch.zeros(1, dtype=F64), 0.01, solver="newton")
