@@ -194,18 +194,18 @@ def _solve_H(rec: _Record, R: Tensor, tensors: tuple[Tensor, ...]) -> tuple[Tens
 
 
 class _NoDoubleBackward(torch.autograd.Function):
-    """Identity whose derivative raises: marks the step's gradients as not differentiable again."""
+    """Identity whose derivative raises: marks the step's gradients as not differentiable again.
+
+    ``anchor`` is a fresh leaf that requires grad, so that the output is part of the graph built
+    by ``create_graph=True`` and differentiating it reaches this backward (and its message).
+    """
 
     @staticmethod
-    def forward(t: Tensor) -> Tensor:
+    def forward(ctx: Any, t: Tensor, anchor: Tensor) -> Tensor:
         return t.clone()
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        pass
-
-    @staticmethod
-    def backward(ctx: Any, _: Tensor) -> Tensor:
+    def backward(ctx: Any, _: Tensor) -> tuple:
         raise RuntimeError(
             "difftrust: the trust-region step is differentiable once; a second derivative (double "
             "backward through TrustRegionStep, e.g. a Hessian-vector product of a loss of x) is not "
@@ -276,7 +276,8 @@ class _TrustRegionFunction(torch.autograd.Function):
         with torch.no_grad():
             grads = _TrustRegionFunction._vjp(ctx, xbar.detach())
         if twice:
-            grads = tuple(None if t is None else _NoDoubleBackward.apply(t) for t in grads)
+            anchor = torch.zeros((), dtype=xbar.dtype, device=xbar.device, requires_grad=True)
+            grads = tuple(None if t is None else _NoDoubleBackward.apply(t, anchor) for t in grads)
         return grads
 
     @staticmethod
@@ -518,7 +519,7 @@ def trust_region_step(
     lam = state.lam.to(g2.dtype) * h / col[:, 0]
     nu = state.nu.to(g2.dtype) * col[:, 1:] / col[:, :1]
     # the reduced problem in the caller's units: w = C w_s, K = C^-1 K_s C^-1 (C the column scales)
-    w = state.w.to(g2.dtype) * col
+    w = state.w.to(g2.dtype) * col / h.unsqueeze(1)  # x = H_s^-1 G_s w_s = H^-1 G (C w_s / h)
     K = rec.K / (col.unsqueeze(2) * col.unsqueeze(1))
     if rec.h_scale is not None:
         K = K * rec.h_scale[:, None, None]

@@ -531,6 +531,80 @@ def fit_critics(
         return [float(F.mse_loss(critic(obs), y)) for critic, y in pairs]
 
 
+def _fit_one_critic(
+    critic: Critic,
+    optimizer_cls: type,
+    defaults: dict[str, Any],
+    optimizer_state: dict[str, Any],
+    obs: Tensor,
+    target: Tensor,
+    epochs: int,
+    minibatch: int,
+    seed: int,
+) -> tuple[dict[str, Tensor], dict[str, Any], float]:
+    """A worker's job of :func:`fit_critics_on_pool`: the fitted critic's and optimizer's states."""
+    optimizer = optimizer_cls(critic.parameters(), **defaults)
+    optimizer.load_state_dict(optimizer_state)
+    gen = torch.Generator().manual_seed(seed)
+    (loss,) = fit_critics([critic], [optimizer], obs, [target], epochs, minibatch, gen)
+    return critic.state_dict(), optimizer.state_dict(), loss
+
+
+def fit_critics_on_pool(
+    pool: Any,
+    critics: Sequence[Critic],
+    optimizers: Sequence[torch.optim.Optimizer],
+    obs: Tensor,
+    targets: Sequence[Tensor],
+    epochs: int,
+    minibatch: int,
+    seed: int,
+) -> list[float]:
+    """Fit each critic on its own, in parallel on ``pool``'s workers where it has several.
+
+    Each critic is fitted as :func:`fit_critics` fits it (minibatches shuffled by a generator
+    seeded ``seed``, the same permutations for every critic), so the result is the same, bit for
+    bit, wherever it ran (``pool=None`` or a serial pool: here, one after the other). The critics
+    and optimizers are updated in place.
+
+    Returns:
+        The full-batch MSE of each critic after fitting.
+    """
+    if not len(critics) == len(optimizers) == len(targets) >= 1:
+        raise ValueError(
+            f"need one optimizer and one target per critic, got {len(critics)} critics, "
+            f"{len(optimizers)} optimizers and {len(targets)} targets"
+        )
+    if pool is None or not pool.parallel:
+        return [
+            fit_critics([c], [o], obs, [t], epochs, minibatch, torch.Generator().manual_seed(seed))[0]
+            for c, o, t in zip(critics, optimizers, targets, strict=True)
+        ]
+    obs = obs.detach()
+    futures = [
+        pool.submit(
+            _fit_one_critic,
+            c,
+            type(o),
+            dict(o.defaults),
+            o.state_dict(),
+            obs,
+            t.detach(),
+            epochs,
+            minibatch,
+            seed,
+        )
+        for c, o, t in zip(critics, optimizers, targets, strict=True)
+    ]
+    losses = []
+    for critic, optimizer, fut in zip(critics, optimizers, futures, strict=True):
+        state, opt_state, loss = fut.result()
+        critic.load_state_dict(state)
+        optimizer.load_state_dict(opt_state)
+        losses.append(loss)
+    return losses
+
+
 def _adam(params: Any, lr: float) -> torch.optim.Adam:
     """Adam with the fused kernel where this torch has it (same update rule, less overhead)."""
     try:

@@ -64,12 +64,13 @@ from rl.cpo import (
     cpo_update,
     debiased_offsets,
     fit_critics,
+    fit_critics_on_pool,
     optimism_offsets,
     sum_cost_channels,
     surrogates,
 )
 from rl.policy import Critic, GaussianPolicy, ObsNormalizer
-from rl.rollout import Batch, collect
+from rl.rollout import Batch, EnvSpec, collect, collect_sharded
 
 __all__ = [
     "ALGOS",
@@ -211,7 +212,14 @@ class MetaCPOConfig:
     ray_address: str | None = field(
         default=None, metadata={"help": "join this Ray cluster (none: start a local instance)"}
     )
-    max_retries: int = field(default=2, metadata={"help": "reruns of a task whose worker died"})
+    max_retries: int = field(default=2, metadata={"help": "reruns of a job whose worker died"})
+    shards: int = field(
+        default=4,
+        metadata={
+            "help": "blocks of sub-environments per batch, sampled in parallel by the workers (the "
+            "results depend on it, not on the backend or the number of workers)"
+        },
+    )
     out: str | None = field(
         default=None,
         metadata={"help": "run folder (new or empty; none: runs/<env>-<algo>-seed<S>-<time>)"},
@@ -328,6 +336,35 @@ class Setup:
             cost_lam=c.cost_lam,
             generator=generator,
             update_normalizer=False,  # frozen within a meta-iteration: tasks share no state
+        )
+
+    def env_spec(self, task: Any) -> EnvSpec:
+        """The task's environment, buildable in any worker."""
+        kwargs = () if self.cfg.horizon is None else (("horizon", self.cfg.horizon),)
+        return EnvSpec(self.cfg.env, task, self.cfg.num_envs, kwargs)
+
+    def collect_sharded(
+        self, pool: Any, task: Any, params: Tensor, generator: torch.Generator, critics=None
+    ) -> Batch:
+        """A batch of ``task`` in ``cfg.shards`` shards on ``pool`` (:func:`rl.rollout.collect_sharded`)."""
+        reward_critic, cost_critic = critics or (self.reward_critic, self.cost_critic)
+        c = self.cfg
+        return collect_sharded(
+            pool,
+            self.env_spec(task),
+            self.policy,
+            params.detach(),
+            c.batch_steps,
+            self.normalizer,
+            reward_critic,
+            cost_critic,
+            shards=c.shards,
+            gamma=c.gamma,
+            lam=c.lam,
+            cost_gamma=c.cost_gamma,
+            cost_lam=c.cost_lam,
+            generator=generator,
+            update_normalizer=False,
         )
 
 
@@ -487,16 +524,24 @@ def _skipped_task(theta: Tensor, setup: Setup, problem: str, env_steps: int) -> 
     )
 
 
-def task_meta_gradient(setup: Setup, theta: Tensor, task: Any, seed: int) -> TaskResult:
+def task_meta_gradient(setup: Setup, theta: Tensor, task: Any, seed: int, pool: Any = None) -> TaskResult:
     """Inner loop on ``task``, validation batch, and ``dF_i/dtheta``, ``dG_i/dtheta``.
+
+    With ``pool`` (a :class:`rl.runtime.parallel.TaskPool`) every batch is sampled in
+    ``cfg.shards`` shards on it (:meth:`Setup.collect_sharded`); without, in this process.
 
     A batch with NaN or inf (checked as it is sampled), or a non-finite gradient or step, makes
     the task's contribution unusable: it is returned with ``problem`` naming the cause."""
     cfg = setup.cfg
     generator = torch.Generator().manual_seed(seed)
-    env = setup.make_env(task, seed)
+    env = None if pool is not None else setup.make_env(task, seed)
     theta_ = theta.detach().clone().requires_grad_(True)
-    sample, steps = _checked_sampler(lambda phi: setup.collect(env, phi, generator), cfg.inner_steps)
+    if env is None:
+        sample, steps = _checked_sampler(
+            lambda phi: setup.collect_sharded(pool, task, phi, generator), cfg.inner_steps
+        )
+    else:
+        sample, steps = _checked_sampler(lambda phi: setup.collect(env, phi, generator), cfg.inner_steps)
     try:
         objectives, batches, val, results = meta_objectives(setup, theta_, sample, cfg.differentiable)
         with torch.enable_grad():
@@ -511,7 +556,8 @@ def task_meta_gradient(setup: Setup, theta: Tensor, task: Any, seed: int) -> Tas
             raise
         return _skipped_task(theta, setup, f"non-finite step input ({err})", steps[0])
     finally:
-        env.close()
+        if env is not None:
+            env.close()
     grad_F = grads[0].detach()
     grad_G = torch.stack(grads[1:]).detach() if len(grads) > 1 else theta.new_zeros((0, theta.numel()))
     problem = ""
@@ -766,11 +812,12 @@ class MetaCPOTrainer:
     @property
     def pool(self):
         """The :class:`rl.runtime.parallel.TaskPool` of ``cfg.backend`` (created on first use)."""
-        from rl.runtime.parallel import TaskPool, default_backend
+        from rl.runtime.parallel import TaskPool
 
         if self._pool is None:
-            backend = default_backend() if self.cfg.backend == "auto" else self.cfg.backend
-            self._pool = TaskPool(backend, self.cfg.workers, self.cfg.ray_address, self.cfg.max_retries)
+            self._pool = TaskPool(
+                self.cfg.backend, self.cfg.workers, self.cfg.ray_address, self.cfg.max_retries
+            )
         return self._pool
 
     def close(self) -> None:
@@ -844,10 +891,7 @@ class MetaCPOTrainer:
         if cfg.algo == "multitask-cpo":
             row, critic_data, first_obs = self._multitask_step(tasks, seeds)
         else:
-            results = self.pool.map(
-                task_meta_gradient,
-                [(setup, self.theta, task, s) for task, s in zip(tasks, seeds, strict=True)],
-            )
+            results = self._task_results(tasks, seeds)
             problems = [f"task {i}: {r.problem}" for i, r in enumerate(results) if r.problem]
             if problems:
                 info = {
@@ -874,18 +918,33 @@ class MetaCPOTrainer:
         row.update(iteration=it, env_steps=self.env_steps, seconds=round(self.seconds, 3))
         return row
 
+    def _task_results(self, tasks: Sequence[Any], seeds: Sequence[int]) -> list[TaskResult]:
+        """Every task's :func:`task_meta_gradient`, batches sampled in shards on the pool.
+
+        With a parallel pool the tasks' inner loops run in threads of this process (each waits
+        for its shards most of the time), so the shards of all tasks share one queue and no
+        worker idles while ``M`` and the workers do not divide; results come in task order."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool, setup = self.pool, self.setup
+        jobs = [(setup, self.theta, task, s, pool) for task, s in zip(tasks, seeds, strict=True)]
+        if not pool.parallel or len(jobs) == 1:
+            return [task_meta_gradient(*job) for job in jobs]
+        with ThreadPoolExecutor(len(jobs), thread_name_prefix="meta-task") as threads:
+            return list(threads.map(lambda job: task_meta_gradient(*job), jobs))
+
     def _fit_critics_and_normalizer(self, critic_data, first_obs) -> None:
         cfg, setup = self.cfg, self.setup
-        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, self.iteration, 0, 5))
         obs = torch.cat([d[0] for d in critic_data])
-        fit_critics(
+        fit_critics_on_pool(
+            self.pool,
             (setup.reward_critic, setup.cost_critic),
             (self.opt_r, self.opt_c),
             obs,
             [torch.cat([d[k] for d in critic_data]) for k in (1, 2)],
             cfg.critic_epochs,
             cfg.critic_minibatch,
-            gen,
+            derive_seed(cfg.seed, self.iteration, 0, 5),
         )
         # New observation statistics; the policy and critics are re-expressed for them so that the
         # statistics update does not move the policy outside the meta trust region.

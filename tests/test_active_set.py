@@ -89,7 +89,9 @@ def _central_fd(fn, x: torch.Tensor, h: float) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize(("seed", "m", "regime"), [(1, 2, "binding"), (2, 3, "binding"), (3, 2, "infeasible")])
+@pytest.mark.parametrize(
+    ("seed", "m", "regime"), [(1, 2, "binding"), (2, 3, "binding"), (3, 2, "infeasible")]
+)
 def test_layer_gradients_match_finite_differences_to_1e8(seed, m, regime):
     g, A, b, H, delta = random_problem(seed, 5, m, regime)
     gt, At, bt, Ht = t64(g, A, b, H)

@@ -366,3 +366,71 @@ def test_inactive_trust_region_with_two_binding_constraints():
     assert torch.allclose(res.x, t(0.05, -0.02, 0.0), atol=1e-8)
     assert float(res.lam) == pytest.approx(0.0, abs=1e-8)
     assert torch.allclose(res.nu, t(1.0, 0.5), atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# hard inputs: a right answer or a named error, never an internal message
+
+
+def _f64(*a):
+    return torch.tensor(a, dtype=torch.float64)
+
+
+def test_operator_metric_probes_raise_named_errors():
+    from difftrust import OperatorMetric
+
+    g, a = _f64(1.0, 2.0, 0.5, -1.0), _f64(0.3, -0.2, 0.4, 0.1)
+    step = TrustRegionStep(delta=0.01, cg_iters=20)
+    singular = OperatorMetric(lambda v: _f64(1.0, 0.0, 2.0, 1.0) * v)
+    with pytest.raises(ValueError, match="not positive definite.*curvature"):
+        step.solve(g, a, -0.01, singular)
+    with pytest.raises(ValueError, match="OperatorMetric is not positive definite"):
+        step.solve(g, a, -0.01, OperatorMetric(lambda v: _f64(1.0, -1.0, 2.0, 1.0) * v))
+    M = torch.tensor(
+        [[2.0, 1.0, 0, 0], [0, 2.0, 0, 0], [0, 0, 1.0, 0.5], [0, 0, 0, 1.0]], dtype=torch.float64
+    )
+    with pytest.raises(ValueError, match="OperatorMetric is not symmetric"):
+        step.solve(g, a, -0.01, OperatorMetric(lambda v: M @ v))
+    with pytest.raises(ValueError, match=r"returned \(2, 2\) for an input of shape \(4, 2\)"):
+        step.solve(g, a, -0.01, OperatorMetric(lambda v: v[:2]))
+
+
+def test_cg_not_converged_warns_with_residual_or_raises_when_strict():
+    from difftrust import CGNotConvergedWarning, OperatorMetric
+
+    g, a = _f64(1.0, 2.0, 0.5, -1.0), _f64(0.3, -0.2, 0.4, 0.1)
+    metric = OperatorMetric(lambda v: torch.logspace(0, 6, 4, dtype=torch.float64) * v)
+    with pytest.warns(CGNotConvergedWarning, match=r"worst relative residual \d\.\d+e[+-]\d+"):
+        TrustRegionStep(delta=0.01, cg_iters=2).solve(g, a, -0.01, metric)
+    with pytest.raises(RuntimeError, match="did not reach its tolerance"):
+        TrustRegionStep(delta=0.01, cg_iters=2, strict=True).solve(g, a, -0.01, metric)
+
+
+def test_batch_of_size_zero_half_precision_and_double_backward_are_named():
+    step = TrustRegionStep(delta=0.01)
+    z = torch.zeros
+    with pytest.raises(ValueError, match="batch size 0"):
+        step.solve(
+            z(0, 4, dtype=torch.float64), z(0, 1, 4, dtype=torch.float64), z(0, 1, dtype=torch.float64)
+        )
+    with pytest.raises(TypeError, match="float16; expected float32 or float64"):
+        step.solve(torch.ones(4, dtype=torch.float16))
+    with pytest.raises(TypeError, match="metric has dtype torch.float16"):
+        step.solve(torch.ones(4, dtype=torch.float64), None, None, torch.eye(4, dtype=torch.float16))
+    g = _f64(1.0, 2.0, 0.5, -1.0).requires_grad_(True)
+    x = step(g, _f64(0.3, -0.2, 0.4, 0.1), -0.01)
+    (gr,) = torch.autograd.grad(x.sum(), g, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        gr.sum().backward()
+
+
+def test_stepresult_exposes_the_reduced_problem():
+    from difftrust import solve_reduced
+
+    g, A, b, H, delta = random_problem(4, 5, 2, "binding")
+    res = TrustRegionStep(delta=delta).solve(*t64(g, A, b, H))
+    G = torch.tensor(np.concatenate([g[:, None], A.T], 1))
+    assert torch.allclose(res.K, G.T @ torch.linalg.solve(torch.tensor(H), G), rtol=1e-12)
+    assert torch.allclose(torch.linalg.solve(torch.tensor(H), G) @ res.w, res.x, atol=1e-14)
+    sol = solve_reduced(res.K, torch.tensor(b), delta)
+    assert torch.allclose(sol.w, res.w, rtol=1e-10) and sol.case == res.case

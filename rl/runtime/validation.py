@@ -129,6 +129,7 @@ FIELD_RULES: dict[str, Range] = {
     # machinery
     "threads": _COUNT,
     "workers": _COUNT,
+    "shards": _COUNT,
     "max_retries": _NON_NEGATIVE_INT,
     "checkpoint_every": _COUNT,
     "keep_checkpoints": _COUNT,
