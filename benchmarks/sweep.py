@@ -213,7 +213,10 @@ def pinned_settings(spec: Spec) -> dict[str, Any]:
 def _copy_for_retest(source: Path, dest: Path) -> None:
     """A finished rl.meta_cpo run without its meta-test outputs, to be meta-tested again."""
     outputs = ("adaptation.csv", "evaluation.csv", "events.*", "*.png", "*.tmp")
-    shutil.copytree(source, dest, ignore=shutil.ignore_patterns(*outputs))
+    partial = dest.with_name(dest.name + ".copying")  # a copy stopped halfway is never taken for a run
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial, ignore=shutil.ignore_patterns(*outputs))
+    partial.rename(dest)
 
 
 def command(spec: Spec, run: Run) -> tuple[list[str], str]:
@@ -231,6 +234,7 @@ def command(spec: Spec, run: Run) -> tuple[list[str], str]:
         source = load_spec(spec.path.parent / f"{spec.retest_from}.toml").sweep_dir / run.name
         if not is_finished(source):
             raise FileNotFoundError(f"{source} is not a finished run to re-test")
+        shutil.rmtree(run_dir, ignore_errors=True)
         _copy_for_retest(source, run_dir)
     if (run_dir / "config.json").is_file():
         cmd = [*head, "--resume", str(run_dir)]
