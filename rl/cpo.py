@@ -64,7 +64,7 @@ from torch import Tensor
 
 from difftrust import FisherMetric, Metric, StepResult, TrustRegionStep, conjugate_gradient
 from rl.policy import Critic, GaussianPolicy, ObsNormalizer
-from rl.rollout import Batch, collect
+from rl.rollout import Batch, EnvSpec, gather_sharded, submit_sharded
 
 __all__ = [
     "CPOConfig",
@@ -642,8 +642,29 @@ class CPOConfig:
     num_workers: int = field(
         default=1,
         metadata={
-            "help": "worker processes stepping the sub-environments (Safety-Gymnasium envs only; "
-            "1: step in this process; results do not depend on it)"
+            "help": "deprecated, the same as --backend processes --workers N when N > 1 (Safety-Gymnasium "
+            "envs only; results do not depend on it)"
+        },
+    )
+    backend: Literal["auto", "serial", "processes", "ray"] = field(
+        default="auto",
+        metadata={
+            "help": "where the shards of a batch are sampled: serial, worker processes, or Ray "
+            "(auto: processes when the machine has more than one core); results do not depend on it"
+        },
+    )
+    workers: int | None = field(
+        default=None, metadata={"help": "worker processes / Ray CPUs (none: one per core)"}
+    )
+    ray_address: str | None = field(
+        default=None, metadata={"help": "join this Ray cluster (none: start a local instance)"}
+    )
+    max_retries: int = field(default=2, metadata={"help": "reruns of a job whose worker died"})
+    shards: int = field(
+        default=4,
+        metadata={
+            "help": "blocks of sub-environments per batch, sampled in parallel by the workers (the "
+            "results depend on it, not on the backend or the number of workers)"
         },
     )
     horizon: int | None = field(default=None, metadata={"help": "episode length (none: the env default)"})
@@ -752,6 +773,10 @@ _RESUME_OVERRIDABLE = (
     "checkpoint_every",
     "threads",
     "num_workers",
+    "backend",
+    "workers",
+    "ray_address",
+    "max_retries",
     "progress",
     "tensorboard",
     "resume",
@@ -781,6 +806,30 @@ def make_env(cfg: CPOConfig) -> Any:
 
         task = corridor_task()
     return make(cfg.env, task=task, num_envs=cfg.num_envs, seed=cfg.seed, **kwargs)
+
+
+def make_pool(cfg: CPOConfig) -> Any:
+    """The :class:`rl.runtime.parallel.TaskPool` that samples the shards of every batch
+    (``--num-workers N > 1``, deprecated, is ``--backend processes --workers N``)."""
+    from rl.runtime.parallel import TaskPool
+
+    if cfg.num_workers > 1:
+        return TaskPool("processes", cfg.num_workers, max_retries=cfg.max_retries)
+    return TaskPool(cfg.backend, cfg.workers, cfg.ray_address, cfg.max_retries)
+
+
+def env_spec(cfg: CPOConfig, task: Any) -> EnvSpec:
+    """How the workers build the environment of ``cfg`` (with ``task``, the built one's)."""
+    kwargs = () if cfg.horizon is None else (("horizon", cfg.horizon),)
+    return EnvSpec(cfg.env, task, cfg.num_envs, kwargs)
+
+
+def sampling_generator(seed: int, iteration: int) -> torch.Generator:
+    """The generator of iteration ``iteration``'s batch (reset and noise seeds): derived from the
+    run's seed and the iteration only, so that a batch can be started before the previous
+    iteration's critic fit has drawn its shuffles."""
+    derived = int(np.random.SeedSequence([int(seed), int(iteration), 7]).generate_state(1)[0])
+    return torch.Generator().manual_seed(derived)
 
 
 @dataclass
@@ -944,16 +993,29 @@ def train(cfg: CPOConfig) -> Path:
 
     total = cfg.iterations
     bar = progress_bar(total, initial=st.iteration, desc=f"cpo {cfg.env}") if cfg.progress else None
+    pool = make_pool(cfg)
+    spec = env_spec(cfg, env.task)
+    started = None  # the shards of the next batch, started while the critics are fitted
+
+    def start_sampling(iteration: int) -> list[Any]:
+        return submit_sharded(
+            pool,
+            spec,
+            st.policy,
+            st.params,
+            cfg.steps_per_iter,
+            st.normalizer,
+            shards=cfg.shards,
+            generator=sampling_generator(cfg.seed, iteration),
+        )
+
     try:
         while st.iteration < total:
             it = st.iteration
             t0 = time.perf_counter()
             stats_before = st.normalizer.stats()
-            batch = collect(
-                env,
-                st.policy,
-                st.params,
-                cfg.steps_per_iter,
+            batch = gather_sharded(
+                start_sampling(it) if started is None else started,
                 st.normalizer,
                 st.reward_critic,
                 st.cost_critic,
@@ -961,9 +1023,9 @@ def train(cfg: CPOConfig) -> Path:
                 lam=cfg.lam,
                 cost_gamma=cfg.cost_gamma,
                 cost_lam=cfg.cost_lam,
-                generator=st.generator,
                 update_normalizer=cfg.obs_normalize,
             )
+            started = None
             t_sampled = time.perf_counter()
             policy_batch = sum_cost_channels(batch) if cfg.constrain == "total" else batch
             st.params, info = cpo_update(
@@ -979,6 +1041,14 @@ def train(cfg: CPOConfig) -> Path:
                 debias=cfg.debias,
                 confidence=cfg.cost_confidence,
             )
+            # collect merged this batch into the observation statistics: re-express the policy and
+            # critics for the new statistics so that the update changes nothing but what CPO chose
+            stats_after = st.normalizer.stats()
+            st.params = st.policy.reparametrize_input(st.params, stats_before, stats_after)
+            if pool.parallel and it + 1 < total:
+                # the next batch needs only the policy and the normaliser: its shards run in the
+                # workers while the critics are fitted here (the same numbers as one after the other)
+                started = start_sampling(it + 1)
             loss_vr, loss_vc = fit_critics(
                 (st.reward_critic, st.cost_critic),
                 (st.reward_opt, st.cost_opt),
@@ -988,10 +1058,6 @@ def train(cfg: CPOConfig) -> Path:
                 cfg.critic_minibatch,
                 st.generator,
             )
-            # collect merged this batch into the observation statistics: re-express the policy and
-            # critics for the new statistics so that the update changes nothing but what CPO chose
-            stats_after = st.normalizer.stats()
-            st.params = st.policy.reparametrize_input(st.params, stats_before, stats_after)
             st.reward_critic.reparametrize_input(stats_before, stats_after)
             st.cost_critic.reparametrize_input(stats_before, stats_after)
             st.env_steps += batch.env_steps
@@ -1019,6 +1085,7 @@ def train(cfg: CPOConfig) -> Path:
         if bar is not None:
             bar.close()
         log.close()
+        pool.close()
         env.close()
     _plot(run_dir, channels, constraint_names, limits)
     return run_dir

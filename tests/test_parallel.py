@@ -262,3 +262,41 @@ def test_ray_workers_end_with_a_sigkilled_driver(tmp_path):
     pids, alive = _sigkill_driver_and_wait("ray", tmp_path, grace=30.0)
     assert len(pids) == 4
     assert alive == [], f"processes of the killed driver (Ray) still alive: {alive}"
+
+
+# ---------------------------------------------------------------------------- rl.cpo
+def _cpo_run(tmp_path: Path, name: str, **kw) -> tuple[list[dict], torch.Tensor]:
+    """Progress rows (timings dropped) and final parameters of a tiny rl.cpo run."""
+    import csv
+
+    from rl.cpo import CPOConfig, train
+    from rl.runtime import load_latest_checkpoint
+
+    cfg = CPOConfig(
+        env="safenav-goal",
+        horizon=50,
+        steps=600,
+        steps_per_iter=200,
+        num_envs=4,
+        shards=3,
+        hidden=(8,),
+        critic_hidden=(8,),
+        critic_epochs=1,
+        progress=False,
+        tensorboard=False,
+        out=str(tmp_path / name),
+        **kw,
+    )
+    run = train(cfg)
+    with open(run / "progress.csv") as f:
+        rows = [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in csv.DictReader(f)]
+    return rows, load_latest_checkpoint(run)[1]["params"]
+
+
+def test_cpo_gives_the_same_run_on_every_backend_and_worker_count(tmp_path):
+    rows, params = _cpo_run(tmp_path, "serial", backend="serial")
+    assert len(rows) == 3
+    for name, kw in (("p1", {"workers": 1}), ("p2", {"workers": 2})):
+        other_rows, other_params = _cpo_run(tmp_path, name, backend="processes", **kw)
+        assert other_rows == rows
+        assert torch.equal(other_params, params)
