@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile rl/envs/install_safety.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0
-	$(BIN)/pip install --disable-pip-version-check -q -e ".[safety,distributed,dev]"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[safety,distributed,wandb,dev]"
 	$(BIN)/python -m rl.envs.install_safety
 	$(BIN)/pip check
 	touch $(STAMP)

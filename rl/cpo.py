@@ -737,6 +737,9 @@ class CPOConfig:
     checkpoint_every: int = field(default=10, metadata={"help": "iterations between checkpoints"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
     tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard events"})
+    wandb: bool = field(
+        default=False, metadata={"help": "also log to Weights & Biases (needs the wandb package)"}
+    )
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad value: the ranges shared with ``rl.meta_cpo``
@@ -779,6 +782,7 @@ _RESUME_OVERRIDABLE = (
     "max_retries",
     "progress",
     "tensorboard",
+    "wandb",
     "resume",
 )
 
@@ -982,11 +986,16 @@ def train(cfg: CPOConfig) -> Path:
         if found is not None:
             st.load_state_dict(found[1])
         log = RunLogger(
-            run_dir, tensorboard=cfg.tensorboard, resume_iteration=st.iteration - 1 if found else -1
+            run_dir,
+            tensorboard=cfg.tensorboard,
+            resume_iteration=st.iteration - 1 if found else -1,
+            wandb=config_to_dict(cfg) if cfg.wandb else None,
         )
     else:
         run_dir = make_run_dir("runs", [cfg.env, "cpo", f"seed{cfg.seed}"], out=cfg.out)
-        log = RunLogger(run_dir, tensorboard=cfg.tensorboard)
+        log = RunLogger(
+            run_dir, tensorboard=cfg.tensorboard, wandb=config_to_dict(cfg) if cfg.wandb else None
+        )
         log.write_config(config_to_dict(cfg))
 
     from rl.runtime import save_checkpoint

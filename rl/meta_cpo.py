@@ -235,6 +235,9 @@ class MetaCPOConfig:
     keep_checkpoints: int = field(default=3, metadata={"help": "checkpoints kept"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
     tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard events"})
+    wandb: bool = field(
+        default=False, metadata={"help": "also log to Weights & Biases (needs the wandb package)"}
+    )
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the key and the valid values: the ranges shared with
@@ -274,6 +277,7 @@ RESUME_OVERRIDABLE = (
     "resume",
     "progress",
     "tensorboard",
+    "wandb",
     "threads",
     "checkpoint_every",
     "backend",
@@ -1050,10 +1054,14 @@ class MetaCPOTrainer:
         cfg = self.cfg
         if self.run_dir is None:
             self.run_dir = make_run_dir("runs", [cfg.env, cfg.algo, f"seed{cfg.seed}"], out=cfg.out)
-            log = RunLogger(self.run_dir, tensorboard=cfg.tensorboard)
+            wandb = config_to_dict(cfg) if cfg.wandb else None
+            log = RunLogger(self.run_dir, tensorboard=cfg.tensorboard, wandb=wandb)
             log.write_config(config_to_dict(cfg))
         else:
-            log = RunLogger(self.run_dir, tensorboard=cfg.tensorboard, resume_iteration=self.iteration - 1)
+            wandb = config_to_dict(cfg) if cfg.wandb else None
+            log = RunLogger(
+                self.run_dir, tensorboard=cfg.tensorboard, resume_iteration=self.iteration - 1, wandb=wandb
+            )
             log.write_config(config_to_dict(replace(cfg, resume=None)))  # what changed on resuming
         total = 0 if cfg.algo == "cpo-scratch" else cfg.iterations
         bar = (

@@ -26,25 +26,33 @@ states with :func:`rl.runtime.seeding.rng_state`, which follows that rule.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 import re
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rl.runtime.config import ConfigError
+
 __all__ = [
+    "SETTINGS_KEY",
+    "SettingsMismatchError",
     "checkpoint_step",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
     "load_latest_checkpoint",
+    "restore_latest_checkpoint",
     "save_checkpoint",
+    "settings_record",
 ]
 
 _NAME = re.compile(r"^ckpt_(\d+)\.pt$")
@@ -61,6 +69,15 @@ _LOAD_ERRORS = (
     pickle.UnpicklingError,
     zipfile.BadZipFile,
 )
+# What restoring a state that loads but does not fit (a missing key, a wrong shape or type) raises.
+_RESTORE_ERRORS = (KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError)
+#: The checkpoint entry holding the run-defining settings (canonical JSON) and its fingerprint.
+SETTINGS_KEY = "run_settings"
+_FINGERPRINT_KEY = "run_settings_sha256"
+
+
+class SettingsMismatchError(ConfigError):
+    """A run's ``config.json`` differs from the settings its checkpoints were made with."""
 
 
 def _check_plain(obj: Any, where: str) -> None:
@@ -221,3 +238,124 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     """
     found = load_latest_checkpoint(run_dir)
     return None if found is None else found[0]
+
+
+# --------------------------------------------------------------------------- run settings
+
+
+def settings_record(settings: Mapping[str, Any]) -> dict[str, str]:
+    """Checkpoint entries recording a run's defining settings: their canonical JSON text
+    (:data:`SETTINGS_KEY`) and its SHA-256 fingerprint.
+
+    Raises:
+        ValueError: if a setting is not JSON (``nan`` and ``inf`` included).
+    """
+    text = json.dumps(dict(settings), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return {SETTINGS_KEY: text, _FINGERPRINT_KEY: hashlib.sha256(text.encode("utf-8")).hexdigest()}
+
+
+def _recorded_settings(path: Path, state: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The settings a checkpoint records, ``None`` for a checkpoint older than the record;
+    ``ValueError`` for a record that does not match its fingerprint (an inconsistent file)."""
+    text = state.get(SETTINGS_KEY)
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise TypeError(f"{SETTINGS_KEY} is a {type(text).__name__}, expected a JSON string")
+    if state.get(_FINGERPRINT_KEY) != hashlib.sha256(text.encode("utf-8")).hexdigest():
+        raise ValueError(f"{SETTINGS_KEY} does not match its fingerprint {_FINGERPRINT_KEY}")
+    recorded = json.loads(text)
+    if not isinstance(recorded, dict):
+        raise TypeError(f"{SETTINGS_KEY} holds a {type(recorded).__name__}, expected a mapping")
+    return recorded
+
+
+def _check_settings(
+    path: Path, recorded: Mapping[str, Any], settings: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> None:
+    """Raise :class:`SettingsMismatchError` naming each setting that differs from the record.
+
+    A setting the record lacks (added to the program after the checkpoint was written) counts
+    as recorded with its default value."""
+    differ = []
+    for key, value in settings.items():
+        if key in recorded:
+            old = recorded[key]
+        elif key in defaults:
+            old = defaults[key]
+        else:
+            continue
+        if old != value:
+            differ.append(f"{key} is {value!r} in config.json but {old!r} in the checkpoint")
+    if differ:
+        raise SettingsMismatchError(
+            f"{path.parent / 'config.json'} does not match the settings the run's checkpoint {path.name} "
+            f"was made with: {'; '.join(differ)}. Restore config.json (these settings cannot change "
+            "when resuming) or start a new run"
+        )
+
+
+def restore_latest_checkpoint(
+    run_dir: str | os.PathLike[str],
+    restore: Callable[[Path, dict[str, Any]], None],
+    settings: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> tuple[Path, dict[str, Any]] | None:
+    """Restore the newest checkpoint of ``run_dir`` that loads, fits and matches ``settings``.
+
+    Newest first, each checkpoint is loaded (an unreadable file is skipped with a
+    :class:`RuntimeWarning`), its recorded settings are compared with ``settings`` (a difference
+    refuses to resume: :class:`SettingsMismatchError` names every differing key), and it is
+    handed to ``restore(path, state)``. If ``restore`` raises ``KeyError``, ``ValueError``,
+    ``TypeError``, ``RuntimeError``, ``AttributeError`` or ``IndexError`` (a key missing, a
+    shape that does not fit, ...), the checkpoint is inconsistent: it is skipped with a
+    :class:`RuntimeWarning` like an unreadable one, and the previous one is tried. ``restore``
+    must leave its target as it was when it raises.
+
+    Args:
+        run_dir: the run folder.
+        restore: puts a state into the trainer; raises on a state that does not fit.
+        settings: the run's defining settings, as recorded with :func:`settings_record`
+            (``None``: not checked). A checkpoint without a record (written before records
+            existed) is restored with a warning that it could not be checked.
+        defaults: default values of the settings, for keys a record lacks.
+
+    Returns:
+        ``(path, state)`` of the restored checkpoint, or ``None`` if none could be restored.
+
+    Raises:
+        SettingsMismatchError: a checkpoint was made with other settings than ``settings``.
+    """
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            state = load_checkpoint(path)
+        except _LOAD_ERRORS as err:
+            warnings.warn(
+                f"skipping unreadable checkpoint {path}: {type(err).__name__}: {err}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            continue
+        try:
+            recorded = _recorded_settings(path, state)
+            if settings is not None and recorded is not None:
+                _check_settings(path, recorded, settings, defaults or {})
+            restore(path, state)
+        except SettingsMismatchError:
+            raise
+        except _RESTORE_ERRORS as err:
+            warnings.warn(
+                f"skipping inconsistent checkpoint {path}: {type(err).__name__}: {err}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            continue
+        if settings is not None and recorded is None:
+            warnings.warn(
+                f"checkpoint {path} records no run settings (written by an older version): "
+                f"config.json could not be checked against it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return path, state
+    return None

@@ -58,7 +58,11 @@ __all__ = [
     "config_to_dict",
     "load_config",
     "parse_config",
+    "parse_config_or_resume",
     "read_config_file",
+    "resume_config",
+    "run_settings",
+    "usage_error",
 ]
 
 T = TypeVar("T")
@@ -562,6 +566,40 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
     return parser
 
 
+def usage_error(cls: type, message: str) -> typing.NoReturn:
+    """Print ``message`` as a usage error of the command line of ``cls`` and exit with status 2.
+
+    The argparse form: the usage line, then ``<prog>: error: <message>`` on stderr.
+    """
+    build_parser(cls).error(message)
+
+
+def _requested_values(parser: argparse.ArgumentParser, cls: type, argv: Sequence[str]) -> dict[str, Any]:
+    """The values asked for on a command line: ``--config FILE`` first, the options on top
+    (``snake_case`` keys). Malformed options and unreadable files are usage errors."""
+    ns = vars(parser.parse_args(list(argv)))
+    config_file = ns.pop(_CONFIG_DEST, None)
+    _, hints = _fields(cls)
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            values = {
+                k.replace("-", "_") if isinstance(k, str) else k: v
+                for k, v in read_config_file(config_file).items()
+            }
+        except ConfigError as err:
+            parser.error(str(err))
+    for name, raw in ns.items():
+        if isinstance(raw, bool):
+            values[name] = raw
+            continue
+        try:
+            values[name] = _value_from_cli(raw, hints[name])
+        except ValueError as err:
+            parser.error(f"argument {_flag(name)}: {err}")
+    return values
+
+
 def parse_config(
     cls: type[T],
     argv: Sequence[str] | None = None,
@@ -582,26 +620,93 @@ def parse_config(
         A validated instance of ``cls``.
 
     Raises:
-        SystemExit: malformed command line (argparse's behaviour), or any config
-            error when ``exit_on_error`` is true.
+        SystemExit: malformed command line or unreadable ``--config`` file
+            (argparse's behaviour), or any config error when ``exit_on_error`` is true.
         ConfigError / ConfigTypeError / ValueError: see :func:`load_config`.
     """
     parser = build_parser(cls, description)
-    ns = vars(parser.parse_args(list(sys.argv[1:] if argv is None else argv)))
-    config_file = ns.pop(_CONFIG_DEST, None)
-    _, hints = _fields(cls)
-    overrides: dict[str, Any] = {}
-    for name, raw in ns.items():
-        if isinstance(raw, bool):
-            overrides[name] = raw
-            continue
-        try:
-            overrides[name] = _value_from_cli(raw, hints[name])
-        except ValueError as err:
-            parser.error(f"argument {_flag(name)}: {err}")
+    values = _requested_values(parser, cls, sys.argv[1:] if argv is None else argv)
     try:
-        return load_config(cls, config_file, overrides)
+        return load_config(cls, values)
     except ValueError as err:
         if exit_on_error:
             parser.error(str(err))
         raise
+
+
+# --------------------------------------------------------------------------- resuming a run
+
+
+def resume_config(
+    cls: type[T],
+    run_dir: str | os.PathLike[str],
+    changes: Mapping[str, Any],
+    may_change: Sequence[str],
+    program: str,
+) -> T:
+    """The config of the run in ``run_dir`` (its ``config.json``) with ``changes`` applied.
+
+    Only the keys in ``may_change`` may take a value other than the run's; asking for a
+    run's own value of any key is allowed (for example ``--config`` with the run's own file).
+
+    Args:
+        cls: the config dataclass of the program.
+        run_dir: the run folder.
+        changes: values asked for (``snake_case`` or ``kebab-case`` keys), for example the
+            options of the command line and the keys of a ``--config`` file.
+        may_change: the keys that may differ from the run's config.
+        program: the program's name for messages (``rl.cpo``).
+
+    Returns:
+        The validated config the resumed run will use and record.
+
+    Raises:
+        ConfigError: no ``config.json`` in ``run_dir``, an unreadable or invalid one, or a
+            key outside ``may_change`` asked to change (each is named with both values).
+    """
+    config_path = Path(run_dir) / "config.json"
+    if not config_path.is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.json there; expected a run folder of {program}")
+    try:
+        recorded = load_config(cls, config_path)
+    except ValueError as err:
+        raise ConfigError(f"--resume {run_dir}: {config_path} is not a config of {program}: {err}") from err
+    asked = {k.replace("-", "_"): v for k, v in changes.items()}
+    resumed = load_config(cls, config_to_dict(recorded), overrides=asked)
+    fields, _ = _fields(cls)
+    refused = [
+        f"{f.name} ({getattr(recorded, f.name)!r} in the run, {getattr(resumed, f.name)!r} asked)"
+        for f in fields
+        if f.name not in may_change and getattr(resumed, f.name) != getattr(recorded, f.name)
+    ]
+    if refused:
+        raise ConfigError(
+            f"--resume {run_dir}: {'; '.join(refused)} cannot change when resuming (the run's "
+            f"config.json is used); the options that may change: {', '.join(may_change)}"
+        )
+    return resumed
+
+
+def parse_config_or_resume(
+    cls: type[T], argv: Sequence[str] | None, may_change: Sequence[str], program: str
+) -> T:
+    """The config of a program's command line; with ``--resume DIR``, the run's config plus the
+    changes asked for on the command line and in ``--config FILE`` (:func:`resume_config`).
+
+    ``cls`` must have a ``resume`` field. Every error is a usage error (exit status 2).
+    """
+    parser = build_parser(cls)
+    values = _requested_values(parser, cls, sys.argv[1:] if argv is None else argv)
+    try:
+        if values.get("resume") is None:
+            return load_config(cls, values)
+        return resume_config(cls, values["resume"], values, may_change, program)
+    except ValueError as err:
+        parser.error(str(err))
+
+
+def run_settings(cfg: Any, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """The settings that define a run: ``cfg`` as :func:`config_to_dict` writes it after a round
+    trip through :func:`load_config` (so ``5`` and ``5.0`` compare equal), less ``exclude``."""
+    plain = config_to_dict(load_config(type(cfg), config_to_dict(cfg)))
+    return {k: v for k, v in plain.items() if k not in exclude}

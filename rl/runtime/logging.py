@@ -5,6 +5,10 @@ A run writes into one directory (:func:`make_run_dir`):
 * ``config.json``: the resolved config (:func:`write_config`);
 * ``progress.csv``: one row per iteration (:class:`CSVLogger`);
 * TensorBoard event files: every numeric field of each row as a scalar;
+* optionally (``wandb=``, ``--wandb`` on the command line) the same scalars in a Weights &
+  Biases run (the ``wandb`` package, ``pip install "difftrust[wandb]"``; the usual ``WANDB_*``
+  environment variables apply, e.g. ``WANDB_PROJECT``, ``WANDB_MODE=offline``); the run id is
+  kept in ``wandb_id.txt`` so that ``--resume`` continues the same W&B run;
 * ``ckpt_*.pt``: checkpoints (:mod:`rl.runtime.checkpoint`).
 
 On ``--resume`` the trainer loads the newest checkpoint (iteration ``i``) and
@@ -29,6 +33,7 @@ import json
 import numbers
 import os
 import re
+import secrets
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -43,8 +48,12 @@ __all__ = [
     "progress_bar",
     "read_csv",
     "truncate_csv",
+    "wandb_available",
     "write_config",
 ]
+
+#: W&B project used when ``WANDB_PROJECT`` is not set.
+WANDB_PROJECT = "difftrust"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]+")
 
@@ -313,8 +322,36 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real)  # bools too (logged as 0/1)
 
 
+def wandb_available() -> bool:
+    """Whether the ``wandb`` package is installed (``--wandb`` needs it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("wandb") is not None
+
+
+def _start_wandb(run_dir: Path, config: Mapping[str, Any]) -> Any:
+    """A W&B run for ``run_dir`` (resumed when ``run_dir/wandb_id.txt`` names one)."""
+    try:
+        import wandb
+    except ImportError as exc:
+        raise ImportError(
+            "--wandb needs the wandb package: pip install 'difftrust[wandb]' (or pip install wandb)"
+        ) from exc
+    id_file = run_dir / "wandb_id.txt"
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(6)
+    id_file.write_text(run_id + "\n")
+    return wandb.init(
+        project=os.environ.get("WANDB_PROJECT", WANDB_PROJECT),
+        name=run_dir.name,
+        id=run_id,
+        resume="allow",
+        dir=str(run_dir),
+        config=dict(config),
+    )
+
+
 class RunLogger:
-    """``progress.csv`` plus TensorBoard scalars for one run directory.
+    """``progress.csv`` plus TensorBoard scalars (and optionally W&B) for one run directory.
 
     Args:
         run_dir: the run directory.
@@ -326,6 +363,13 @@ class RunLogger:
             and TensorBoard purges its events after it.
         step_key: the row field used as the TensorBoard step.
         fsync: ``os.fsync`` the CSV after each row.
+        wandb: also log to Weights & Biases: ``None`` / ``False`` (no), ``True``, or the
+            run's config (a mapping recorded with the W&B run). On resuming, rows whose
+            step the W&B run already has are not sent again (W&B keeps steps increasing).
+
+    Raises:
+        ImportError: ``wandb`` is requested but the package is not installed (the message
+            says how to install it).
     """
 
     def __init__(
@@ -336,6 +380,7 @@ class RunLogger:
         resume_iteration: int | None = None,
         step_key: str = "iteration",
         fsync: bool = False,
+        wandb: bool | Mapping[str, Any] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -350,6 +395,9 @@ class RunLogger:
 
             purge = None if resume_iteration is None else resume_iteration + 1
             self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge)
+        self.wandb_run: Any = None
+        if wandb:
+            self.wandb_run = _start_wandb(self.run_dir, wandb if isinstance(wandb, Mapping) else {})
         self._rows = 0
 
     def log(self, row: Mapping[str, Any], step: int | None = None) -> None:
@@ -363,25 +411,31 @@ class RunLogger:
         if step is None:
             step = int(_scalar(row[self.step_key])) if self.step_key in row else self._rows
         self._rows += 1
-        if self.writer is None:
-            return
+        scalars = {}
         for name, value in row.items():
             value = _scalar(value)
-            if name == self.step_key or not _is_number(value):
-                continue
-            self.writer.add_scalar(str(name), float(value), global_step=step)
-        self.writer.flush()
+            if name != self.step_key and _is_number(value):
+                scalars[str(name)] = float(value)
+        if self.writer is not None:
+            for name, value in scalars.items():
+                self.writer.add_scalar(name, value, global_step=step)
+            self.writer.flush()
+        if self.wandb_run is not None and step >= self.wandb_run.step:
+            self.wandb_run.log(scalars, step=step)
 
     def write_config(self, cfg_dict: Mapping[str, Any]) -> Path:
         """Write ``config.json`` in the run directory (see :func:`write_config`)."""
         return write_config(self.run_dir, cfg_dict)
 
     def close(self) -> None:
-        """Close the CSV and TensorBoard writers (idempotent)."""
+        """Close the CSV and TensorBoard writers and finish the W&B run (idempotent)."""
         self.csv.close()
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
 
     def __enter__(self) -> RunLogger:
         return self

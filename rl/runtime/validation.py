@@ -32,14 +32,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Union
 
 from rl.runtime.config import ConfigError, ConfigTypeError
 
-__all__ = ["FIELD_RULES", "Range", "validate_settings"]
+__all__ = ["FIELD_RULES", "Range", "check_new_run_folder", "validate_settings"]
 
 
 def _fmt(x: float) -> str:
@@ -197,3 +199,24 @@ def validate_settings(cfg: Any) -> None:
             each = " (each value)" if isinstance(value, tuple | list) else ""
             none = " or none" if optional else ""
             raise ConfigError(f"{name} must be {rule.describe()}{each}{none}, got {value!r}")
+
+
+def check_new_run_folder(out: str | os.PathLike[str] | None) -> None:
+    """Refuse an ``--out`` folder that a new run could not use (before anything is created).
+
+    Args:
+        out: the folder asked for; ``None`` (a dated folder under ``runs/``) is always fine.
+
+    Raises:
+        ConfigError: ``out`` is a file, or a folder that is not empty.
+    """
+    if out is None:
+        return
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {out}: that is a file; expected a new or empty folder")
+    if path.is_dir() and any(path.iterdir()):
+        raise ConfigError(
+            f"--out {out}: the folder is not empty; choose a new --out, remove it, or continue "
+            f"the run in it with --resume {out}"
+        )
