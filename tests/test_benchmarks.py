@@ -169,10 +169,10 @@ def test_sweep_resumes_after_interruption(tmp_path):
     run_dir = spec.sweep_dir / "safenav-goal-cpo-textbook-seed3"
     cmd = [sys.executable, "-m", "benchmarks.sweep", str(path), "--poll", "1"]
     runner = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 60
+    deadline = time.time() + 300  # a loaded machine may take minutes to start torch in a niced run
     while not list(run_dir.glob("ckpt_*.pt")) and time.time() < deadline:
         time.sleep(0.1)
-    assert list(run_dir.glob("ckpt_*.pt")), "the run wrote no checkpoint within 60 s"
+    assert list(run_dir.glob("ckpt_*.pt")), "the run wrote no checkpoint within 300 s"
     with pytest.raises(RuntimeError, match="holds the lock"):
         run_sweep(spec)  # a second runner is refused while the first one runs
     runner.send_signal(signal.SIGTERM)
