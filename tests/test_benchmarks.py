@@ -176,7 +176,7 @@ def test_sweep_resumes_after_interruption(tmp_path):
     with pytest.raises(RuntimeError, match="holds the lock"):
         run_sweep(spec)  # a second runner is refused while the first one runs
     runner.send_signal(signal.SIGTERM)
-    output, _ = runner.communicate(timeout=60)
+    output, _ = runner.communicate(timeout=300)
     assert runner.returncode == 1 and "stopped" in output, output
     done = len(read_csv(run_dir / "progress.csv"))
     assert 1 <= done < 20
