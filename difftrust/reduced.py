@@ -45,6 +45,11 @@ SOLVERS = ("auto", "active-set", "analytic", "conic")
 #: conic backend up to here, see docs/difftrust.md).
 MAX_ACTIVE_SET_M = 8
 
+#: Where the enumeration runs: ``"auto"`` (numpy for CPU tensors, torch on other devices, no host
+#: round-trip of the data), or ``"torch"`` / ``"numpy"`` to force one (tests run the GPU code path on
+#: the CPU with ``"torch"``).
+ENUMERATION_BACKEND = "auto"
+
 
 def check_solver(solver: Any, m: int) -> None:
     """Raise a named error for an unknown solver, or "analytic" with m > 1."""
@@ -95,7 +100,10 @@ def reduced_forward(K: Tensor, b: Tensor, delta: Tensor, solver: str, need_grad:
     m = m1 - 1
     use_enum = solver == "active-set" or (solver == "auto" and m <= MAX_ACTIVE_SET_M)
     per_problem = "analytic" if (solver == "analytic" or m <= 1) else "conic"
-    if use_enum and K.device.type == "cpu":
+    backend = ENUMERATION_BACKEND
+    if backend == "auto":
+        backend = "numpy" if K.device.type == "cpu" else "torch"
+    if use_enum and backend == "numpy":
         sol = solve_active_set_numpy(
             *(t.detach().double().numpy() for t in (K, b, delta)), with_jacobian=need_grad
         )
