@@ -62,6 +62,7 @@ needed (its singularity also fails certification), so the backward is one small 
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -465,3 +466,153 @@ def active_set_vjp_numpy(sol: dict[str, np.ndarray], wbar: np.ndarray) -> tuple[
     Kbar = Knbar * d[:, :, None] * d[:, None, :]
     Kbar = 0.5 * (Kbar + Kbar.transpose(0, 2, 1))
     return Kbar, z_con * d[:, 1:] / s[:, None], -z_tr / (s * s)
+
+
+# ---------------------------------------------------------------------------------------------
+# one problem in Python floats: the same enumeration without array overhead (a single CPU
+# problem, the common case in RL, costs tens of microseconds instead of a hundred numpy calls)
+
+
+def _chol_solve_py(M: list[list[float]], rhs: list[list[float]]) -> tuple[float, list[list[float]]] | None:
+    """Cholesky solve of a small SPD system; returns (smallest pivot, solutions) or None."""
+    k = len(M)
+    Lm = [[0.0] * k for _ in range(k)]
+    piv = math.inf
+    for i in range(k):
+        for j in range(i + 1):
+            acc = M[i][j] - sum(Lm[i][t] * Lm[j][t] for t in range(j))
+            if i == j:
+                if not acc > 0:
+                    return None
+                piv = min(piv, acc)
+                Lm[i][i] = math.sqrt(acc)
+            else:
+                Lm[i][j] = acc / Lm[j][j]
+    out = []
+    for r in rhs:
+        y = [0.0] * k
+        for i in range(k):
+            y[i] = (r[i] - sum(Lm[i][t] * y[t] for t in range(i))) / Lm[i][i]
+        z = [0.0] * k
+        for i in reversed(range(k)):
+            z[i] = (y[i] - sum(Lm[t][i] * z[t] for t in range(i + 1, k))) / Lm[i][i]
+        out.append(z)
+    return piv, out
+
+
+def solve_active_set_python(K: list[list[float]], b: list[float], delta: float) -> dict[str, np.ndarray]:
+    """:func:`solve_active_set_numpy` for one problem given as Python floats (same result, B = 1).
+
+    Returns the arrays of :func:`solve_active_set_numpy` (``jinv`` included) with a batch of one.
+    """
+    m1 = len(K)
+    m = m1 - 1
+    K = [[0.5 * (K[i][j] + K[j][i]) for j in range(m1)] for i in range(m1)]
+    d = [1.0 / math.sqrt(K[i][i]) if K[i][i] > 0 else 1.0 for i in range(m1)]
+    s = math.sqrt(2 * delta)
+    Kn = [[K[i][j] * d[i] * d[j] for j in range(m1)] for i in range(m1)]
+    beta = [b[j] * d[j + 1] / s for j in range(m)]
+    dmax = max(d[1:], default=1.0)
+    omega = [d[j + 1] / dmax for j in range(m)]
+    bscale = [max(abs(x), 1.0) for x in beta]
+
+    def kv(v: list[float]) -> list[float]:
+        return [sum(Kn[i][j] * v[j] for j in range(m1)) for i in range(m1)]
+
+    def check(v: list[float], mult: list[float], S: tuple[int, ...], t: float) -> float:
+        Kv = kv(v)
+        mscale = max([abs(x) for x in mult] + [1.0])
+        worst = abs(sum(a * c for a, c in zip(v, Kv)) - 1.0)
+        for j in range(m):
+            row = (beta[j] + Kv[j + 1] - t * omega[j]) / bscale[j]
+            if j in S:
+                worst = max(worst, abs(row) + max(-mult[j] / mscale, 0.0))
+            else:
+                worst = max(worst, row)
+        return worst
+
+    cands = []  # (violation, kind, v, lam_n, mult, S, t)
+    solved = {}
+    for size in range(m + 1):
+        for S in itertools.combinations(range(m), size):
+            if size:
+                res = _chol_solve_py(
+                    [[Kn[1 + i][1 + j] for j in S] for i in S],
+                    [[Kn[1 + i][0] for i in S], [beta[i] for i in S], [omega[i] for i in S]],
+                )
+                if res is None or res[0] < PIVOT_TOL:
+                    continue
+                alpha, gamma, eta = res[1]
+            else:
+                alpha = gamma = eta = []
+            solved[S] = (alpha, gamma, eta)
+            Aq = Kn[0][0] - sum(Kn[1 + i][0] * a for i, a in zip(S, alpha))
+            Bq = sum(beta[i] * c for i, c in zip(S, gamma))
+            if Aq > AQ_TOL and 1.0 - Bq > BQ_TOL:
+                lam = math.sqrt(Aq / (1.0 - Bq))
+                nu = [0.0] * m
+                for i, a, c in zip(S, alpha, gamma):
+                    nu[i] = a + lam * c
+                v = [1.0 / lam] + [-x / lam for x in nu]
+                cands.append((check(v, nu, S, 0.0), CONSTRAINED if S else TRUST_REGION, v, lam, nu, S, 0.0))
+    best = min(cands, key=lambda c: c[0]) if cands else None
+    if best is None or not best[0] <= KKT_TOL:
+        rcands = []
+        for S, (_, gamma, eta) in solved.items():
+            if not S:
+                continue
+            p = sum(omega[i] * c for i, c in zip(S, gamma))
+            r = sum(omega[i] * c for i, c in zip(S, eta))
+            Bq = sum(beta[i] * c for i, c in zip(S, gamma))
+            disc = p * p - r * (Bq - 1.0)
+            if not (r > 0 and disc > 0):
+                continue
+            sq = math.sqrt(disc)
+            t = (Bq - 1.0) / (p + sq) if p >= 0 else (p - sq) / r
+            lam = 1.0 / sq
+            u = [0.0] * m
+            for i, c, e in zip(S, gamma, eta):
+                u[i] = c - t * e
+            v = [0.0] + [-x for x in u]
+            mu = [lam * x for x in u]
+            rcands.append((check(v, mu, S, t), RECOVERY, v, lam, mu, S, t))
+        rbest = min(rcands, key=lambda c: c[0]) if rcands else None
+        if rbest is not None and rbest[0] <= KKT_TOL and rbest[6] > 0:
+            best = rbest
+        elif best is None:
+            best = (math.inf, NOT_CERTIFIED, [0.0] * m1, 1.0, [0.0] * m, (), 0.0)
+        else:
+            best = (best[0], NOT_CERTIFIED, *best[2:])
+    viol, code, v, lam_n, mult, S, _ = best
+    rec = code == RECOVERY
+    Ssel = np.zeros((1, m))
+    Ssel[0, list(S)] = 1.0
+    arr = np.asarray
+    out = dict(
+        v=arr([v]),
+        d=arr([d]),
+        s=arr([s]),
+        active=Ssel,
+        code=arr([code]),
+        jinv=None,
+        w=arr([[s * di * vi for di, vi in zip(d, v)]]),
+    )
+    if rec or K[0][0] <= 0:
+        out["lam"], out["nu"] = arr([math.nan]), np.full((1, m), math.nan)
+    else:
+        out["lam"] = arr([lam_n / (s * d[0])])
+        out["nu"] = arr([[x * d[j + 1] / d[0] for j, x in enumerate(mult)]])
+    Kw = [sum(K[1 + j][i] * out["w"][0, i] for i in range(m1)) for j in range(m)]
+    out["violation"] = arr([max((b[j] + Kw[j] for j in range(m)), default=-math.inf)])
+    if code != NOT_CERTIFIED:
+        J = _kkt_matrix_np(
+            arr([Kn]), out["v"], arr([lam_n]), Ssel, arr([rec]), arr([omega]) if m else np.zeros((1, 0))
+        )
+        try:
+            out["jinv"] = np.linalg.inv(J)
+        except np.linalg.LinAlgError:
+            out["code"] = arr([NOT_CERTIFIED])
+        else:
+            if not np.isfinite(out["jinv"]).all():
+                out["code"] = arr([NOT_CERTIFIED])
+    return out

@@ -33,6 +33,7 @@ from difftrust.active_set import (
     active_set_vjp_numpy,
     solve_active_set,
     solve_active_set_numpy,
+    solve_active_set_python,
 )
 from difftrust.closed_form import ReducedSolution, solve_closed_form
 
@@ -104,9 +105,12 @@ def reduced_forward(K: Tensor, b: Tensor, delta: Tensor, solver: str, need_grad:
     if backend == "auto":
         backend = "numpy" if K.device.type == "cpu" else "torch"
     if use_enum and backend == "numpy":
-        sol = solve_active_set_numpy(
-            *(t.detach().double().numpy() for t in (K, b, delta)), with_jacobian=need_grad
-        )
+        if B == 1:  # one problem: Python floats, no array overhead
+            sol = solve_active_set_python(K[0].tolist(), b[0].tolist(), float(delta[0]))
+        else:
+            sol = solve_active_set_numpy(
+                *(t.detach().double().numpy() for t in (K, b, delta)), with_jacobian=need_grad
+            )
         codes = sol["code"].tolist()
         todo = [i for i, c in enumerate(codes) if c == NOT_CERTIFIED]
         w, lam, nu = (torch.from_numpy(sol[k]).to(K.dtype) for k in ("w", "lam", "nu"))
