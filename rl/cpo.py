@@ -62,7 +62,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from difftrust import FisherMetric, Metric, StepResult, TrustRegionStep, conjugate_gradient
+from difftrust import FisherMetric, Metric, OperatorMetric, StepResult, TrustRegionStep, conjugate_gradient
 from rl.policy import Critic, GaussianPolicy, ObsNormalizer
 from rl.rollout import Batch, EnvSpec, gather_sharded, submit_sharded
 
@@ -221,8 +221,7 @@ def debiased_offsets(
         rows = torch.stack([torch.autograd.grad(o, theta, retain_graph=True)[0] for o in outs])
     k = terms.shape[1]
     if metric is None:
-        obs = batch.obs
-        metric = FisherMetric(lambda ref, p: policy.kl(ref, p, obs), theta.detach(), damping)
+        metric = fisher_metric(policy, theta, batch.obs, damping)
     return optimism_offsets(rows[:k], rows[k:], n_a, n_b, b, metric, step, iterations)
 
 
@@ -329,12 +328,24 @@ def cpo_direction(
                 for out in outputs
             ]
             g, A = rows[0], torch.stack(rows[1:])
-    obs = batch.obs
-    metric = FisherMetric(
-        lambda ref, p: policy.kl(ref, p, obs), theta if create_graph else theta.detach(), damping
-    )
+    metric = fisher_metric(policy, theta, batch.obs, damping, create_graph)
     result = step.solve(g, A, b, metric)
     return result.x, result
+
+
+def fisher_metric(
+    policy: GaussianPolicy, params: Tensor, obs: Tensor, damping: float, create_graph: bool = False
+) -> Metric:
+    """The damped Fisher metric of ``policy`` at ``params`` over the states ``obs``.
+
+    A step that needs no gradient gets the closed-form product
+    (:meth:`rl.policy.GaussianPolicy.fisher_product`: the same matrix, about twice as fast);
+    a differentiable one (``create_graph``) the double-backward :class:`difftrust.FisherMetric`.
+    """
+    if create_graph:
+        return FisherMetric(lambda ref, p: policy.kl(ref, p, obs), params, damping)
+    product = policy.fisher_product(params.detach(), obs)
+    return OperatorMetric(lambda v: product(v), damping=damping)
 
 
 # ------------------------------------------------------------------------------ line search
@@ -814,12 +825,19 @@ def make_env(cfg: CPOConfig) -> Any:
 
 def make_pool(cfg: CPOConfig) -> Any:
     """The :class:`rl.runtime.parallel.TaskPool` that samples the shards of every batch
-    (``--num-workers N > 1``, deprecated, is ``--backend processes --workers N``)."""
+    (``--num-workers N > 1``, deprecated, is ``--backend processes --workers N``). ``auto`` with
+    batches under :data:`PARALLEL_MIN_STEPS` steps is ``serial``: starting workers would cost more
+    than they save."""
     from rl.runtime.parallel import TaskPool
 
     if cfg.num_workers > 1:
         return TaskPool("processes", cfg.num_workers, max_retries=cfg.max_retries)
-    return TaskPool(cfg.backend, cfg.workers, cfg.ray_address, cfg.max_retries)
+    backend = "serial" if cfg.backend == "auto" and cfg.steps_per_iter < PARALLEL_MIN_STEPS else cfg.backend
+    return TaskPool(backend, cfg.workers, cfg.ray_address, cfg.max_retries)
+
+
+#: ``--backend auto`` samples batches smaller than this in the driver process.
+PARALLEL_MIN_STEPS = 4000
 
 
 def env_spec(cfg: CPOConfig, task: Any) -> EnvSpec:

@@ -544,14 +544,14 @@ def test_obs_normalize_off_keeps_raw_observations(tmp_path, monkeypatch):
     import rl.cpo as cpo_mod
 
     seen = []
-    real_collect = cpo_mod.collect
+    real_gather = cpo_mod.gather_sharded
 
     def spy(*args, **kwargs):
-        batch = real_collect(*args, **kwargs)
-        seen.append((kwargs["update_normalizer"], args[4].count, args[4].clip))
+        batch = real_gather(*args, **kwargs)
+        seen.append((kwargs["update_normalizer"], args[1].count, args[1].clip))
         return batch
 
-    monkeypatch.setattr(cpo_mod, "collect", spy)
+    monkeypatch.setattr(cpo_mod, "gather_sharded", spy)
     run = tmp_path / "raw"
     main([*_SMALL, "--no-obs-normalize", "--out", str(run)])
     assert seen == [(False, 0, math.inf)] * 3

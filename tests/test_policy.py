@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -235,3 +236,22 @@ def test_reparametrize_input_keeps_policy_and_critic_functions_unchanged():
     # without the re-expression the policy would have moved
     moved, _ = policy.mean_log_std(params, norm.normalize(raw))
     assert (moved - mean0).abs().max() > 1e-3
+
+
+def test_closed_form_fisher_product_equals_the_kl_hessian():
+    from difftrust import FisherMetric
+
+    gen = torch.Generator().manual_seed(0)
+    for hidden in ((), (7,), (6, 5)):
+        pi = GaussianPolicy(4, 3, hidden=hidden)
+        params = pi.init_params(gen)
+        params = params + 0.3 * torch.randn(params.shape, generator=gen, dtype=torch.float64)
+        obs = torch.randn(50, 4, generator=gen, dtype=torch.float64)
+        kl = functools.partial(pi.kl, obs=obs)
+        hessian = FisherMetric(lambda ref, p, kl=kl: kl(ref, p), params, damping=0.0).operator(params)
+        product = pi.fisher_product(params, obs)
+        for _ in range(3):
+            v = torch.randn(params.shape, generator=gen, dtype=torch.float64)
+            torch.testing.assert_close(product(v), hessian(v), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match=r"v must have shape \(" + str(pi.num_params)):
+        product(torch.zeros(3, dtype=torch.float64))
