@@ -124,6 +124,22 @@ def test_splits_are_disjoint_and_deterministic():
     assert min(angles) < -2.5 and max(angles) > 2.5  # the goal direction covers the circle
 
 
+def test_a_sample_covers_every_direction_evenly():
+    """The goal angles of one call are evenly spaced (a meta-batch has no net direction), rotated
+    by an angle that changes with the seed."""
+    dist = task_distribution("hiddennav")
+    for n in (1, 4, 10):
+        tasks = dist.sample(n, split="train", seed=3)
+        units = np.array([np.asarray(t.goal) / math.hypot(*t.goal) for t in tasks])
+        if n > 1:
+            np.testing.assert_allclose(units.mean(0), 0.0, atol=1e-12)
+            gaps = np.diff(np.sort(np.arctan2(units[:, 1], units[:, 0])))
+            np.testing.assert_allclose(gaps, 2 * math.pi / n)
+    first = [dist.sample(4, split="test", seed=s)[0].goal for s in range(50)]
+    rotation = np.arctan2([g[1] for g in first], [g[0] for g in first])
+    assert np.histogram(rotation, bins=4, range=(-math.pi, math.pi))[0].min() >= 5
+
+
 def test_task_round_trip_and_bad_input():
     task = task_distribution("hiddennav").sample(1, seed=2)[0]
     assert HiddenNavTask.from_dict(task.to_dict()) == task
@@ -190,7 +206,9 @@ def test_limit_columns_are_per_channel():
     cols = limit_columns(tiny_meta_config(env="safenav-button", cost_limit=(5.0, 8.0)), channels)
     assert cols["limit_hazards"] == 5.0 and cols["limit_buttons"] == 8.0
     assert np.isnan(cols["cost_limit"])  # two constraints: the total has no limit of its own
-    total = limit_columns(tiny_meta_config(env="safenav-button", constrain="total", cost_limit=10.0), channels)
+    total = limit_columns(
+        tiny_meta_config(env="safenav-button", constrain="total", cost_limit=10.0), channels
+    )
     assert total == {"cost_limit": 10.0, "limit_total": 10.0}
     trpo = limit_columns(tiny_meta_config(env="safenav-button", algo="meta-trpo"), channels)
     assert trpo["limit_hazards"] == trpo["limit_buttons"] == 5.0

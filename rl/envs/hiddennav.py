@@ -206,7 +206,10 @@ SPLITS_RANGES: dict[str, HiddenNavRanges] = {
 class HiddenNavDistribution:
     """Tasks of the ``hiddennav`` family with a train and a test split.
 
-    The goal's angle ``alpha`` is uniform on ``[0, 2 pi)``; the ring radius ``rho`` and the
+    The goal's angle ``alpha`` is uniform on ``[0, 2 pi)``; the ``n`` tasks of one
+    :meth:`sample` call have evenly spaced angles (rotated together by one uniform angle), so a
+    meta-batch or a set of test tasks covers every direction equally (stratified sampling: each
+    task is still uniform). The ring radius ``rho`` and the
     hazard radius are uniform in the split's ranges; the goal sits at
     ``rho (cos alpha, sin alpha)`` and the hazards at the angles ``alpha + 2 pi k / slots``,
     ``k = 1 .. slots - 1``, on the same ring.
@@ -245,13 +248,16 @@ class HiddenNavDistribution:
         if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
             raise TypeError(f"seed must be an int, got {seed!r}")
         rng = np.random.default_rng([int(seed) % 2**64, 7, SPLITS.index(split)])
+        # the n goal angles of one call are evenly spaced, rotated by one uniform angle: each task's
+        # angle is uniform, and a meta-batch holds no net direction (its mean goal is the centre)
+        angles = float(rng.uniform(0.0, 2 * math.pi)) + 2 * math.pi * np.arange(int(n)) / int(n)
         tasks = []
-        for _ in range(int(n)):
-            alpha = float(rng.uniform(0.0, 2 * math.pi))
+        for k in range(int(n)):
+            alpha = float(angles[k] % (2 * math.pi))
             rho = float(rng.uniform(*r.ring_radius))
             radius = float(rng.uniform(*r.hazard_radius))
-            angles = alpha + 2 * math.pi * np.arange(1, r.slots) / r.slots
-            hazards = tuple((rho * math.cos(a), rho * math.sin(a)) for a in angles)
+            hazard_angles = alpha + 2 * math.pi * np.arange(1, r.slots) / r.slots
+            hazards = tuple((rho * math.cos(a), rho * math.sin(a)) for a in hazard_angles)
             tasks.append(
                 HiddenNavTask(
                     goal=(rho * math.cos(alpha), rho * math.sin(alpha)),
