@@ -353,15 +353,27 @@ def aggregate_spec(spec: Spec, out: Path | None = None, plots: bool = True) -> P
     return out
 
 
-def aggregate_rows(paths: list[Path], channel_limit: float, out: Path, env: str, plots: bool = True) -> Path:
+def aggregate_rows(
+    paths: list[Path],
+    out: Path,
+    env: str,
+    channel_limit: float | None,
+    total_limit: float | None,
+    plots: bool = True,
+) -> Path:
     """summary.csv (and plots) from committed per-task tables (columns method, seed, task_id,
     adapt_step, ep_ret, ep_cost, cost_<channel>; ``env`` where they have no env column), each
-    channel judged against ``channel_limit``."""
+    channel judged against ``channel_limit``, or the total cost against ``total_limit``."""
+    if (channel_limit is None) == (total_limit is None):
+        raise ValueError(f"give one of channel_limit and total_limit, got {channel_limit} and {total_limit}")
     rows = []
     for path in paths:
         for r in read_csv(path):
-            channels = [c[5:] for c in r if c.startswith("cost_") and c != "cost_limit"]
-            within = is_within(r, channels, [channel_limit] * len(channels))
+            if total_limit is not None:
+                within = float(r["ep_cost"]) <= total_limit
+            else:
+                channels = [c[5:] for c in r if c.startswith("cost_") and c != "cost_limit"]
+                within = is_within(r, channels, [channel_limit] * len(channels))
             rows.append({**r, "env": r.get("env", env), "source": "adapt", "within": int(within)})
     out.mkdir(parents=True, exist_ok=True)
     summary = adaptation_summary(rows)
@@ -378,14 +390,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="output folder (default: the spec's [output] dir)")
     parser.add_argument("--rows", nargs="+", default=None, help="committed per-task tables instead of a spec")
     parser.add_argument("--channel-limit", type=float, default=None, help="with --rows: limit per channel")
+    parser.add_argument("--total-limit", type=float, default=None, help="with --rows: limit on the total")
     parser.add_argument("--env", default="safenav-button", help="with --rows: env of tables without one")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     args = parser.parse_args(argv)
     if args.rows:
-        if args.channel_limit is None or args.out is None:
-            parser.error("--rows needs --channel-limit and --out")
+        if (args.channel_limit is None) == (args.total_limit is None) or args.out is None:
+            parser.error("--rows needs --out and one of --channel-limit and --total-limit")
         out = aggregate_rows(
-            [Path(p) for p in args.rows], args.channel_limit, Path(args.out), args.env, not args.no_plots
+            [Path(p) for p in args.rows],
+            Path(args.out),
+            args.env,
+            args.channel_limit,
+            args.total_limit,
+            not args.no_plots,
         )
     elif args.spec:
         try:
