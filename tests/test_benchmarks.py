@@ -15,6 +15,7 @@ import pytest
 from benchmarks.aggregate import (
     OMNISAFE_COLUMNS,
     PAPER_COLUMNS,
+    aggregate_rows,
     aggregate_spec,
     read_csv,
     stratified_bootstrap_ci,
@@ -197,3 +198,19 @@ def test_sweep_resumes_after_interruption(tmp_path):
     tail = [float(r["ep_cost"]) for r in progress[-2:]]  # the last 10 % of 20 iterations
     assert float(row["ep_cost"]) == pytest.approx(np.mean(tail), rel=1e-5)
     assert (out / "curves.png").is_file()
+
+
+def test_aggregate_rows_judges_channels_or_total(tmp_path):
+    path = tmp_path / "rows.csv"
+    lines = ["method,seed,task_id,adapt_step,ep_ret,ep_cost,cost_hazards,cost_buttons"]
+    for seed in (0, 1):
+        lines += [f"m,{seed},0,0,1.0,6.0,3.0,3.0", f"m,{seed},1,0,2.0,8.0,6.0,2.0"]
+    path.write_text("\n".join(lines) + "\n")
+    by_channel = aggregate_rows([path], tmp_path / "a", "env-x", 5.0, None, plots=False)
+    (row,) = read_csv(by_channel / "summary.csv")
+    assert row["env"] == "env-x" and (row["seeds"], row["tasks"]) == ("2", "2")
+    assert float(row["within"]) == 0.5 and float(row["ep_ret"]) == 1.5  # task 1: hazards 6 > 5
+    (row,) = read_csv(aggregate_rows([path], tmp_path / "b", "env-x", None, 7.0, plots=False) / "summary.csv")
+    assert float(row["within"]) == 0.5  # task 1: total 8 > 7
+    with pytest.raises(ValueError, match="one of"):
+        aggregate_rows([path], tmp_path / "c", "env-x", 5.0, 7.0)
