@@ -58,8 +58,8 @@ class StepResult:
         nu: Constraint multipliers, ``(m,)`` (or ``(B, m)``); ``nan`` in recovery.
         case: ``"trust-region"`` (no constraint active), ``"constrained"`` or ``"recovery"``
             (infeasible: least worst violation); a list for batched input.
-        cg_residuals: Relative residuals of the ``m+1`` CG solves for operator metrics,
-            ``None`` otherwise.
+        cg_residuals: Relative residuals of the ``m+1`` CG solves for operator metrics (``(B, m+1)``
+            for a batch), ``None`` otherwise.
         w: The reduced solution, ``(m+1,)`` (or ``(B, m+1)``), detached: ``x = H^-1 G w`` with
             ``G = [g, a_1, ..., a_m]``.
         K: The reduced problem's Gram matrix ``G'H^-1 G``, ``(m+1, m+1)`` (or batched), detached;
@@ -88,7 +88,7 @@ class _Record:
 
     kind: str  # "identity" | "dense" | "operator"
     solver: str
-    metric: Metric | None
+    metric: list[Metric] | None  # operator metrics: one per problem
     cg_iters: int
     cg_tol: float
     strict: bool
@@ -99,6 +99,7 @@ class _Record:
     x: Tensor | None = None
     state: ReducedBatch | None = None
     operator: Any = None
+    counts: list[int] | None = None
     cg_residuals: Tensor | None = None
     col_scale: Tensor | None = None  # (B, m+1): powers of two applied to g and the rows of A (and b)
     h_scale: Tensor | None = None  # (B,): power of two applied to H and delta (dense metrics)
@@ -174,23 +175,48 @@ def _solve_H(rec: _Record, R: Tensor, tensors: tuple[Tensor, ...]) -> tuple[Tens
         return R, None
     if rec.kind == "dense":
         return torch.cholesky_solve(R, rec.L), None
+    Bsz, n, k = R.shape
     if rec.operator is None:  # built once (first-order KL graph for a Fisher), reused by backward
-        rec.operator = _checked_operator(rec.metric, tuple(t.detach() for t in tensors))
-        if not isinstance(rec.metric, (FisherMetric, DenseMetric)):
-            _symmetry_probe(rec.metric, rec.operator, R, R.shape[1])
-    res = conjugate_gradient(rec.operator, R[0], max_iter=rec.cg_iters, tol=rec.cg_tol)
+        ops = []
+        for met, ts in zip(rec.metric, _split(tensors, rec.counts), strict=True):
+            op = _checked_operator(met, tuple(t.detach() for t in ts))
+            if not isinstance(met, (FisherMetric, DenseMetric)):
+                _symmetry_probe(met, op, R, n)
+            ops.append(op)
+        rec.operator = ops
+    ops = rec.operator
+    if Bsz == 1:
+        matvec, rhs = ops[0], R[0]
+    else:  # one block-diagonal operator: problem i's metric on its own k columns; CG batched
+
+        def matvec(V: Tensor) -> Tensor:
+            return torch.cat([op(V[:, i * k : (i + 1) * k]) for i, op in enumerate(ops)], 1)
+
+        rhs = R.permute(1, 0, 2).reshape(n, Bsz * k)
+    res = conjugate_gradient(matvec, rhs, max_iter=rec.cg_iters, tol=rec.cg_tol)
     worst = float(res.residuals.max()) if res.residuals.numel() else 0.0
     if worst > rec.cg_tol:
         msg = (
             f"conjugate gradient did not reach its tolerance cg_tol = {rec.cg_tol:.1e} in cg_iters = "
             f"{rec.cg_iters} iterations: worst relative residual {worst:.3e} (metric "
-            f"{type(rec.metric).__name__}); the step is only as accurate as that residual. "
+            f"{type(rec.metric[0]).__name__}); the step is only as accurate as that residual. "
             "Raise cg_iters, loosen cg_tol, or add damping"
         )
         if rec.strict:
             raise RuntimeError(msg)
         warnings.warn(msg, CGNotConvergedWarning, stacklevel=5)
-    return res.x.unsqueeze(0), res.residuals
+    if Bsz == 1:
+        return res.x.unsqueeze(0), res.residuals
+    return res.x.reshape(n, Bsz, k).permute(1, 0, 2), res.residuals.reshape(Bsz, k)
+
+
+def _split(tensors: tuple[Tensor, ...], counts: list[int]) -> list[tuple[Tensor, ...]]:
+    """The metric tensors of each problem (``counts[i]`` of them for problem i)."""
+    out, i = [], 0
+    for c in counts:
+        out.append(tuple(tensors[i : i + c]))
+        i += c
+    return out
 
 
 class _NoDoubleBackward(torch.autograd.Function):
@@ -314,14 +340,15 @@ class _TrustRegionFunction(torch.autograd.Function):
         elif rec.kind == "operator" and any(need[5:]):
             # psibar = -d/dpsi [u'H x + sum_ij Kbar_ij p_i'H p_j], u, x, P held fixed; with x = P w
             # this is sum_j (u w_j + (P Kbar)[:, j])' H p_j: m+1 metric products.
-            left = u[0].unsqueeze(1) * w[0].unsqueeze(0) + P[0] @ Kbar[0]  # (n, m+1)
-            right = P[0]  # (n, m+1)
+            left = u.unsqueeze(2) * w.unsqueeze(1) + P @ Kbar  # (B, n, m+1)
+            tensor_grads = []
             with torch.enable_grad():
-                ts = [t.detach().requires_grad_(True) for t in tensors]
-                op = _checked_operator(rec.metric, tuple(ts), create_graph=True)
-                s = (left * op(right)).sum()
-                grads = torch.autograd.grad(s, ts, allow_unused=True)
-            tensor_grads = [None if gr is None else -gr for gr in grads]
+                for i, (met, own) in enumerate(zip(rec.metric, _split(tensors, rec.counts), strict=True)):
+                    ts = [t.detach().requires_grad_(True) for t in own]
+                    op = _checked_operator(met, tuple(ts), create_graph=True)
+                    s = (left[i] * op(P[i])).sum()
+                    grads = torch.autograd.grad(s, ts, allow_unused=True) if ts else ()
+                    tensor_grads += [None if gr is None else -gr for gr in grads]
         return (gbar, Abar, bbar, deltabar, None, *tensor_grads)
 
 
@@ -399,7 +426,7 @@ def _normalise_inputs(g: Any, A: Any, b: Any) -> tuple[Tensor, Tensor, Tensor, b
 
 def _normalise_metric(
     metric: Any, g2: Tensor, batched: bool
-) -> tuple[str, Metric | None, tuple[Tensor, ...], list[tuple[str, Tensor]]]:
+) -> tuple[str, list[Metric] | None, tuple[Tensor, ...], list[tuple[str, Tensor]]]:
     """Kind, metric object, tensors and the deferred checks ``(message, failed-flag tensor)``."""
     Bsz, n = g2.shape
     if metric is None:
@@ -424,19 +451,27 @@ def _normalise_metric(
             (H3,),
             [("metric contains NaN or inf entries; expected finite values", ~finite), ("symmetry", bad_sym)],
         )
-    if isinstance(metric, Metric):
-        if batched:
+    if isinstance(metric, Metric) or (isinstance(metric, (list, tuple)) and metric and batched):
+        metrics = [metric] if isinstance(metric, Metric) else list(metric)
+        if batched and isinstance(metric, Metric):
             raise ValueError(
-                "batched problems (g of shape (B, n)) need a dense (B, n, n) metric or None; "
-                f"got an operator metric {type(metric).__name__}"
+                "batched problems (g of shape (B, n)) need a dense (B, n, n) metric, None, or a list of "
+                f"B metric objects (one per problem); got one operator metric {type(metric).__name__}"
             )
-        for t in metric.tensors:
-            if t.dtype != g2.dtype or t.device != g2.device:
-                raise TypeError(
-                    f"metric tensor has dtype {t.dtype} on {t.device}, but g has {g2.dtype} on "
-                    f"{g2.device}; expected one dtype and device for all inputs"
-                )
-        return "operator", metric, tuple(metric.tensors), []
+        if len(metrics) != Bsz or not all(isinstance(mt, Metric) for mt in metrics):
+            raise ValueError(
+                f"a list of metrics must hold B = {Bsz} difftrust Metric objects (one per problem); got "
+                f"{len(metrics)} items of types {sorted({type(mt).__name__ for mt in metrics})}"
+            )
+        for mt in metrics:
+            for t in mt.tensors:
+                if t.dtype != g2.dtype or t.device != g2.device:
+                    raise TypeError(
+                        f"metric tensor has dtype {t.dtype} on {t.device}, but g has {g2.dtype} on "
+                        f"{g2.device}; expected one dtype and device for all inputs"
+                    )
+        tensors = tuple(t for mt in metrics for t in mt.tensors)
+        return "operator", metrics, tensors, []
     raise TypeError(
         "metric must be None (identity), a dense (n, n) tensor, or a difftrust Metric "
         f"(DenseMetric, FisherMetric, OperatorMetric); got {type(metric).__name__}"
@@ -511,6 +546,8 @@ def trust_region_step(
         t.requires_grad for t in (g2, A3, b2, d, *tensors) if isinstance(t, Tensor)
     )
     rec = _Record(kind, solver, metric_obj, cg_iters, cg_tol, strict, need_grad)
+    if kind == "operator":
+        rec.counts = [len(mt.tensors) for mt in metric_obj]
     x = _TrustRegionFunction.apply(g2, A3, b2, d, rec, *tensors)
     state = rec.state
     # multipliers of the caller's problem: x = H_s^-1 (c0 g - cA A'nu_s) / lam_s with H_s = h H
@@ -546,8 +583,9 @@ class TrustRegionStep(nn.Module):
     ``A`` of shape ``(m, n)`` (``None`` or ``(0, n)`` for ``m = 0``; ``(n,)`` means ``m = 1``), ``b``
     of shape ``(m,)`` (a scalar for ``m = 1``), ``metric`` ``None`` (identity), a dense SPD
     ``(n, n)`` tensor or a :class:`~difftrust.metrics.Metric`. A leading batch dimension
-    (``g (B, n)``, ``A (B, m, n)``, ``b (B, m)``, dense ``H (B, n, n)`` or ``None``) solves B problems
-    at once (batched linear algebra, no Python loop). Inputs may live on any device (CUDA included);
+    (``g (B, n)``, ``A (B, m, n)``, ``b (B, m)``, dense ``H (B, n, n)``, ``None``, or a list of B metric
+    objects) solves B problems at once (batched linear algebra; with a list of operator metrics one
+    conjugate-gradient run serves all problems, each product calling its own metric). Inputs may live on any device (CUDA included);
     the step is computed there. ``x`` is differentiable with respect to ``g``, ``A``, ``b``,
     ``delta`` (if a tensor), a dense metric and the tensors a metric object depends on.
     :meth:`solve` returns the diagnostics too.
