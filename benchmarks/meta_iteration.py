@@ -6,14 +6,17 @@ the exact meta-gradient (``--algo meta-cpo``). Policy: our default MLP (32, 32) 
 published code uses (24, 12); ours is a little larger); critics (128, 128).
 
 1. **Serial, one process**, with timers wrapped around the building blocks of
-   :mod:`rl.meta_cpo` (monkeypatched in this process only): sampling (``Setup.collect``),
-   environment construction (``Setup.make_env``), inner steps (``inner_direction``: the
-   differentiable CPO steps, graph included), the meta-objective forward on the validation
-   batch, the meta-gradient (reverse passes: ``task_meta_gradient`` minus everything above),
-   the meta-update (``meta_update``) and the critic/normaliser fit.
-2. **Backends**: total wall time of ``MetaCPOTrainer.step()`` for serial, processes (1 and 2
-   workers) and Ray (1 and 2 CPUs, a local instance), with speed-up and scaling efficiency
-   relative to serial.
+   :mod:`rl.meta_cpo` (monkeypatched in this process only): sampling (``Setup.collect_sharded``:
+   the shards stepped one after the other, critic values and GAE), environment construction
+   (``EnvSpec.make``, inside sampling; the environments are kept for the task's later batches),
+   inner steps (``inner_direction``: the differentiable CPO steps, graph included), the
+   meta-objective forward on the validation batch, the meta-gradient (reverse passes:
+   ``task_meta_gradient`` minus everything above), the meta-update (``meta_update``) and the
+   critic/normaliser fit.
+2. **Backends**: total wall time of ``MetaCPOTrainer.step()`` for serial, processes (2 workers)
+   and Ray (2 actors, a local instance) by default, with speed-up and scaling efficiency relative
+   to serial. Every batch is sampled in ``--shards`` shards (5: two sub-environments each); the
+   results are the same on every backend.
 
 Each configuration first runs one warm-up meta-iteration (MuJoCo world compile, worker spawn,
 imports), then ``--iters`` timed ones; medians are reported, with ``os.getloadavg()`` before
@@ -44,21 +47,22 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 import rl.meta_cpo as meta_cpo  # noqa: E402
+import rl.rollout as rollout  # noqa: E402
 from rl.meta_cpo import MetaCPOConfig, MetaCPOTrainer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-#: Targets from the project's issues (seconds per meta-iteration, this 2-core machine).
-TARGET_SERIAL_S = 25.0
-TARGET_TWO_WORKERS_S = 15.0
+#: Targets from the project's issues (this 2-core machine, idle).
+TARGET_SERIAL_S = 15.0  # seconds per meta-iteration in one process
+TARGET_SPEEDUP = 1.7  # 2 workers vs serial, for processes and for ray
 TARGET_REVERSE_OVER_FORWARD = 3.0
 PUBLISHED_S = (84.0, 116.0)
 
-BACKENDS = [("serial", 1), ("processes", 1), ("processes", 2), ("ray", 1), ("ray", 2)]
+BACKENDS = [("serial", 1), ("processes", 2), ("ray", 2)]
 
 
 def make_config(
-    quick: bool, backend: str = "serial", workers: int = 1, debias: bool = False
+    quick: bool, backend: str = "serial", workers: int = 1, debias: bool = False, shards: int = 5
 ) -> MetaCPOConfig:
     """The benchmarked configuration (published defaults, or a small one with ``quick``).
 
@@ -74,6 +78,7 @@ def make_config(
         tensorboard=False,
         threads=1,
         critic_epochs=5,
+        shards=shards,
     )
     if quick:
         return MetaCPOConfig(
@@ -116,8 +121,8 @@ def timed_building_blocks(seconds: dict[str, float]) -> Iterator[None]:
         return timed
 
     patches = [
-        (meta_cpo.Setup, "collect", "sampling"),
-        (meta_cpo.Setup, "make_env", "env_setup"),
+        (meta_cpo.Setup, "collect_sharded", "_sampling"),
+        (rollout.EnvSpec, "make", "env_setup"),
         (meta_cpo, "inner_direction", "inner_steps"),
         (meta_cpo, "meta_objectives", "_meta_objectives"),
         (meta_cpo, "task_meta_gradient", "_task_meta_gradient"),
@@ -139,11 +144,11 @@ def split(raw: dict[str, float], total: float) -> dict[str, float]:
     objectives = raw["_meta_objectives"]
     per_task = raw["_task_meta_gradient"]
     out = {
-        "sampling": raw["sampling"],
+        "sampling": raw["_sampling"] - raw["env_setup"],
         "env_setup": raw["env_setup"],
         "inner_steps": raw["inner_steps"],
-        "meta_objective_forward": objectives - raw["sampling"] - raw["inner_steps"],
-        "meta_gradient_reverse": per_task - objectives - raw["env_setup"],
+        "meta_objective_forward": objectives - raw["_sampling"] - raw["inner_steps"],
+        "meta_gradient_reverse": per_task - objectives,
         "meta_update": raw["meta_update"],
         "critics": raw["critics"],
     }
@@ -239,10 +244,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Speed-up = serial median / this median; efficiency = speed-up / workers. With M tasks on "
-        "w workers the ideal speed-up of the task part is M / ceil(M / w), and "
-        f"the driver's meta-update and critic fit stay serial (here M = {cfg['meta_batch']}: "
-        f"{cfg['meta_batch'] / -(-cfg['meta_batch'] // 2):.2f}x at best with 2 workers).",
+        "Speed-up = serial median / this median; efficiency = speed-up / workers. Every batch is "
+        f"sampled in {cfg['shards']} shards, queued with the shards of the other tasks, so the "
+        "workers stay busy whether or not they divide M; the inner steps and reverse passes run "
+        "in driver threads while other tasks' shards are sampled, the two critics are fitted on "
+        "two workers, the meta-update stays on the driver.",
         "",
         "## Targets",
         "",
@@ -270,6 +276,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=[f"{b}:{w}" for b, w in BACKENDS],
         help="backend:workers pairs (serial:1 first: the reference)",
     )
+    parser.add_argument("--shards", type=int, default=5, help="shards per batch")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -279,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     backends = []
     for backend, workers in pairs:
-        cfg = make_config(args.quick, backend, workers, args.debias)
+        cfg = make_config(args.quick, backend, workers, args.debias, args.shards)
         print(f"{backend} x{workers} ...", file=sys.stderr, flush=True)
         result = run_backend(cfg, args.iters, breakdown=backend == "serial")
         print(f"  median {result['median_s']:.2f} s  {result['seconds']}", file=sys.stderr, flush=True)
@@ -289,27 +296,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r["speedup"] = serial["median_s"] / r["median_s"]
         r["efficiency"] = r["speedup"] / r["workers"]
 
-    cfg = make_config(args.quick, debias=args.debias)
+    cfg = make_config(args.quick, debias=args.debias, shards=args.shards)
     phases = serial["phases_median_s"]
     reverse_over_forward = phases["meta_gradient_reverse"] / phases["inner_steps"]
     sampled = cfg.meta_batch * (cfg.inner_steps + 1) * cfg.batch_steps
-    two = [r for r in backends if r["workers"] == 2]
-    best_two = min((r["median_s"] for r in two), default=float("nan"))
     targets = [
         {
             "name": f"one process, exact meta-gradient <= {TARGET_SERIAL_S:g} s",
             "measured": serial["median_s"],
+            "met": serial["median_s"] <= TARGET_SERIAL_S,
         },
-        {"name": f"2 workers (best backend) <= {TARGET_TWO_WORKERS_S:g} s", "measured": best_two},
         {
             "name": f"meta-gradient / forward inner loop <= {TARGET_REVERSE_OVER_FORWARD:g}x",
             "measured": reverse_over_forward,
+            "met": reverse_over_forward <= TARGET_REVERSE_OVER_FORWARD,
         },
     ]
-    limits = (TARGET_SERIAL_S, TARGET_TWO_WORKERS_S, TARGET_REVERSE_OVER_FORWARD)
-    for t, limit in zip(targets, limits, strict=True):
+    for r in backends:
+        if r["workers"] == 2:
+            targets.append(
+                {
+                    "name": f"{r['backend']} x2 speed-up over serial >= {TARGET_SPEEDUP:g}x",
+                    "measured": r["speedup"],
+                    "met": r["speedup"] >= TARGET_SPEEDUP,
+                }
+            )
+    for t in targets:
         # the targets are for the published configuration; a quick run checks the machinery
-        t["met"] = None if args.quick else bool(t["measured"] <= limit)
+        t["met"] = None if args.quick else bool(t["met"])
     report = {
         "benchmark": "meta_iteration",
         "quick": args.quick,

@@ -833,7 +833,7 @@ def make_pool(cfg: CPOConfig) -> Any:
     if cfg.num_workers > 1:
         return TaskPool("processes", cfg.num_workers, max_retries=cfg.max_retries)
     backend = "serial" if cfg.backend == "auto" and cfg.steps_per_iter < PARALLEL_MIN_STEPS else cfg.backend
-    return TaskPool(backend, cfg.workers, cfg.ray_address, cfg.max_retries)
+    return TaskPool(backend, cfg.workers, cfg.ray_address, cfg.max_retries).start()
 
 
 #: ``--backend auto`` samples batches smaller than this in the driver process.

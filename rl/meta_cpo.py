@@ -821,7 +821,7 @@ class MetaCPOTrainer:
         if self._pool is None:
             self._pool = TaskPool(
                 self.cfg.backend, self.cfg.workers, self.cfg.ray_address, self.cfg.max_retries
-            )
+            ).start()  # here, not in a task's thread: Ray's processes end with the thread that started them
         return self._pool
 
     def close(self) -> None:

@@ -292,6 +292,18 @@ class TaskPool:
         return self.backend != "serial"
 
     # ------------------------------------------------------------------ public API
+    def start(self) -> TaskPool:
+        """Start the workers now (otherwise: at the first :meth:`submit`). Call it from a thread that
+        lives as long as the pool, normally the main one: a local Ray instance's processes share
+        the fate of the thread that started them, and end with it."""
+        if self.backend == "serial":
+            return self
+        with self._lock:
+            if self.backend == "ray":
+                self._ensure_ray()
+            self._ensure_dispatcher()
+        return self
+
     def submit(self, fn: Callable[..., Any], *args: Any, key: Hashable | None = None) -> Future:
         """Run ``fn(*args)`` on a worker; ``key`` prefers the worker that last ran that key.
 
