@@ -116,11 +116,11 @@ def reduced_forward(K: Tensor, b: Tensor, delta: Tensor, solver: str, need_grad:
         w, lam, nu = (torch.from_numpy(sol[k]).to(K.dtype) for k in ("w", "lam", "nu"))
         cases = [CASE_NAMES.get(c, "") for c in codes]
         solvers = ["active-set"] * B
-    elif use_enum:
-        sol = solve_active_set(K, b, delta, with_jacobian=need_grad)
+    elif use_enum:  # on the device, in float64 whatever the input dtype (tolerances are float64's)
+        sol = solve_active_set(K.double(), b.double(), delta.double(), with_jacobian=need_grad)
         codes = sol.code.tolist()
         todo = [i for i, c in enumerate(codes) if c == NOT_CERTIFIED]
-        w, lam, nu = sol.w, sol.lam, sol.nu
+        w, lam, nu = sol.w.to(K.dtype), sol.lam.to(K.dtype), sol.nu.to(K.dtype)
         cases = [CASE_NAMES.get(c, "") for c in codes]
         solvers = ["active-set"] * B
     else:
@@ -150,7 +150,7 @@ def reduced_vjp(state: ReducedBatch, wbar: Tensor) -> tuple[Tensor, Tensor, Tens
         out = active_set_vjp_numpy(state.active, wbar.detach().double().cpu().numpy())
         Kbar, bbar, dbar = (torch.from_numpy(a).to(wbar.dtype) for a in out)
     elif state.active is not None:
-        Kbar, bbar, dbar = active_set_vjp(state.active, wbar)
+        Kbar, bbar, dbar = (t.to(wbar.dtype) for t in active_set_vjp(state.active, wbar.double()))
     else:
         Kbar = wbar.new_zeros(B, m1, m1)
         bbar, dbar = wbar.new_zeros(B, m1 - 1), wbar.new_zeros(B)

@@ -327,3 +327,15 @@ def test_cuda_single_problem_identity_and_operator_metric():
     x_op = TrustRegionStep(delta=delta, cg_iters=20, cg_tol=1e-13).solve(gc, Ac, bc, metric).x
     x_dense = TrustRegionStep(delta=delta).solve(gc, Ac, bc, torch.diag(d)).x
     assert x_op.device.type == "cuda" and torch.allclose(x_op, x_dense, atol=1e-10)
+
+
+def test_float32_batch_on_the_torch_path_matches_float64(monkeypatch):
+    import difftrust.reduced as reduced
+
+    monkeypatch.setattr(reduced, "ENUMERATION_BACKEND", "torch")
+    args = _batch(10, 6, 5, 2)
+    res64, _ = _step_and_grads(args)
+    res32, g32 = _step_and_grads([t.float() for t in args])
+    assert res32.solver == ["active-set"] * 6 and res32.x.dtype == torch.float32
+    assert torch.allclose(res32.x.double(), res64.x, rtol=1e-4, atol=1e-5)
+    assert all(gr.dtype == torch.float32 and torch.isfinite(gr).all() for gr in g32)
