@@ -6,7 +6,7 @@ A spec is a TOML file committed in ``benchmarks/specs/``::
     envs = ["safenav-button"]
     seeds = [0, 1, 2]
     methods = ["meta-cpo", "meta-trpo"]   # rl.meta_cpo algos, or a [methods.<name>] table of settings
-    jobs = 1                         # runs at a time
+    jobs = 1                         # runs at a time (nice = 10: their niceness; runs_dir: not runs/sweeps)
     [base]                           # settings of every run (the program's options, as in its
                                      # config.json; "none" for null: rl.cpo's cost_limit = "none" is TRPO)
     iterations = 40
@@ -22,7 +22,8 @@ Each run is ``python -m <program>`` in its own folder ``runs/sweeps/<spec>/<env>
 sweep folder when its first run starts, so a later change of a default never mixes settings within
 one sweep; every run's full settings are in its ``config.json``. A run that finished (rl.meta_cpo:
 ``adaptation.csv``; rl.cpo: all iterations in ``progress.csv``) is skipped, a started one continues
-with ``--resume``. A lock file keeps a second runner out; wall seconds per run go to
+with ``--resume`` (its folder pins its settings: delete the folder to start it with changed ones;
+raising an rl.cpo spec's ``steps`` extends its finished runs). A lock file keeps a second runner out; wall seconds per run go to
 ``timings.json``. Stop with Ctrl-C or SIGTERM: the runs are stopped at their last checkpoint.
 ::
 
