@@ -62,7 +62,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from difftrust import FisherMetric, Metric, OperatorMetric, StepResult, TrustRegionStep, conjugate_gradient
+from difftrust import (
+    FisherMetric,
+    Metric,
+    OperatorMetric,
+    StepResult,
+    TrustRegionStep,
+    conjugate_gradient,
+    solve_reduced,
+)
 from rl.policy import Critic, GaussianPolicy, ObsNormalizer
 from rl.rollout import Batch, EnvSpec, gather_sharded, submit_sharded
 
@@ -264,11 +272,10 @@ def optimism_offsets(
         D[1:] @ sol[:, k:]
     )  # rows: constraints; N[:, 1:] = D_a' H^-1 D_a (symmetrised), N[:, 0] = D_a' H^-1 D_g
     N = torch.cat([(sol[:, k:].T @ D[0]).unsqueeze(1), (N + N.T) / 2], 1)
-    K = K + 1e-12 * K.diagonal().sum() * torch.eye(k, dtype=K.dtype)  # g parallel to a: keep K SPD
-    reduced = TrustRegionStep(step.delta, solver=step.solver)
     b_eff = b
     for _ in range(iterations):
-        w = reduced(K[0], K[1:], b_eff, K)  # the step's coefficients in the basis H^-1 G'
+        # the step's coefficients in the basis H^-1 G' (difftrust's reduced problem in (K, b, delta))
+        w = solve_reduced(K, b_eff, step.delta, solver=step.solver).w
         optimism = N @ w
         b_eff = b - optimism
     return b_eff.detach(), (-optimism).detach()
