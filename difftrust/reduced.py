@@ -146,9 +146,12 @@ def reduced_forward(K: Tensor, b: Tensor, delta: Tensor, solver: str, need_grad:
 def reduced_vjp(state: ReducedBatch, wbar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(Kbar (B, m+1, m+1), bbar (B, m), deltabar (B,))`` of :func:`reduced_forward` at ``wbar``."""
     B, m1 = wbar.shape
-    if isinstance(state.active, dict):
+    if isinstance(state.active, dict) and state.active["jinv"] is not None:
         out = active_set_vjp_numpy(state.active, wbar.detach().double().cpu().numpy())
         Kbar, bbar, dbar = (torch.from_numpy(a).to(wbar.dtype) for a in out)
+    elif isinstance(state.active, dict):  # a single problem left to the fallback (filled in below)
+        Kbar = wbar.new_zeros(B, m1, m1)
+        bbar, dbar = wbar.new_zeros(B, m1 - 1), wbar.new_zeros(B)
     elif state.active is not None:
         Kbar, bbar, dbar = (t.to(wbar.dtype) for t in active_set_vjp(state.active, wbar.double()))
     else:

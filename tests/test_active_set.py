@@ -248,6 +248,15 @@ def test_g_parallel_to_a_row_falls_back_and_is_right():
     x = res.x.numpy()
     assert g.numpy() @ x == pytest.approx(g.numpy() @ x_ref, rel=1e-7)
     assert np.all(b.numpy() + A.numpy() @ x <= 1e-9) and 0.5 * x @ x <= 0.01 * (1 + 1e-9)
+    # the fallback's gradient reaches the inputs (one problem, and inside a batch)
+    gl = g.clone().requires_grad_(True)
+    TrustRegionStep(delta=0.01)(gl, A, b).sum().backward()
+    assert torch.isfinite(gl.grad).all()
+    gb = torch.stack([g, g + 0.3]).requires_grad_(True)
+    res_b = TrustRegionStep(delta=0.01).solve(gb, torch.stack([A, A]), torch.stack([b, b]))
+    assert res_b.solver == ["conic", "active-set"]
+    res_b.x.sum().backward()
+    assert torch.isfinite(gb.grad).all()
 
 
 def test_duplicate_rows_and_zero_rows():
