@@ -7,10 +7,18 @@ Problem (``x`` in R^n, ``m >= 0`` linear constraints)::
 **Reduction.** Stationarity gives ``x = H^-1 (g - sum_j nu_j a_j) / lam``, so ``x`` lies in the
 span of ``P = H^-1 G``, ``G = [g, a_1, ..., a_m]`` (n x (m+1)). With ``x = P w`` and the Gram
 matrix ``K = G'P``: ``g'x = K[0,:] w``, ``a_j'x = K[j,:] w``, ``x'Hx = w'Kw``. The problem becomes an
-(m+1)-variable problem in ``(K, b, delta)``, solved in closed form for ``m <= 1``
-(:mod:`difftrust.closed_form`) or as a small cone program with diffcp (:mod:`difftrust.conic`).
-Forward cost: ``m+1`` linear solves with ``H`` (Cholesky for dense metrics, conjugate gradient
-for operator metrics).
+(m+1)-variable problem in ``(K, b, delta)`` (see :mod:`difftrust.reduced`), solved exactly by
+active-set enumeration (:mod:`difftrust.active_set`, batched, any device) with the closed form
+(:mod:`difftrust.closed_form`, m <= 1) or a small cone program (:mod:`difftrust.conic`) for what it
+cannot certify. Forward cost: ``m+1`` linear solves with ``H`` (Cholesky for dense metrics,
+conjugate gradient for operator metrics).
+
+**Scale.** ``g``, ``(A, b)`` (one factor for all rows) and ``(H, delta)`` are first multiplied by
+powers of two ``c_0``, ``c_A``, ``h`` that bring their largest entries to ``[0.5, 1)``: exact, and the
+step is invariant to them (the argmax does not change when ``g``, the rows, or ``(H, delta)`` are
+scaled). The backward below runs on the scaled problem; holding the factors fixed,
+``gbar = c_0 gbar_s``, ``Abar = c_A Abar_s``, ``bbar = c_A bbar_s``, ``Hbar = h Hbar_s``,
+``deltabar = h deltabar_s``.
 
 **Backward** (implicit; one extra solve). Given ``xbar = dL/dx``::
 
