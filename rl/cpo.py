@@ -50,11 +50,11 @@ the checkpoint left off) and ``training.png``.
 
 from __future__ import annotations
 
+import copy
 import math
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,6 +73,7 @@ from difftrust import (
 )
 from rl.policy import Critic, GaussianPolicy, ObsNormalizer
 from rl.rollout import Batch, EnvSpec, gather_sharded, submit_sharded
+from rl.runtime.config import ConfigError
 
 __all__ = [
     "CPOConfig",
@@ -749,7 +750,9 @@ class CPOConfig:
         default=None,
         metadata={
             "help": "continue the run in this folder from its latest checkpoint (its config.json is "
-            "used; only --steps, --checkpoint-every, --threads, --progress, --tensorboard may change)"
+            "used and checked against the checkpoints; --steps may extend the run, never below what "
+            "the folder holds, and the options that do not change the results, such as --threads, "
+            "--backend, --workers, --checkpoint-every, may change, on the command line or in --config)"
         },
     )
     checkpoint_every: int = field(default=10, metadata={"help": "iterations between checkpoints"})
@@ -762,7 +765,6 @@ class CPOConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad value: the ranges shared with ``rl.meta_cpo``
         (:func:`rl.runtime.validation.validate_settings`), then CPO's own rules."""
-        from rl.runtime.config import ConfigError
         from rl.runtime.validation import validate_settings
 
         validate_settings(self)
@@ -803,6 +805,43 @@ _RESUME_OVERRIDABLE = (
     "wandb",
     "resume",
 )
+
+
+#: Settings that do not define a run: those that may change on resuming, and where it is written.
+_NOT_RUN_DEFINING = (*_RESUME_OVERRIDABLE, "out")
+
+
+def _restore_checkpoint(run_dir: Path, st: _State, settings: dict[str, Any]) -> tuple[Path, dict] | None:
+    """Restore ``st`` from the newest checkpoint of ``run_dir`` that loads, fits and was made with
+    ``settings`` (:func:`rl.runtime.checkpoint.restore_latest_checkpoint`); ``None``: none did."""
+    from rl.runtime.checkpoint import checkpoint_step, restore_latest_checkpoint
+    from rl.runtime.config import run_settings
+
+    def restore(path: Path, state: dict[str, Any]) -> None:
+        if int(state["iteration"]) != checkpoint_step(path) + 1:
+            raise ValueError(
+                f"it holds iteration {state['iteration']!r}, expected {checkpoint_step(path) + 1}"
+            )
+        backup = copy.deepcopy(st.state_dict())  # module state dicts share storage with the modules
+        try:
+            st.load_state_dict(state)
+        except Exception:
+            st.load_state_dict(backup)  # a partly restored state must not remain
+            raise
+
+    defaults = run_settings(CPOConfig(), exclude=_NOT_RUN_DEFINING)
+    return restore_latest_checkpoint(run_dir, restore, settings, defaults)
+
+
+def _new_run_dir(cfg: CPOConfig) -> Path:
+    """A fresh run folder (``cfg.out`` or a dated one under ``runs/``); a taken ``--out`` is a
+    ``ConfigError``."""
+    from rl.runtime import make_run_dir
+
+    try:
+        return make_run_dir("runs", [cfg.env, "cpo", f"seed{cfg.seed}"], out=cfg.out)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise ConfigError(f"--out {cfg.out}: {err}") from err
 
 
 def _is_safety_gym(env: str) -> bool:
@@ -945,7 +984,7 @@ def _cost_limits(cfg: CPOConfig, channels: tuple[str, ...]) -> list[float] | Non
     if len(limits) == 1:
         limits = limits * m
     if len(limits) != m:
-        raise ValueError(
+        raise ConfigError(
             f"cost_limit has {len(limits)} values, expected 1 or {m} "
             f"({'the total' if cfg.constrain == 'total' else f'channels {channels}'})"
         )
@@ -989,39 +1028,48 @@ def _row(it: int, st: _State, batch: Batch, info: dict[str, Any], extra: dict[st
 
 def train(cfg: CPOConfig) -> Path:
     """Run CPO as configured; returns the run folder (see :class:`CPOConfig`)."""
-    from rl.runtime import (
-        RunLogger,
-        config_to_dict,
-        load_latest_checkpoint,
-        make_run_dir,
-        progress_bar,
-    )
+    from rl.runtime import RunLogger, config_to_dict, progress_bar
+    from rl.runtime.checkpoint import settings_record
+    from rl.runtime.config import run_settings
 
+    cfg.validate()
     torch.set_num_threads(cfg.threads)
     env = make_env(cfg)
-    st = _init_state(cfg, env)
-    channels = tuple(env.cost_channels)
-    limits = _cost_limits(cfg, channels)
+    try:  # nothing is written before the run's settings and its checkpoints are checked
+        st = _init_state(cfg, env)
+        channels = tuple(env.cost_channels)
+        limits = _cost_limits(cfg, channels)
+        settings = run_settings(cfg, exclude=_NOT_RUN_DEFINING)
+        if cfg.resume is not None:
+            run_dir = Path(cfg.resume)
+            found = _restore_checkpoint(run_dir, st, settings)
+            if cfg.iterations < st.iteration:
+                raise ConfigError(
+                    f"--steps {cfg.steps} gives {cfg.iterations} iterations of {cfg.steps_per_iter} steps, "
+                    f"fewer than the {st.iteration} this run folder holds; give --steps "
+                    f"{st.iteration * cfg.steps_per_iter} or more"
+                )
+        else:
+            run_dir = _new_run_dir(cfg)
+    except BaseException:
+        env.close()
+        raise
     constraint_names = ("total",) if cfg.constrain == "total" else channels
     step = TrustRegionStep(delta=cfg.delta, cg_iters=cfg.cg_iters, cg_tol=1e-10)
-
     if cfg.resume is not None:
-        run_dir = Path(cfg.resume)
-        found = load_latest_checkpoint(run_dir)
-        if found is not None:
-            st.load_state_dict(found[1])
         log = RunLogger(
             run_dir,
             tensorboard=cfg.tensorboard,
             resume_iteration=st.iteration - 1 if found else -1,
             wandb=config_to_dict(cfg) if cfg.wandb else None,
         )
+        log.write_config(config_to_dict(replace(cfg, resume=None)))  # extended: record the new --steps
     else:
-        run_dir = make_run_dir("runs", [cfg.env, "cpo", f"seed{cfg.seed}"], out=cfg.out)
         log = RunLogger(
             run_dir, tensorboard=cfg.tensorboard, wandb=config_to_dict(cfg) if cfg.wandb else None
         )
         log.write_config(config_to_dict(cfg))
+    record = settings_record(settings)  # in every checkpoint: --resume checks config.json against it
 
     from rl.runtime import save_checkpoint
 
@@ -1109,7 +1157,7 @@ def train(cfg: CPOConfig) -> Path:
             }
             log.log(_row(it, st, batch, info, extra))
             if st.iteration % cfg.checkpoint_every == 0 or st.iteration == total:
-                save_checkpoint(run_dir, st.state_dict(), step=it)
+                save_checkpoint(run_dir, {**st.state_dict(), **record}, step=it)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(
@@ -1129,49 +1177,39 @@ def _plot(
     run_dir: Path, channels: tuple[str, ...], constraint_names: tuple[str, ...], limits: list[float] | None
 ) -> None:
     """``training.png``: return and cost per episode against env steps, limits dashed."""
-    from rl.runtime import plot_training
+    from rl.runtime.plots import plot_or_warn, plot_training
 
     if constraint_names == ("total",) or len(channels) == 1:
         cost_panel: tuple[str, list[str], Any] = ("cost", ["ep_cost"], limits)
     else:
         cost_panel = ("cost", [f"cost_{ch}" for ch in channels], limits)
-    try:
-        plot_training(
-            run_dir / "progress.csv",
-            run_dir / "training.png",
-            x="env_steps",
-            panels=[("return", ["ep_ret"]), cost_panel],
-        )
-    except (ValueError, ImportError) as err:  # plotting is a convenience, never fatal
-        print(f"warning: could not plot training curves: {err}", file=sys.stderr)
+    plot_or_warn(  # plotting is a convenience, never fatal (a full disk, a missing matplotlib)
+        plot_training,
+        run_dir / "progress.csv",
+        run_dir / "training.png",
+        x="env_steps",
+        panels=[("return", ["ep_ret"]), cost_panel],
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> CPOConfig:
-    """Config from the command line; with ``--resume DIR`` from ``DIR/config.json``
-    plus the few options allowed to change (given explicitly)."""
-    from rl.runtime import ConfigError, build_parser, load_config, parse_config
+    """Config from the command line; with ``--resume DIR`` from ``DIR/config.json`` plus the few
+    options allowed to change (from the command line or ``--config FILE``). Errors are usage
+    errors (exit status 2)."""
+    from rl.runtime.config import parse_config_or_resume
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = parse_config(CPOConfig, argv, exit_on_error=True)
-    if cfg.resume is None:
-        return cfg
-    given = {k for k in vars(build_parser(CPOConfig).parse_args(argv)) if not k.startswith("_")}
-    bad = sorted(given - set(_RESUME_OVERRIDABLE))
-    if bad:
-        raise ConfigError(
-            f"options {bad} cannot change when resuming (the run's config.json is used); "
-            f"allowed with --resume: {list(_RESUME_OVERRIDABLE)}"
-        )
-    config_path = Path(cfg.resume) / "config.json"
-    if not config_path.is_file():
-        raise ConfigError(f"--resume {cfg.resume}: no config.json there; expected a run folder of rl.cpo")
-    return load_config(CPOConfig, config_path, overrides={k: getattr(cfg, k) for k in given})
+    return parse_config_or_resume(CPOConfig, argv, _RESUME_OVERRIDABLE, "rl.cpo")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m rl.cpo`` (``--help`` lists every option)."""
+    from rl.runtime.config import usage_error
+
     cfg = parse_args(argv)
-    run_dir = train(cfg)
+    try:
+        run_dir = train(cfg)
+    except ConfigError as err:  # raised before anything is written
+        usage_error(CPOConfig, str(err))
     print(f"run folder: {run_dir}")
 
 

@@ -71,6 +71,7 @@ from rl.cpo import (
 )
 from rl.policy import Critic, GaussianPolicy, ObsNormalizer
 from rl.rollout import Batch, EnvSpec, collect, collect_sharded
+from rl.runtime.config import ConfigError
 
 __all__ = [
     "ALGOS",
@@ -285,6 +286,8 @@ RESUME_OVERRIDABLE = (
     "ray_address",
     "max_retries",
 )
+#: Settings that do not define a run: those that may change on resuming, and where it is written.
+NOT_RUN_DEFINING = (*RESUME_OVERRIDABLE, "out")
 
 
 def derive_seed(*parts: int) -> int:
@@ -382,7 +385,7 @@ def resolve_limits(cfg: MetaCPOConfig, channels: tuple[str, ...]) -> list[float]
         return limits * n
     if len(limits) != n:
         names = ("total",) if cfg.constrain == "total" else channels
-        raise ValueError(
+        raise ConfigError(
             f"cost_limit has {len(limits)} values but there are {n} constraints {list(names)} "
             f"(--constrain {cfg.constrain}); give one value or one per constraint"
         )
@@ -854,7 +857,13 @@ class MetaCPOTrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         from rl.runtime.seeding import set_rng_state
 
-        self.theta = state["theta"].clone()
+        theta = state["theta"]
+        if not isinstance(theta, Tensor) or theta.shape != self.theta.shape:
+            raise ValueError(
+                f"checkpoint theta has shape {tuple(getattr(theta, 'shape', ()))}, the policy expects "
+                f"{tuple(self.theta.shape)}"
+            )
+        self.theta = theta.to(self.theta.dtype).clone()
         self.setup.reward_critic.load_state_dict(state["reward_critic"])
         self.setup.cost_critic.load_state_dict(state["cost_critic"])
         self.opt_r.load_state_dict(state["opt_r"])
@@ -867,18 +876,63 @@ class MetaCPOTrainer:
 
     @classmethod
     def from_run(cls, run_dir: str | Path) -> MetaCPOTrainer:
-        """Load a run folder (its config.json and latest checkpoint)."""
-        from rl.runtime import load_config, load_latest_checkpoint
+        """Load a run folder: its config.json and its newest checkpoint that loads, fits and
+        was made with the settings of config.json (:meth:`restore_checkpoint`).
+
+        Raises:
+            FileNotFoundError: ``run_dir`` has no config.json.
+            ConfigError: config.json is invalid, or differs from the checkpoints in a setting
+                that defines the run (the message names it).
+        """
+        from rl.runtime import load_config
 
         run_dir = Path(run_dir)
         if not (run_dir / "config.json").is_file():
             raise FileNotFoundError(f"{run_dir} has no config.json; expected a run folder of rl.meta_cpo")
-        cfg = load_config(MetaCPOConfig, run_dir / "config.json")
+        try:
+            cfg = load_config(MetaCPOConfig, run_dir / "config.json")
+        except ValueError as err:
+            raise ConfigError(f"{run_dir / 'config.json'} is not a config of rl.meta_cpo: {err}") from err
         trainer = cls(cfg, run_dir)
-        found = load_latest_checkpoint(run_dir)
-        if found is not None:
-            trainer.load_state_dict(found[1])
+        trainer.restore_checkpoint()
         return trainer
+
+    def run_settings(self) -> dict[str, Any]:
+        """The settings that define this run (recorded in every checkpoint)."""
+        from rl.runtime.config import run_settings
+
+        return run_settings(self.cfg, exclude=NOT_RUN_DEFINING)
+
+    def restore_checkpoint(self) -> Path | None:
+        """Restore the newest checkpoint of the run folder that loads, fits (every key, the shapes,
+        its iteration that of its file name) and was made with this run's settings; earlier
+        ones are tried after an unreadable or inconsistent one (a ``RuntimeWarning`` each).
+
+        Returns:
+            The checkpoint restored, or ``None`` (none could be: the run starts over).
+
+        Raises:
+            SettingsMismatchError: a checkpoint was made with other run-defining settings than
+                ``self.cfg`` (config.json edited): the message names each of them.
+        """
+        from rl.runtime.checkpoint import checkpoint_step, restore_latest_checkpoint
+        from rl.runtime.config import run_settings
+
+        def restore(path: Path, state: dict[str, Any]) -> None:
+            if int(state["iteration"]) != checkpoint_step(path) + 1:
+                raise ValueError(
+                    f"it holds iteration {state['iteration']!r}, expected {checkpoint_step(path) + 1}"
+                )
+            backup = copy.deepcopy(self.state_dict())  # module state dicts share storage
+            try:
+                self.load_state_dict(state)
+            except Exception:
+                self.load_state_dict(backup)  # a partly restored trainer must not remain
+                raise
+
+        defaults = run_settings(MetaCPOConfig(), exclude=NOT_RUN_DEFINING)
+        found = restore_latest_checkpoint(self.run_dir, restore, self.run_settings(), defaults)
+        return None if found is None else found[0]
 
     # ------------------------------------------------------------------ one iteration
     def train_tasks(self) -> list[Any]:
@@ -1050,8 +1104,10 @@ class MetaCPOTrainer:
 
         Returns the run folder."""
         from rl.runtime import RunLogger, config_to_dict, make_run_dir, progress_bar, save_checkpoint
+        from rl.runtime.checkpoint import settings_record
 
         cfg = self.cfg
+        record = settings_record(self.run_settings())
         if self.run_dir is None:
             self.run_dir = make_run_dir("runs", [cfg.env, cfg.algo, f"seed{cfg.seed}"], out=cfg.out)
             wandb = config_to_dict(cfg) if cfg.wandb else None
@@ -1075,7 +1131,10 @@ class MetaCPOTrainer:
                 log.log(row)
                 if self.iteration % cfg.checkpoint_every == 0 or self.iteration == total:
                     save_checkpoint(
-                        self.run_dir, self.state_dict(), step=self.iteration - 1, keep=cfg.keep_checkpoints
+                        self.run_dir,
+                        {**self.state_dict(), **record},  # the record: --resume checks config.json
+                        step=self.iteration - 1,
+                        keep=cfg.keep_checkpoints,
                     )
                 if bar is not None:
                     bar.update(1)
@@ -1150,64 +1209,71 @@ class MetaCPOTrainer:
 
     def plot(self) -> None:
         """``training.png`` and ``adaptation.png`` in the run folder."""
-        from rl.runtime import plot_adaptation, plot_training
+        from rl.runtime.plots import plot_adaptation, plot_or_warn, plot_training
 
         limit = float(np.sum(self.setup.limits)) if self.setup.limits else None
-        try:
-            if (self.run_dir / "progress.csv").is_file():
-                plot_training(
-                    self.run_dir / "progress.csv",
-                    self.run_dir / "training.png",
-                    panels=[("return", ["ret_pre", "ret_post"]), ("cost", ["cost_pre", "cost_post"], limit)],
-                )
-            plot_adaptation(self.run_dir / "adaptation.csv", self.run_dir / "adaptation.png")
-        except (ValueError, ImportError) as err:  # plots are a convenience, never fatal
-            print(f"warning: could not plot: {err}", file=sys.stderr)
+        # plots are a convenience, never fatal (a full disk, a missing matplotlib): warnings
+        if (self.run_dir / "progress.csv").is_file():
+            plot_or_warn(
+                plot_training,
+                self.run_dir / "progress.csv",
+                self.run_dir / "training.png",
+                panels=[("return", ["ret_pre", "ret_post"]), ("cost", ["cost_pre", "cost_post"], limit)],
+            )
+        plot_or_warn(plot_adaptation, self.run_dir / "adaptation.csv", self.run_dir / "adaptation.png")
 
 
 # ============================================================================== command line
 def parse_args(argv: Sequence[str] | None = None) -> MetaCPOConfig:
     """Config from the command line (``--config FILE`` then overrides); with ``--resume DIR``
-    from ``DIR/config.json`` plus the options allowed to change."""
-    from rl.runtime import ConfigError, build_parser, load_config, parse_config
+    from ``DIR/config.json`` plus the options allowed to change (from the command line or
+    ``--config FILE``). Errors are usage errors (exit status 2)."""
+    from rl.runtime.config import parse_config_or_resume
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = parse_config(MetaCPOConfig, argv, exit_on_error=True)
+    return parse_config_or_resume(MetaCPOConfig, argv, RESUME_OVERRIDABLE, "rl.meta_cpo")
+
+
+def prepare(cfg: MetaCPOConfig) -> MetaCPOTrainer:
+    """The trainer of ``cfg``, restored from its run folder's checkpoint with ``--resume``;
+    writes nothing.
+
+    Raises:
+        ValueError: the configuration does not fit the environment (``cost_limit`` count), the
+            ``--out`` folder is taken, or the run folder does not match (a ``ConfigError``
+            naming the setting; ``--iterations`` below the iterations the folder holds).
+    """
     if cfg.resume is None:
-        return cfg
-    given = {k for k in vars(build_parser(MetaCPOConfig).parse_args(argv)) if not k.startswith("_")}
-    given.discard("config")
-    bad = sorted(given - set(RESUME_OVERRIDABLE))
-    if bad:
+        from rl.runtime.validation import check_new_run_folder
+
+        check_new_run_folder(cfg.out)
+        return MetaCPOTrainer(cfg)
+    trainer = MetaCPOTrainer(cfg, run_dir=cfg.resume)
+    path = trainer.restore_checkpoint()
+    total = 0 if cfg.algo == "cpo-scratch" else cfg.iterations
+    if total < trainer.iteration:
         raise ConfigError(
-            f"options {bad} cannot change when resuming (the run's config.json is used); "
-            f"allowed with --resume: {list(RESUME_OVERRIDABLE)}"
+            f"--iterations {cfg.iterations} is below the {trainer.iteration} meta-iterations the run folder "
+            f"{cfg.resume} holds ({path.name}); give --iterations {trainer.iteration} or more"
         )
-    config_path = Path(cfg.resume) / "config.json"
-    if not config_path.is_file():
-        raise ConfigError(
-            f"--resume {cfg.resume}: no config.json there; expected a run folder of rl.meta_cpo"
-        )
-    return load_config(MetaCPOConfig, config_path, overrides={k: getattr(cfg, k) for k in given})
+    return trainer
 
 
 def run(cfg: MetaCPOConfig) -> Path:
     """Train (or resume) and meta-test; returns the run folder."""
-    if cfg.resume is not None:
-        from rl.runtime import load_latest_checkpoint
-
-        trainer = MetaCPOTrainer(cfg, run_dir=cfg.resume)
-        found = load_latest_checkpoint(Path(cfg.resume))
-        if found is not None:
-            trainer.load_state_dict(found[1])
-        return trainer.train()
-    return MetaCPOTrainer(cfg).train()
+    return prepare(cfg).train()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m rl.meta_cpo``."""
+    from rl.runtime.config import usage_error
+
     cfg = parse_args(argv)
-    run_dir = run(cfg)
+    try:
+        trainer = prepare(cfg)
+    except ValueError as err:  # nothing has been written
+        usage_error(MetaCPOConfig, str(err))
+    run_dir = trainer.train()
+    print(f"run folder: {run_dir}")
     print(f"run folder: {run_dir}")
 
 

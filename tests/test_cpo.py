@@ -447,7 +447,7 @@ def _rows(run_dir):
         return list(csv.DictReader(f))
 
 
-def test_cli_run_writes_outputs_and_resume_is_exact(tmp_path):
+def test_cli_run_writes_outputs_and_resume_is_exact(tmp_path, capsys):
     full = tmp_path / "full"
     main([*_SMALL, "--out", str(full)])
     rows = _rows(full)
@@ -487,8 +487,10 @@ def test_cli_run_writes_outputs_and_resume_is_exact(tmp_path):
         for key in ("seconds", "sample_seconds", "update_seconds"):
             a.pop(key), b.pop(key)
         assert a == b
-    with pytest.raises(ValueError, match="cannot change when resuming"):
+    with pytest.raises(SystemExit) as exc:  # a usage error naming the option and both values
         parse_args(["--resume", str(part), "--delta", "0.02"])
+    assert exc.value.code == 2
+    assert "delta (0.01 in the run, 0.02 asked) cannot change when resuming" in capsys.readouterr().err
 
 
 def test_trpo_and_two_channel_runs(tmp_path):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
+import importlib
 import json
 import os
 import shutil
@@ -22,6 +24,7 @@ import torch
 import rl.meta_cpo as meta_cpo
 from rl.meta_cpo import MetaCPOConfig, MetaCPOTrainer
 from rl.runtime import list_checkpoints, load_latest_checkpoint
+from rl.runtime.checkpoint import SettingsMismatchError
 from tests._configs import tiny_meta_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -229,20 +232,24 @@ def _tiny_cfg(**kw) -> MetaCPOConfig:
 
 
 def _poison(monkeypatch, field: str, value: float, call: int) -> None:
-    """Make the ``call``-th batch collected by rl.meta_cpo carry ``value`` in ``field``."""
-    original = meta_cpo.collect
+    """Make the ``call``-th batch collected by rl.meta_cpo (whole or in shards) carry ``value`` in
+    ``field``."""
     calls = [0]
 
-    def collect(*args, **kwargs):
-        batch = original(*args, **kwargs)
-        calls[0] += 1
-        if calls[0] == call:
-            bad = getattr(batch, field).clone()
-            bad.view(-1)[7] = value
-            batch = dataclasses.replace(batch, **{field: bad})
-        return batch
+    def poisoned(original):
+        def collect(*args, **kwargs):
+            batch = original(*args, **kwargs)
+            calls[0] += 1
+            if calls[0] == call:
+                bad = getattr(batch, field).clone()
+                bad.view(-1)[7] = value
+                batch = dataclasses.replace(batch, **{field: bad})
+            return batch
 
-    monkeypatch.setattr(meta_cpo, "collect", collect)
+        return collect
+
+    for name in ("collect", "collect_sharded"):
+        monkeypatch.setattr(meta_cpo, name, poisoned(getattr(meta_cpo, name)))
 
 
 def _tensors(obj, where="state"):
@@ -317,8 +324,9 @@ def test_skip_reason_names_the_task_the_tensor_and_the_batch(field, call, expect
 BAD_CONFIGS = [
     ({"inner_stepz": 2}, [], ["unknown config key 'inner_stepz'", "valid keys:", "inner_steps"]),
     ({"algo": "ppo"}, [], ["algo", "'ppo'", "meta-cpo", "fo-meta-cpo", "multitask-cpo"]),
-    ({"cost_limit": -2.0}, [], ["cost_limit must be finite and >= 0", "-2.0"]),
-    ({}, ["--cost-limit", "-1"], ["cost_limit must be finite and >= 0", "-1.0"]),
+    ({"cost_limit": -2.0}, [], ["cost_limit must be >= 0, got -2.0"]),
+    ({"damping": float("nan")}, [], ["damping must be finite, got nan"]),  # JSON's NaN
+    ({}, ["--cost-limit", "-1"], ["cost_limit must be >= 0, got -1.0"]),
     ({}, ["--inner-delta", "0"], ["inner_delta must be > 0", "0.0"]),
     ({}, ["--meta-delta", "-0.5"], ["meta_delta must be > 0", "-0.5"]),
     ({}, ["--inner-steps", "0"], ["inner_steps must be >= 1", "got 0"]),
@@ -344,10 +352,217 @@ def test_bad_configuration_is_refused_before_any_work(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]  # nothing was created
 
 
-def test_wrong_number_of_cost_limits_is_refused_before_any_work(tmp_path, monkeypatch):
+def test_wrong_number_of_cost_limits_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(
-        ValueError, match=r"cost_limit has 3 values but there are 2 constraints \['hazards', 'buttons'\]"
-    ):
-        meta_cpo.main(["--cost-limit", "1", "2", "3", "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as exc:
+        meta_cpo.main(
+            ["--cost-limit", "1", "2", "3", "--env", "safenav-button", "--out", str(tmp_path / "run")]
+        )
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: cost_limit has 3 values but there are 2 constraints ['hazards', 'buttons']" in err
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------ usage errors, one validation
+CLI_PROBES = [
+    ("rl.cpo", ["--cost-limit", "-5"], "cost_limit must be >= 0 or none, got -5.0"),
+    ("rl.cpo", ["--cost-limit", "5", "nan"], "cost_limit must be finite, got (5.0, nan)"),
+    ("rl.cpo", ["--damping", "nan"], "damping must be finite, got nan"),
+    ("rl.cpo", ["--init-log-std", "nan"], "init_log_std must be finite, got nan"),
+    ("rl.cpo", ["--delta", "inf"], "delta must be finite, got inf"),
+    ("rl.cpo", ["--steps", "100"], "steps (100) must be >= steps_per_iter (16000)"),
+    ("rl.cpo", ["--seed", "-1"], "seed must be in [0, 4294967295], got -1"),
+    ("rl.cpo", ["--config", "missing.yaml"], "config file not found: missing.yaml"),
+    ("rl.cpo", ["--resume", "no/run"], "--resume no/run: no config.json there; expected a run folder of rl.cpo"),
+    ("rl.meta_cpo", ["--damping", "nan"], "damping must be finite, got nan"),
+    ("rl.meta_cpo", ["--cg-tol", "nan"], "cg_tol must be finite, got nan"),
+    ("rl.meta_cpo", ["--init-log-std", "nan"], "init_log_std must be finite, got nan"),
+    ("rl.meta_cpo", ["--kl-tolerance", "inf"], "kl_tolerance must be finite, got inf"),
+    ("rl.meta_cpo", ["--max-retries", "-1"], "max_retries must be >= 0, got -1"),
+    ("rl.meta_cpo", ["--hidden", "8", "0"], "hidden must be >= 1 (each value), got (8, 0)"),
+    ("rl.meta_cpo", ["--resume", "no/run"], "--resume no/run: no config.json there; expected a run folder of rl.meta_cpo"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("module", "argv", "message"), CLI_PROBES)
+def test_bad_command_lines_are_usage_errors_before_any_work(
+    module, argv, message, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)  # the default run folder would be runs/ in here
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(module).main([*argv, "--no-progress"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and f"error: {message}" in err, err
+    assert list(tmp_path.iterdir()) == []  # nothing was created
+
+
+@pytest.mark.parametrize("module", ["rl.cpo", "rl.meta_cpo"])
+def test_taken_out_folder_is_a_usage_error_and_stays_untouched(module, tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("precious")
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(module).main(["--out", str(tmp_path), "--no-progress"])
+    assert exc.value.code == 2
+    assert f"error: --out {tmp_path}: " in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+# ------------------------------------------------------------------------ run records that cannot lie
+def _copy_run(src: Path, tmp_path: Path) -> Path:
+    run_dir = tmp_path / "copy"
+    shutil.copytree(src, run_dir)
+    return run_dir
+
+
+def _contents(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+
+
+def _edit_config(run_dir: Path, **changes) -> dict:
+    config = json.loads((run_dir / "config.json").read_text())
+    old = {k: config[k] for k in changes}
+    (run_dir / "config.json").write_text(json.dumps({**config, **changes}))
+    return old
+
+
+@pytest.mark.parametrize(("key", "value"), [("algo", "meta-trpo"), ("seed", 5), ("batch_steps", 800)])
+def test_edited_config_json_refuses_to_resume_and_names_the_setting(
+    key, value, meta_reference, tmp_path, capsys
+):
+    run_dir = _copy_run(meta_reference, tmp_path)
+    old = _edit_config(run_dir, **{key: value})[key]
+    before = _contents(run_dir)
+    with pytest.raises(SystemExit) as exc:
+        meta_cpo.main(["--resume", str(run_dir), *META_RESUME])
+    assert exc.value.code == 2
+    expected = f"{key} is {value!r} in config.json but {old!r} in the checkpoint"
+    assert expected in capsys.readouterr().err
+    assert _contents(run_dir) == before  # nothing rewritten
+    with pytest.raises(SettingsMismatchError, match=expected):  # nor loaded for adaptation
+        MetaCPOTrainer.from_run(run_dir)
+
+
+@pytest.mark.parametrize(("key", "value"), [("seed", 3), ("cost_limit", 30.0)])
+def test_edited_cpo_config_json_refuses_to_resume(key, value, cpo_reference, tmp_path, capsys):
+    from rl.cpo import main
+
+    run_dir = _copy_run(cpo_reference, tmp_path)
+    old = _edit_config(run_dir, **{key: value})[key]
+    before = _contents(run_dir)
+    with pytest.raises(SystemExit) as exc:
+        main(["--resume", str(run_dir), "--steps", "2000", *CPO_RESUME])
+    assert exc.value.code == 2
+    assert f"{key} is {value!r} in config.json but {old!r} in the checkpoint" in capsys.readouterr().err
+    assert _contents(run_dir) == before
+
+
+def test_resume_with_config_file_applies_the_allowed_keys_and_refuses_the_others(
+    meta_reference, tmp_path, capsys
+):
+    run = str(meta_reference)
+    recorded = json.loads((meta_reference / "config.json").read_text())
+    allowed = tmp_path / "allowed.json"
+    allowed.write_text(json.dumps({"adapt_steps": 2, "eval-steps": 400}))
+    cfg = meta_cpo.parse_args(["--resume", run, "--config", str(allowed)])
+    assert (cfg.adapt_steps, cfg.eval_steps, cfg.iterations) == (2, 400, recorded["iterations"])
+    assert (
+        meta_cpo.parse_args(["--resume", run, "--config", str(allowed), "--adapt-steps", "3"]).adapt_steps
+        == 3
+    )
+    # the run's own config.json as --config changes nothing
+    own = meta_cpo.parse_args(["--resume", run, "--config", str(meta_reference / "config.json")])
+    assert dataclasses.asdict(own) == {**recorded, "hidden": tuple(recorded["hidden"]),
+                                       "critic_hidden": tuple(recorded["critic_hidden"]), "resume": run}  # fmt: skip
+    refused = tmp_path / "refused.json"
+    refused.write_text(json.dumps({"adapt_steps": 2, "inner_delta": 2 * recorded["inner_delta"]}))
+    with pytest.raises(SystemExit) as exc:
+        meta_cpo.parse_args(["--resume", run, "--config", str(refused)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        f"inner_delta ({recorded['inner_delta']!r} in the run, {2 * recorded['inner_delta']!r} asked) cannot change"
+        in err
+    )
+
+
+def test_resume_never_shrinks_the_recorded_iterations(meta_reference, cpo_reference, tmp_path, capsys):
+    from rl.cpo import main as cpo_main
+
+    meta_run = _copy_run(meta_reference, tmp_path / "meta")
+    before = _contents(meta_run)
+    with pytest.raises(SystemExit) as exc:
+        meta_cpo.main(["--resume", str(meta_run), "--iterations", "2", *META_RESUME])
+    assert exc.value.code == 2
+    assert "--iterations 2 is below the 4 meta-iterations the run folder" in capsys.readouterr().err
+    assert _contents(meta_run) == before
+
+    cpo_run = _copy_run(cpo_reference, tmp_path / "cpo")
+    before = _contents(cpo_run)
+    with pytest.raises(SystemExit) as exc:
+        cpo_main(["--resume", str(cpo_run), "--steps", "800", *CPO_RESUME])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--steps 800 gives 2 iterations of 400 steps, fewer than the 4 this run folder holds" in err
+    assert _contents(cpo_run) == before
+    # extending is allowed, and config.json records it
+    cpo_main(["--resume", str(cpo_run), "--steps", "2000", *CPO_RESUME])
+    assert json.loads((cpo_run / "config.json").read_text())["steps"] == 2000
+    assert [int(r["iteration"]) for r in _read_csv(cpo_run / "progress.csv")] == [0, 1, 2, 3, 4]
+
+
+def _damage(state: dict, how: str) -> None:
+    if how == "no rng":
+        del state["rng"]
+    elif how == "theta of another shape":
+        state["theta"] = state["theta"][:-1]
+    elif how == "iteration not that of its name":
+        state["iteration"] = 7
+    elif how == "settings not matching their fingerprint":
+        state["run_settings"] = state["run_settings"].replace('"seed":0', '"seed":1')
+
+
+@pytest.mark.parametrize(
+    "how", ["no rng", "theta of another shape", "iteration not that of its name", "settings not matching their fingerprint"]
+)  # fmt: skip
+def test_inconsistent_latest_checkpoint_falls_back_like_a_corrupt_one(how, meta_reference, tmp_path):
+    run_dir = _copy_run(meta_reference, tmp_path)
+    newest = list_checkpoints(run_dir)[-1]
+    state = torch.load(newest, weights_only=True)
+    _damage(state, how)
+    torch.save(state, newest)
+    with pytest.warns(RuntimeWarning, match=r"skipping inconsistent checkpoint .*ckpt_000003\.pt"):
+        trainer = MetaCPOTrainer.from_run(run_dir)
+    previous = torch.load(run_dir / "ckpt_000002.pt", weights_only=True)
+    assert trainer.iteration == 3 and torch.equal(trainer.theta, previous["theta"])
+
+
+def test_no_consistent_checkpoint_starts_over_from_an_untouched_trainer(meta_reference, tmp_path):
+    run_dir = _copy_run(meta_reference, tmp_path)
+    for path in list_checkpoints(run_dir):
+        state = torch.load(path, weights_only=True)
+        del state["rng"]  # every other entry restores first: the restore must be undone
+        torch.save(state, path)
+    with pytest.warns(RuntimeWarning, match="skipping inconsistent checkpoint"):
+        trainer = MetaCPOTrainer.from_run(run_dir)
+    fresh = MetaCPOTrainer(trainer.cfg)
+    assert trainer.iteration == 0 and torch.equal(trainer.theta, fresh.theta)
+    _assert_same_state(trainer.setup.reward_critic.state_dict(), fresh.setup.reward_critic.state_dict())
+
+
+# ------------------------------------------------------------------------ plots are never fatal
+def test_full_disk_while_plotting_is_a_warning(meta_reference, cpo_reference, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from rl.cpo import _plot
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    trainer = MetaCPOTrainer.from_run(_copy_run(meta_reference, tmp_path / "meta"))
+    with pytest.warns(RuntimeWarning, match=r"could not plot .*adaptation\.png: OSError: .*No space left"):
+        trainer.plot()
+    cpo_run = _copy_run(cpo_reference, tmp_path / "cpo")
+    with pytest.warns(RuntimeWarning, match=r"could not plot .*training\.png: OSError: .*No space left"):
+        _plot(cpo_run, ("hazards",), ("hazards",), [25.0])

@@ -8,21 +8,28 @@
   seeds of each method's return and cost against the adaptation step, several
   methods in one figure, the cost limit dashed.
 
-matplotlib is imported when a function is called, with the non-interactive
-Agg backend, so importing :mod:`rl.runtime` stays cheap and works headless.
+matplotlib is imported when a function is called, so importing :mod:`rl.runtime`
+stays cheap. The figures are :class:`matplotlib.figure.Figure` objects written
+straight to PNG: no pyplot state is touched and the caller's backend is left
+as it is (this works headless).
+
+:func:`plot_or_warn` runs a plot and turns any failure (a full disk, a broken
+CSV, matplotlib missing) into a :class:`RuntimeWarning`: the training programs
+use it, as their plots are a convenience that must never fail a finished run.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from rl.runtime.logging import read_csv
 
-__all__ = ["ADAPTATION_COLUMNS", "adaptation_summary", "plot_adaptation", "plot_training"]
+__all__ = ["ADAPTATION_COLUMNS", "adaptation_summary", "plot_adaptation", "plot_or_warn", "plot_training"]
 
 #: Columns :func:`plot_adaptation` needs.
 ADAPTATION_COLUMNS = ("method", "seed", "task_id", "adapt_step", "ep_ret", "ep_cost", "cost_limit")
@@ -30,13 +37,22 @@ ADAPTATION_COLUMNS = ("method", "seed", "task_id", "adapt_step", "ep_ret", "ep_c
 Panel = tuple[str, Sequence[str]] | tuple[str, Sequence[str], float | Sequence[float] | None]
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def _figure(figsize: tuple[float, float]) -> Any:
+    """A figure outside pyplot: saving it needs no backend and changes no global state."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    return Figure(figsize=figsize)
 
-    return plt
+
+def plot_or_warn(plot: Callable[..., Path], *args: Any, **kwargs: Any) -> Path | None:
+    """``plot(*args, **kwargs)``, or ``None`` and a :class:`RuntimeWarning` naming the failure
+    (``plot`` is :func:`plot_training` or :func:`plot_adaptation`; ``args[1]`` its PNG)."""
+    try:
+        return plot(*args, **kwargs)
+    except Exception as err:  # any failure: the run's results are on disk already
+        target = args[1] if len(args) > 1 else kwargs.get("out_png", "")
+        warnings.warn(f"could not plot {target}: {type(err).__name__}: {err}", RuntimeWarning, stacklevel=2)
+        return None
 
 
 def _float(text: str) -> float:
@@ -107,8 +123,8 @@ def plot_training(
         raise ValueError(f"{progress_csv} has no columns {missing}; columns: {columns}")
     xs = [_float(r[x]) for r in rows]
 
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), squeeze=False)
+    fig = _figure((5.0 * len(panels), 3.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, panel in zip(axes[0], panels, strict=True):
         name, cols = panel[0], panel[1]
         for col in cols:
@@ -128,7 +144,6 @@ def plot_training(
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=110)
-    plt.close(fig)
     return out_png
 
 
@@ -207,8 +222,8 @@ def plot_adaptation(
     """
     summary = adaptation_summary(adaptation_csv)
     limits = sorted({v for r in read_csv(adaptation_csv) if not math.isnan(v := _float(r["cost_limit"]))})
-    plt = _pyplot()
-    fig, (ax_r, ax_c) = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    fig = _figure((10.5, 3.8))
+    ax_r, ax_c = fig.subplots(1, 2)
     for i, (method, s) in enumerate(summary.items()):
         color = f"C{i % 10}"
         for ax, key in ((ax_r, "ret"), (ax_c, "cost")):
@@ -236,5 +251,4 @@ def plot_adaptation(
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=110)
-    plt.close(fig)
     return out_png
