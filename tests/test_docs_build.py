@@ -30,6 +30,7 @@ DOCTEST_MODULES = (
     "difftrust.cg",
     "difftrust.metrics",
     "difftrust.conic",
+    "difftrust.reduced",
     "rl.envs",
     "rl.envs.safenav",
     "rl.envs.safety_gym_tasks",
