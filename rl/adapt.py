@@ -32,7 +32,7 @@ from torch import Tensor
 
 from rl.meta_cpo import MetaCPOTrainer, adapt, derive_seed
 
-__all__ = ["adapt_to_task", "load_run", "main", "render_gif"]
+__all__ = ["adapt_to_task", "load_run", "load_task_file", "main", "render_gif"]
 
 
 def load_run(run_dir: str | Path) -> MetaCPOTrainer:
@@ -96,45 +96,90 @@ def render_gif(
     return path
 
 
+def load_task_file(path: str | Path, env: str) -> Any:
+    """The task in a JSON file: a task dict (``SafeNavTask.to_dict()`` for the built-in families).
+
+    Raises:
+        ValueError: the file cannot be read, is not JSON, does not hold a JSON object, or not a
+            task of ``env``; the message names the file.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"task file {path}: cannot read it ({type(err).__name__}: {err})") from err
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"task file {path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"task file {path} holds a JSON {type(data).__name__}; expected an object (a task dict)"
+        )
+    if not env.startswith("safenav"):
+        return data
+    from rl.envs import safenav
+
+    try:
+        return safenav.SafeNavTask.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"task file {path} is not a task of {env!r}: {err}") from err
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``python -m rl.adapt``."""
+    """Entry point of ``python -m rl.adapt``; bad arguments, run folders and task files are
+    usage errors (exit status 2)."""
     parser = argparse.ArgumentParser(prog="python -m rl.adapt", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a run folder of rl.meta_cpo")
-    parser.add_argument("--split", choices=("train", "test"), default="test", help="task split to draw from")
     parser.add_argument(
-        "--task-index", type=int, default=0, help="which task of the split (drawn with --task-seed)"
+        "--split", choices=("train", "test"), default="test", help="task split to draw from (default: test)"
+    )
+    parser.add_argument(
+        "--task-index", type=int, default=0, help="which task of the split, from 0 (default: 0)"
     )
     parser.add_argument(
         "--task-seed",
         type=int,
         default=None,
-        help="seed of the task draw (default: the run's meta-test tasks)",
+        help="seed of the task draw, >= 0 (default: the seed of the run's meta-test tasks)",
     )
     parser.add_argument(
-        "--task-file", default=None, help="JSON file with a task dict (overrides --split/--task-index)"
+        "--task-file",
+        default=None,
+        help="JSON file with a task dict, SafeNavTask.to_dict(), used instead of --split and "
+        "--task-index (default: none)",
     )
     parser.add_argument(
-        "--steps", type=int, default=None, help="adaptation steps (default: the run's adapt_steps)"
+        "--steps", type=int, default=None, help="adaptation steps, >= 0 (default: the run's adapt_steps)"
     )
     parser.add_argument(
         "--batch-steps",
         type=int,
         default=None,
-        help="env steps per adaptation/evaluation batch (default: the run's adapt_batch_steps or batch_steps)",
+        help="env steps per adaptation/evaluation batch, >= 1 (default: the run's adapt_batch_steps, "
+        "else its batch_steps)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--gif", default=None, help="write an episode of the adapted policy to this GIF")
-    parser.add_argument("--out", default=None, help="write the evaluation rows to this CSV")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    parser.add_argument(
+        "--gif", default=None, help="write an episode of the adapted policy to this GIF (default: none)"
+    )
+    parser.add_argument("--out", default=None, help="write the evaluation rows to this CSV (default: none)")
     args = parser.parse_args(argv)
-    trainer = load_run(args.run_dir)
-    if args.task_file is not None:
-        from rl.envs import safenav
-
-        data = json.loads(Path(args.task_file).read_text())
-        task = safenav.SafeNavTask.from_dict(data) if trainer.cfg.env.startswith("safenav") else data
-    else:
-        if args.task_index < 0:
-            parser.error(f"--task-index must be >= 0, got {args.task_index}")
+    for name, value, low in (("steps", args.steps, 0), ("batch-steps", args.batch_steps, 1)):
+        if value is not None and value < low:
+            parser.error(f"--{name} must be >= {low}, got {value}")
+    if args.task_file is None and args.task_index < 0:
+        parser.error(f"--task-index must be >= 0, got {args.task_index}")
+    if args.task_seed is not None and args.task_seed < 0:
+        parser.error(f"--task-seed must be >= 0, got {args.task_seed}")
+    if args.gif is not None and not Path(args.gif).resolve().parent.is_dir():
+        parser.error(f"--gif {args.gif}: the folder {Path(args.gif).parent} does not exist")
+    try:
+        trainer = load_run(args.run_dir)
+        task = load_task_file(args.task_file, trainer.cfg.env) if args.task_file is not None else None
+    except (FileNotFoundError, ValueError) as err:  # not a run folder, an edited one, a bad task file
+        parser.error(str(err))
+    if task is None:
         seed = derive_seed(trainer.cfg.seed, 0, 0, 6) if args.task_seed is None else args.task_seed
         task = trainer.dist.sample(args.task_index + 1, split=args.split, seed=seed)[args.task_index]
     rows, params = adapt_to_task(trainer, task, args.steps, args.seed, args.batch_steps)
@@ -148,7 +193,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             for r in rows:
                 log.log(r)
     if args.gif:
-        path = render_gif(trainer, params[-1], task, args.gif, seed=args.seed)
+        try:
+            path = render_gif(trainer, params[-1], task, args.gif, seed=args.seed)
+        except ValueError as err:  # a family that draws no pictures
+            parser.error(str(err))
         print(f"gif: {path}", file=sys.stderr)
 
 

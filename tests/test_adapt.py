@@ -98,3 +98,81 @@ def test_cli_with_task_file_and_gif(run_dir, tmp_path):
 def test_load_run_rejects_non_run_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_run(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"family": "safenav-button",', "is not valid JSON: Expecting"),
+        ("[1, 2]", "holds a JSON list; expected an object (a task dict)"),
+        ("", "is not valid JSON"),
+    ],
+)
+def test_bad_task_file_is_a_usage_error_naming_the_file(content, message, run_dir, tmp_path, capsys):
+    task_file = tmp_path / "task.json"
+    task_file.write_text(content)
+    with pytest.raises(SystemExit) as exc:
+        main([str(run_dir), "--task-file", str(task_file)])
+    assert exc.value.code == 2
+    assert f"error: task file {task_file} {message}" in capsys.readouterr().err
+
+
+def test_task_file_of_the_wrong_shape_names_the_file_and_the_key(tmp_path):
+    from rl.adapt import load_task_file
+
+    task_file = tmp_path / "task.json"
+    task_file.write_text(json.dumps({"family": "safenav-button", "arena_half_size": 2.0, "colour": 1}))
+    with pytest.raises(
+        ValueError, match=rf"task file {task_file} is not a task of 'safenav-button': .*'colour'"
+    ):
+        load_task_file(task_file, "safenav-button")
+    with pytest.raises(ValueError, match=rf"task file {tmp_path / 'none.json'}: cannot read it"):
+        load_task_file(tmp_path / "none.json", "safenav-button")
+
+
+def test_bad_arguments_are_usage_errors(run_dir, tmp_path, capsys):
+    cases = [
+        ([str(tmp_path)], f"{tmp_path} has no config.json"),
+        ([str(run_dir), "--steps", "-1"], "--steps must be >= 0, got -1"),
+        ([str(run_dir), "--batch-steps", "0"], "--batch-steps must be >= 1, got 0"),
+        ([str(run_dir), "--task-index", "-2"], "--task-index must be >= 0, got -2"),
+        ([str(run_dir), "--task-seed", "-1"], "--task-seed must be >= 0, got -1"),
+        (
+            [str(run_dir), "--gif", str(tmp_path / "no" / "x.gif")],
+            f"--gif {tmp_path / 'no' / 'x.gif'}: the folder {tmp_path / 'no'} does not exist",
+        ),
+        ([str(run_dir), "--steps", "two"], "argument --steps: invalid int value: 'two'"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2, argv
+        assert f"error: {message}" in capsys.readouterr().err, argv
+
+
+def test_edited_run_folder_is_a_usage_error(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "hidden": [16]}))
+    with pytest.raises(SystemExit) as exc:
+        main([str(copy)])
+    assert exc.value.code == 2
+    assert "hidden is [16] in config.json but [8] in the checkpoint" in capsys.readouterr().err
+
+
+def test_help_shows_every_default(capsys):
+    import re
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    options = capsys.readouterr().out.split("options:", 1)[1]
+    blocks = {
+        b.split()[0].rstrip(","): " ".join(b.split()) for b in re.split(r"\n  (?=-)", options) if b.strip()
+    }
+    for option in ("--split", "--task-index", "--task-seed", "--task-file", "--steps", "--batch-steps",
+                   "--seed", "--gif", "--out"):  # fmt: skip
+        assert "(default:" in blocks[option], blocks[option]
