@@ -544,3 +544,76 @@ def test_config_round_trip_and_rng_restore_properties(
     expected = _draw(gens)
     set_rng_state(state, gens)
     assert _draw(gens) == expected
+
+
+# ------------------------------------------------------------------------ plots never fatal, no global state
+def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path: Path) -> None:
+    import matplotlib
+
+    with CSVLogger(tmp_path / "progress.csv") as log:
+        for it in range(3):
+            log.log({"iteration": it, "ep_ret": float(it), "ep_cost": 1.0})
+    before = matplotlib.get_backend()
+    matplotlib.use("pdf")  # the caller's choice
+    try:
+        assert _is_png(plot_training(tmp_path / "progress.csv", tmp_path / "train.png"))
+        assert matplotlib.get_backend() == "pdf"
+    finally:
+        matplotlib.use(before)
+
+
+def test_plot_or_warn_turns_any_failure_into_a_warning(tmp_path: Path) -> None:
+    from rl.runtime.plots import plot_or_warn
+
+    (tmp_path / "empty.csv").write_text("iteration,ep_ret\n")
+    with pytest.warns(RuntimeWarning, match=r"could not plot .*out\.png: ValueError: .*has no data rows"):
+        assert plot_or_warn(plot_training, tmp_path / "empty.csv", tmp_path / "out.png") is None
+    with pytest.warns(RuntimeWarning, match=r"could not plot .*out\.png: FileNotFoundError"):
+        assert plot_or_warn(plot_training, tmp_path / "missing.csv", tmp_path / "out.png") is None
+    assert not (tmp_path / "out.png").exists()
+
+
+# ------------------------------------------------------------------------ run settings in checkpoints
+def test_restore_checks_the_recorded_settings_and_skips_inconsistent_checkpoints(tmp_path: Path) -> None:
+    from rl.runtime.checkpoint import SettingsMismatchError, restore_latest_checkpoint, settings_record
+
+    settings = {"seed": 0, "algo": "meta-cpo"}
+    record = settings_record(settings)
+    assert set(record) == {"run_settings", "run_settings_sha256"}
+    save_checkpoint(tmp_path, {"iteration": 1, "w": torch.ones(2), **record}, step=0)
+    save_checkpoint(tmp_path, {"iteration": 2, **record}, step=1)  # loads, but lacks "w"
+    restored: list[torch.Tensor] = []
+
+    def restore(path: Path, state: dict) -> None:
+        restored.append(state["w"])
+
+    with pytest.warns(RuntimeWarning, match=r"skipping inconsistent checkpoint .*ckpt_000001\.pt: KeyError"):
+        path, _ = restore_latest_checkpoint(tmp_path, restore, settings)
+    assert path.name == "ckpt_000000.pt" and torch.equal(restored[-1], torch.ones(2))
+    # another value of a recorded setting refuses, naming it with both values
+    with pytest.raises(SettingsMismatchError, match="seed is 3 in config.json but 0 in the checkpoint"):
+        restore_latest_checkpoint(tmp_path, restore, {"seed": 3, "algo": "meta-cpo"})
+    # a setting added to the program later counts as recorded with its default
+    found = restore_latest_checkpoint(tmp_path, lambda p, s: None, {**settings, "shards": 4}, {"shards": 4})
+    assert found is not None and found[0].name == "ckpt_000001.pt"
+    with pytest.raises(SettingsMismatchError, match="shards is 2 in config.json but 4 in the checkpoint"):
+        restore_latest_checkpoint(tmp_path, lambda p, s: None, {**settings, "shards": 2}, {"shards": 4})
+    # a checkpoint of an older version, without a record: restored with a warning
+    save_checkpoint(tmp_path, {"iteration": 3}, step=2)
+    with pytest.warns(RuntimeWarning, match="records no run settings"):
+        path, _ = restore_latest_checkpoint(tmp_path, lambda p, s: None, {"seed": 9})
+    assert path.name == "ckpt_000002.pt"
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        settings_record({"damping": math.nan})
+
+
+def test_resume_config_applies_allowed_changes_and_names_refused_ones(tmp_path: Path) -> None:
+    from rl.runtime.config import ConfigError, resume_config
+
+    (tmp_path / "config.json").write_text(json.dumps(config_to_dict(SampleConfig(max_iters=5))))
+    cfg = resume_config(SampleConfig, tmp_path, {"max-iters": 9, "lr": 3e-4}, ["max_iters"], "demo")
+    assert cfg == SampleConfig(max_iters=9)  # lr asked at the run's own value: allowed
+    with pytest.raises(ConfigError, match=r"lr \(0.0003 in the run, 0.1 asked\) cannot change when resuming"):
+        resume_config(SampleConfig, tmp_path, {"lr": 0.1}, ["max_iters"], "demo")
+    with pytest.raises(ConfigError, match="no config.json there; expected a run folder of demo"):
+        resume_config(SampleConfig, tmp_path / "nothing", {}, ["max_iters"], "demo")
