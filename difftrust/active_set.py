@@ -457,6 +457,16 @@ def active_set_vjp_numpy(sol: dict[str, np.ndarray], wbar: np.ndarray) -> tuple[
     v, d, s, jinv, S = sol["v"], sol["d"], sol["s"], sol["jinv"], sol["active"]
     B, m1 = v.shape
     m = m1 - 1
+    if jinv is None and "jacobian_args" in sol:  # one problem: the Jacobian is formed here
+        Kn, lam_n, rec, omega = sol["jacobian_args"]
+        J = _kkt_matrix_np(Kn, v, lam_n, S, rec, omega)
+        try:
+            jinv = sol["jinv"] = np.linalg.inv(J)
+        except np.linalg.LinAlgError as err:
+            raise RuntimeError(
+                "difftrust: the KKT system of the reduced problem is singular at this solution; the step "
+                "is not differentiable here"
+            ) from err
     vbar = s[:, None] * d * wbar
     zeta = -(jinv[:, :m1, :].transpose(0, 2, 1) @ vbar[..., None])[..., 0]
     z_tr = zeta[:, m1]
@@ -604,15 +614,7 @@ def solve_active_set_python(K: list[list[float]], b: list[float], delta: float) 
         out["nu"] = arr([[x * d[j + 1] / d[0] for j, x in enumerate(mult)]])
     Kw = [sum(K[1 + j][i] * out["w"][0, i] for i in range(m1)) for j in range(m)]
     out["violation"] = arr([max((b[j] + Kw[j] for j in range(m)), default=-math.inf)])
-    if code != NOT_CERTIFIED:
-        J = _kkt_matrix_np(
-            arr([Kn]), out["v"], arr([lam_n]), Ssel, arr([rec]), arr([omega]) if m else np.zeros((1, 0))
-        )
-        try:
-            out["jinv"] = np.linalg.inv(J)
-        except np.linalg.LinAlgError:
-            out["code"] = arr([NOT_CERTIFIED])
-        else:
-            if not np.isfinite(out["jinv"]).all():
-                out["code"] = arr([NOT_CERTIFIED])
+    # the KKT Jacobian is formed and inverted by the backward pass, when one is needed (with K_SS's
+    # pivot, Aq > 0 and the recovery discriminant checked above, it is non-singular)
+    out["jacobian_args"] = (arr([Kn]), arr([lam_n]), arr([rec]), arr([omega]) if m else np.zeros((1, 0)))
     return out

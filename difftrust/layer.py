@@ -108,6 +108,7 @@ class _Record:
     state: ReducedBatch | None = None
     operator: Any = None
     counts: list[int] | None = None
+    maxima: tuple[Tensor, Tensor] | None = None  # largest |g| and |A| per problem (from the checks)
     cg_residuals: Tensor | None = None
     col_scale: Tensor | None = None  # (B, m+1): powers of two applied to g and the rows of A (and b)
     h_scale: Tensor | None = None  # (B,): power of two applied to H and delta (dense metrics)
@@ -262,8 +263,8 @@ class _TrustRegionFunction(torch.autograd.Function):
         # (one scale for all rows of A: the recovery problem's least worst violation depends on
         # the rows' relative scales, the feasible problem does not)
         m = A.shape[1]
-        amax = A.abs().amax((1, 2), keepdim=True).squeeze(2).expand(Bsz, m) if m else A.new_zeros(Bsz, 0)
-        col = _pow2_scale(torch.cat([g.abs().amax(1, keepdim=True), amax], 1))  # (B, m+1)
+        c = _pow2_scale(torch.stack(rec.maxima, 1))  # (B, 2): the factors of g and of (A, b)
+        col = torch.cat([c[:, :1], c[:, 1:].expand(Bsz, m)], 1)  # (B, m+1)
         G = torch.cat([g.unsqueeze(2), A.transpose(1, 2)], dim=2) * col.unsqueeze(1)  # (B, n, m+1)
         bs = b * col[:, 1:]
         rec.col_scale = col
@@ -274,15 +275,28 @@ class _TrustRegionFunction(torch.autograd.Function):
             L, info = torch.linalg.cholesky_ex(Hs)
             rec.L, rec.h_scale = L, hs
             ds = delta * hs
-            # one probe column r rides along with G: ||H r|| / ||r|| and ||H^-1 r|| / ||r|| bound
-            # lambda_max and 1 / lambda_min from below, as does the Cholesky diagonal ratio
+            # one probe column r (unit norm) rides along with G: ||H^-1 r|| bounds 1 / lambda_min from
+            # below, max diag(H) bounds lambda_max; the Cholesky diagonal ratio is a second bound
             r = _probe(g.shape[1], g.dtype, g.device)
             Pr = torch.cholesky_solve(torch.cat([G, r.expand(Bsz, -1, 1)], 2), L)
             P = Pr[:, :, :-1]
+            # per problem: failed minor, Cholesky diagonal extremes, max diag(H_s) <= lambda_max and
+            # ||H_s^-1 r|| <= 1 / lambda_min, in one transfer
             ld = L.diagonal(dim1=1, dim2=2)
-            lmax = torch.maximum(Hs.diagonal(dim1=1, dim2=2).amax(1), (Hs @ r).norm(dim=(1, 2)))
-            cond = torch.maximum((ld.amax(1) / ld.amin(1)).square(), lmax * Pr[:, :, -1].norm(dim=1))
-            info_l, cond_l = torch.stack([info.to(g.dtype).amax(), cond.amax()]).tolist()
+            stats = torch.stack(
+                [
+                    info.to(g.dtype),
+                    ld.amax(1),
+                    ld.amin(1),
+                    Hs.diagonal(dim1=1, dim2=2).amax(1),
+                    Pr[:, :, -1].norm(dim=1),
+                ],
+                1,
+            ).tolist()
+            info_l = max(row[0] for row in stats)
+            cond_l = max(
+                max((row[1] / row[2]) ** 2 if row[2] > 0 else math.inf, row[3] * row[4]) for row in stats
+            )
             if info_l > 0:
                 raise ValueError(
                     "metric is not positive definite: its Cholesky factorisation failed "
@@ -501,18 +515,26 @@ def _check_delta(delta: Any, like: Tensor) -> Tensor:
     return torch.tensor(float(delta), dtype=like.dtype, device=like.device)
 
 
-def _run_checks(g2: Tensor, A3: Tensor, b2: Tensor, H: Tensor | None, metric_checks: list) -> None:
-    """All value checks with one device-to-host transfer; on failure, name the input."""
-    flags = [~torch.isfinite(g2).all(), ~torch.isfinite(A3).all(), ~torch.isfinite(b2).all()]
-    flags += [f for _, f in metric_checks]
-    failed = torch.stack(flags).tolist()
-    if not any(failed):
-        return
-    names = ("g", "A", "b")
-    for name, bad in zip(names, failed[:3], strict=True):
-        if bad:
+def _run_checks(
+    g2: Tensor, A3: Tensor, b2: Tensor, H: Tensor | None, metric_checks: list
+) -> tuple[Tensor, Tensor]:
+    """All value checks with one device-to-host transfer; on failure, name the input.
+
+    Returns the largest magnitudes of each ``g`` and each ``A`` (``(B,)`` each; NaN and inf
+    propagate through them, which is how finiteness is checked), reused for the scaling.
+    """
+    Bsz, m = A3.shape[0], A3.shape[1]
+    gmax = g2.abs().amax(1)
+    amax = A3.abs().amax((1, 2)) if m else g2.new_zeros(Bsz)
+    bmax = b2.abs().amax() if m else g2.new_zeros(())
+    vals = [gmax.amax(), amax.amax(), bmax] + [f.to(g2.dtype) for _, f in metric_checks]
+    got = torch.stack(vals).tolist()
+    if all(math.isfinite(v) for v in got[:3]) and not any(got[3:]):
+        return gmax, amax
+    for name, v in zip(("g", "A", "b"), got[:3], strict=True):
+        if not math.isfinite(v):
             raise ValueError(f"{name} contains NaN or inf entries; expected finite values")
-    for (msg, _), bad in zip(metric_checks, failed[3:], strict=True):
+    for (msg, _), bad in zip(metric_checks, got[3:], strict=True):
         if not bad:
             continue
         if msg == "symmetry":
@@ -549,11 +571,12 @@ def trust_region_step(
     check_solver(solver, A3.shape[1])
     kind, metric_obj, tensors, metric_checks = _normalise_metric(metric, g2, batched)
     d = _check_delta(delta, g2)
-    _run_checks(g2, A3, b2, tensors[0] if kind == "dense" else None, metric_checks)
+    gmax, amax = _run_checks(g2, A3, b2, tensors[0] if kind == "dense" else None, metric_checks)
     need_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (g2, A3, b2, d, *tensors) if isinstance(t, Tensor)
     )
     rec = _Record(kind, solver, metric_obj, cg_iters, cg_tol, strict, need_grad)
+    rec.maxima = (gmax, amax)
     if kind == "operator":
         rec.counts = [len(mt.tensors) for mt in metric_obj]
     x = _TrustRegionFunction.apply(g2, A3, b2, d, rec, *tensors)

@@ -146,7 +146,11 @@ def reduced_forward(K: Tensor, b: Tensor, delta: Tensor, solver: str, need_grad:
 def reduced_vjp(state: ReducedBatch, wbar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(Kbar (B, m+1, m+1), bbar (B, m), deltabar (B,))`` of :func:`reduced_forward` at ``wbar``."""
     B, m1 = wbar.shape
-    if isinstance(state.active, dict) and state.active["jinv"] is not None:
+    sol = state.active
+    usable = isinstance(sol, dict) and (
+        sol["jinv"] is not None or ("jacobian_args" in sol and int(sol["code"][0]) != NOT_CERTIFIED)
+    )
+    if usable:
         out = active_set_vjp_numpy(state.active, wbar.detach().double().cpu().numpy())
         Kbar, bbar, dbar = (torch.from_numpy(a).to(wbar.dtype) for a in out)
     elif isinstance(state.active, dict):  # a single problem left to the fallback (filled in below)
