@@ -197,6 +197,39 @@ def adaptation_summary(
     return summary
 
 
+def _cost_panels(rows: Sequence[dict[str, str]]) -> list[tuple[str, str, list[float]]]:
+    """``(title, column, limits)`` of each cost panel of :func:`plot_adaptation`: one per
+    ``limit_<name>`` column (``total`` plots ``ep_cost``, a channel ``cost_<name>``), else one
+    panel of ``ep_cost`` with the values of ``cost_limit``."""
+
+    def values(column: str) -> list[float]:
+        return sorted({v for r in rows if not math.isnan(v := _float(r[column]))})
+
+    names = [c[len("limit_") :] for c in rows[0] if c.startswith("limit_")]
+    if not names:
+        return [("episode cost", "ep_cost", values("cost_limit"))]
+    panels = []
+    for name in names:
+        column = "ep_cost" if name == "total" else f"cost_{name}"
+        if column not in rows[0]:
+            raise ValueError(f"column limit_{name} has no cost column {column!r}; columns: {list(rows[0])}")
+        panels.append((f"episode cost: {name}", column, values(f"limit_{name}")))
+    return panels
+
+
+def _by_method_and_step(rows: Sequence[dict[str, str]], column: str) -> dict[str, tuple[list, list, list]]:
+    """``{method: (steps, means, stds)}`` of ``column`` over the (seed, task) rows of each step."""
+    grouped: dict[str, dict[float, list[float]]] = {}
+    for r in rows:
+        grouped.setdefault(r["method"], {}).setdefault(_float(r["adapt_step"]), []).append(_float(r[column]))
+    out = {}
+    for method, by_step in grouped.items():
+        steps = sorted(by_step)
+        stats = [_mean_std(by_step[k]) for k in steps]
+        out[method] = (steps, [m for m, _ in stats], [d for _, d in stats])
+    return out
+
+
 def plot_adaptation(
     adaptation_csv: str | os.PathLike[str],
     out_png: str | os.PathLike[str],
@@ -205,12 +238,15 @@ def plot_adaptation(
     """Plot return and cost against the adaptation step, one curve per method.
 
     Each curve is the mean over all (seed, task) rows at that step with a
-    shaded +- one std band; the distinct values of ``cost_limit`` are drawn as
-    dashed lines on the cost panel.
+    shaded +- one std band. With ``limit_<name>`` columns (what
+    :mod:`rl.meta_cpo` writes) there is one cost panel per constraint, the
+    channel's cost (``cost_<name>``, or ``ep_cost`` for ``total``) with its own
+    limit dashed; without them one panel of ``ep_cost`` with the distinct values
+    of ``cost_limit`` dashed.
 
     Args:
         adaptation_csv: CSV with columns ``method, seed, task_id, adapt_step,
-            ep_ret, ep_cost, cost_limit``.
+            ep_ret, ep_cost, cost_limit`` (and optionally ``limit_<name>``).
         out_png: where to write the PNG (parent directories are created).
         title: figure title (default: "adaptation on test tasks").
 
@@ -220,29 +256,29 @@ def plot_adaptation(
     Raises:
         ValueError: if a required column is missing or there are no rows.
     """
-    summary = adaptation_summary(adaptation_csv)
-    limits = sorted({v for r in read_csv(adaptation_csv) if not math.isnan(v := _float(r["cost_limit"]))})
-    fig = _figure((10.5, 3.8))
-    ax_r, ax_c = fig.subplots(1, 2)
-    for i, (method, s) in enumerate(summary.items()):
-        color = f"C{i % 10}"
-        for ax, key in ((ax_r, "ret"), (ax_c, "cost")):
-            mean, std = s[f"{key}_mean"], s[f"{key}_std"]
-            ax.plot(s["adapt_step"], mean, color=color, label=method, linewidth=1.5, marker="o", markersize=3)
+    adaptation_summary(adaptation_csv)  # checks the columns and that there are rows
+    rows = read_csv(adaptation_csv)
+    panels = [("episode return", "ep_ret", [])] + _cost_panels(rows)
+    fig = _figure((5.25 * len(panels), 3.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, column, limits) in zip(axes, panels, strict=True):
+        for i, (method, (steps, mean, std)) in enumerate(_by_method_and_step(rows, column).items()):
+            color = f"C{i % 10}"
+            ax.plot(steps, mean, color=color, label=method, linewidth=1.5, marker="o", markersize=3)
             ax.fill_between(
-                s["adapt_step"],
+                steps,
                 [m - d for m, d in zip(mean, std, strict=True)],
                 [m + d for m, d in zip(mean, std, strict=True)],
                 color=color,
                 alpha=0.2,
                 linewidth=0,
             )
-    for j, lim in enumerate(limits):
-        label = "cost limit" if len(limits) == 1 else f"cost limit {lim:g}"
-        ax_c.axhline(lim, linestyle="--", color="k", linewidth=1.0, alpha=1.0 - 0.25 * min(j, 3), label=label)
-    ax_r.set_title("episode return")
-    ax_c.set_title("episode cost")
-    for ax in (ax_r, ax_c):
+        for j, lim in enumerate(limits):
+            label = "cost limit" if len(limits) == 1 else f"cost limit {lim:g}"
+            ax.axhline(
+                lim, linestyle="--", color="k", linewidth=1.0, alpha=1.0 - 0.25 * min(j, 3), label=label
+            )
+        ax.set_title(name)
         ax.set_xlabel("adaptation step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
