@@ -70,7 +70,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ActiveSetSolution", "active_set_vjp", "solve_active_set"]
+__all__ = [
+    "ActiveSetSolution",
+    "active_set_vjp",
+    "active_set_vjp_numpy",
+    "solve_active_set",
+    "solve_active_set_numpy",
+    "solve_active_set_python",
+]
 
 #: KKT residual (normalised units) below which a candidate is accepted as the optimum.
 KKT_TOL = 1e-9
