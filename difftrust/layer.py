@@ -125,6 +125,8 @@ def _pow2_scale(amax: Tensor) -> Tensor:
 
 
 _PROBES: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+#: (metric type, cg_iters, cg_tol) already warned about by CGNotConvergedWarning.
+_CG_WARNED: set[tuple[str, int, float]] = set()
 
 
 def _probe(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -213,7 +215,15 @@ def _solve_H(rec: _Record, R: Tensor, tensors: tuple[Tensor, ...]) -> tuple[Tens
         )
         if rec.strict:
             raise RuntimeError(msg)
-        warnings.warn(msg, CGNotConvergedWarning, stacklevel=5)
+        key = (type(rec.metric[0]).__name__, rec.cg_iters, rec.cg_tol)
+        if key not in _CG_WARNED:  # once per metric type and CG settings: an RL run solves thousands
+            _CG_WARNED.add(key)
+            warnings.warn(
+                msg + " (warned once per metric type, cg_iters and cg_tol in this process; "
+                "StepResult.cg_residuals holds every solve's residuals; strict=True raises instead)",
+                CGNotConvergedWarning,
+                stacklevel=5,
+            )
     if Bsz == 1:
         return res.x.unsqueeze(0), res.residuals
     return res.x.reshape(n, Bsz, k).permute(1, 0, 2), res.residuals.reshape(Bsz, k)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -401,7 +402,11 @@ def test_cg_not_converged_warns_with_residual_or_raises_when_strict():
     g, a = _f64(1.0, 2.0, 0.5, -1.0), _f64(0.3, -0.2, 0.4, 0.1)
     metric = OperatorMetric(lambda v: torch.logspace(0, 6, 4, dtype=torch.float64) * v)
     with pytest.warns(CGNotConvergedWarning, match=r"worst relative residual \d\.\d+e[+-]\d+"):
-        TrustRegionStep(delta=0.01, cg_iters=2).solve(g, a, -0.01, metric)
+        TrustRegionStep(delta=0.01, cg_iters=2, cg_tol=1.234e-10).solve(g, a, -0.01, metric)
+    with warnings.catch_warnings():  # warned once per metric type and CG settings
+        warnings.simplefilter("error")
+        res = TrustRegionStep(delta=0.01, cg_iters=2, cg_tol=1.234e-10).solve(g, a, -0.01, metric)
+    assert float(res.cg_residuals.max()) > 1e-3
     with pytest.raises(RuntimeError, match="did not reach its tolerance"):
         TrustRegionStep(delta=0.01, cg_iters=2, strict=True).solve(g, a, -0.01, metric)
 
