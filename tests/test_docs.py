@@ -33,17 +33,31 @@ NAMING_DIRS = ("docs/", "rl/", "difftrust/")
 FILE_NAME = re.compile(r"(?<![\w.])[\w-]+(?:/[\w.-]+)*\.(?:md|py|toml|yml|yaml|cff)\b")
 
 
-def _repository_files() -> list[str]:
-    import subprocess
+_NOT_THE_REPOSITORY = {
+    ".git",
+    ".venv",
+    "site",
+    "runs",
+    "build",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+}
 
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    return [f for f in listed if (ROOT / f).is_file()]
+
+def _repository_files() -> list[str]:
+    """Every file of the checkout (relative POSIX paths), without virtual environments, build
+    outputs and caches (works without git, e.g. in an unpacked source archive)."""
+    out = []
+    for path in ROOT.rglob("*"):
+        parts = path.relative_to(ROOT).parts
+        if any(
+            p in _NOT_THE_REPOSITORY or p.startswith(".hypothesis") or p.endswith(".egg-info") for p in parts
+        ):
+            continue
+        if path.is_file():
+            out.append(path.relative_to(ROOT).as_posix())
+    return out
 
 
 def test_no_file_names_a_file_outside_the_repository():
