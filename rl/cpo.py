@@ -1034,7 +1034,10 @@ def train(cfg: CPOConfig) -> Path:
 
     cfg.validate()
     torch.set_num_threads(cfg.threads)
-    env = make_env(cfg)
+    try:
+        env = make_env(cfg)
+    except ValueError as err:  # an environment this program cannot make: a configuration error
+        raise ConfigError(f"--env {cfg.env}: {err}") from err
     try:  # nothing is written before the run's settings and its checkpoints are checked
         st = _init_state(cfg, env)
         channels = tuple(env.cost_channels)

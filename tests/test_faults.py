@@ -374,6 +374,8 @@ CLI_PROBES = [
     ("rl.cpo", ["--steps", "100"], "steps (100) must be >= steps_per_iter (16000)"),
     ("rl.cpo", ["--seed", "-1"], "seed must be in [0, 4294967295], got -1"),
     ("rl.cpo", ["--config", "missing.yaml"], "config file not found: missing.yaml"),
+    ("rl.cpo", ["--env", "nosuch"], "--env nosuch: unknown environment 'nosuch'"),
+    ("rl.cpo", ["--cost-limit", "5", "5", "5"], "cost_limit has 3 values, expected 1 or 1"),
     ("rl.cpo", ["--resume", "no/run"], "--resume no/run: no config.json there; expected a run folder of rl.cpo"),
     ("rl.meta_cpo", ["--damping", "nan"], "damping must be finite, got nan"),
     ("rl.meta_cpo", ["--cg-tol", "nan"], "cg_tol must be finite, got nan"),
