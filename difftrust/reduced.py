@@ -42,9 +42,10 @@ __all__ = ["MAX_ACTIVE_SET_M", "ReducedSolution", "solve_reduced"]
 Solver = Literal["auto", "active-set", "analytic", "conic"]
 SOLVERS = ("auto", "active-set", "analytic", "conic")
 
-#: Largest m for which "auto" enumerates active sets (2^m candidates; measured faster than the
-#: conic backend up to here, see docs/difftrust.md).
-MAX_ACTIVE_SET_M = 8
+#: Largest m for which "auto" enumerates active sets (2^m candidates). Measured (solve_reduced,
+#: forward + backward, benchmarks/trust_region.py): faster than the conic backend up to m = 6
+#: (1.4x there), slower from m = 7.
+MAX_ACTIVE_SET_M = 6
 
 #: Where the enumeration runs: ``"auto"`` (numpy for CPU tensors, torch on other devices, no host
 #: round-trip of the data), or ``"torch"`` / ``"numpy"`` to force one (tests run the GPU code path on
