@@ -101,7 +101,8 @@ def reduced_forward(K: Tensor, b: Tensor, delta: Tensor, solver: str, need_grad:
     B, m1, _ = K.shape
     m = m1 - 1
     use_enum = solver == "active-set" or (solver == "auto" and m <= MAX_ACTIVE_SET_M)
-    per_problem = "analytic" if (solver == "analytic" or m <= 1) else "conic"
+    # the explicit solvers as asked; the fallback of the active-set solver: closed form for m <= 1
+    per_problem = solver if solver in ("analytic", "conic") else ("analytic" if m <= 1 else "conic")
     backend = ENUMERATION_BACKEND
     if backend == "auto":
         backend = "numpy" if K.device.type == "cpu" else "torch"
