@@ -47,6 +47,7 @@ def test_closed_form_and_conic_agree_m1(seed, n, regime):
     args = t64(g, A, b, H)
     ra = TrustRegionStep(delta=delta, solver="analytic").solve(*args)
     rc = TrustRegionStep(delta=delta, solver="conic").solve(*args)
+    assert (ra.solver, rc.solver) == ("analytic", "conic")
     assert ra.case == rc.case
     assert torch.allclose(ra.x, rc.x, rtol=1e-7, atol=1e-9)
     # gradients agree as well
