@@ -179,15 +179,15 @@ def reduced_vjp(state: ReducedBatch, wbar: Tensor) -> tuple[Tensor, Tensor, Tens
 
 
 class _ReducedFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(K: Tensor, b: Tensor, delta: Tensor, solver: str, out: list) -> Tensor:
-        state = reduced_forward(K, b, delta, solver, need_grad=True)
-        out.append(state)
-        return state.w
+    """``(K, b, delta) -> w`` with :func:`reduced_vjp` as backward (forward(ctx, ...): no signature
+    binding per call)."""
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        ctx.state = inputs[4][0]
+    def forward(ctx: Any, K: Tensor, b: Tensor, delta: Tensor, solver: str, out: list) -> Tensor:
+        state = reduced_forward(K, b, delta, solver, need_grad=True)
+        out.append(state)
+        ctx.state = state
+        return state.w
 
     @staticmethod
     @torch.autograd.function.once_differentiable
