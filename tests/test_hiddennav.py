@@ -221,3 +221,13 @@ def test_limit_columns_are_per_channel():
     assert within_limits({"ep_cost": "9.9", "limit_total": 10.0})
     with pytest.raises(ValueError, match="no limit_<name> columns"):
         within_limits({"ep_cost": "1.0", "cost_limit": "5.0"})
+
+
+def test_main_job_defaults_meta_train_on_the_hidden_family_and_judge_independently():
+    from rl.meta_cpo import MetaCPOConfig
+
+    cfg = MetaCPOConfig()
+    assert cfg.env == "hiddennav" and cfg.algo == "meta-cpo"
+    assert cfg.adapt_steps >= 1 and cfg.test_tasks == 10
+    # every test task judged on 800 whole 50-step episodes that no adaptation step used
+    assert cfg.eval_steps == 40_000 and cfg.eval_steps % hiddennav.DEFAULT_HORIZON == 0
