@@ -157,6 +157,41 @@ def split(raw: dict[str, float], total: float) -> dict[str, float]:
     return out
 
 
+# ------------------------------------------------------------------------------ overheads
+def _echo(x: Any) -> Any:
+    return x
+
+
+def job_overhead(backend: str, workers: int = 2, rounds: int = 50) -> dict[str, float]:
+    """Per-job overhead of a warm pool: round trip of an empty job, and of one carrying 1 MB there
+    and back (about a shard's result at the published defaults), in milliseconds."""
+    from rl.runtime.parallel import TaskPool
+
+    payload = torch.zeros(131072, dtype=torch.float64)  # 1 MiB
+    with TaskPool(backend, workers) as pool:
+        pool.map(_echo, [(0,)] * (4 * workers))  # start and warm the workers
+        out = {}
+        for name, arg in (("empty_ms", 0), ("one_mb_ms", payload)):
+            t0 = time.perf_counter()
+            for _ in range(rounds):
+                pool.submit(_echo, arg).result()
+            out[name] = 1e3 * (time.perf_counter() - t0) / rounds
+    return out
+
+
+def predicted_speedup(phases: dict[str, float], cfg: MetaCPOConfig, overhead_s: float, workers: int) -> float:
+    """Amdahl with the measured constants (docs/scaling.md): the driver's part ``S`` (inner steps,
+    reverse passes, meta-objective, meta-update, half the critic fit: two critics on two workers)
+    stays serial; sampling ``P`` splits over ``min(workers, M * shards)``; each of the
+    ``J = M (K + 1) shards`` jobs adds ``overhead_s``, spread over the workers."""
+    serial = phases["total"]
+    par = phases["sampling"] + phases["env_setup"]
+    drv = serial - par - phases["critics"] / 2
+    jobs = cfg.meta_batch * (cfg.inner_steps + 1) * cfg.shards
+    width = min(workers, cfg.meta_batch * cfg.shards)
+    return serial / (drv + par / width + overhead_s * jobs / min(workers, jobs))
+
+
 # ------------------------------------------------------------------------------ runs
 def run_backend(cfg: MetaCPOConfig, iters: int, breakdown: bool) -> dict[str, Any]:
     """One warm-up and ``iters`` timed meta-iterations of ``cfg`` (a fresh trainer)."""
@@ -258,7 +293,25 @@ def render_markdown(report: dict[str, Any]) -> str:
     for t in report["targets"]:
         met = "n/a (quick configuration)" if t["met"] is None else ("yes" if t["met"] else "no")
         lines.append(f"| {t['name']} | {t['measured']:.2f} | {met} |")
-    lines += ["", f"Published code on this 2-core machine: {PUBLISHED_S[0]:g}-{PUBLISHED_S[1]:g} s.", ""]
+    lines += [
+        "",
+        "## Per-job overhead and predicted speed-up",
+        "",
+        "| backend | empty job round trip (ms) | 1 MB there and back (ms) | predicted 2 / 8 / 32 / 128 workers |",
+        "|---|---:|---:|---|",
+    ]
+    for b, o in report["job_overhead_ms"].items():
+        pred = " / ".join(f"{v:.2f}x" for v in report["predicted_speedup"][b].values())
+        lines.append(f"| {b} | {o['empty_ms']:.2f} | {o['one_mb_ms']:.2f} | {pred} |")
+    lines += [
+        "",
+        "Prediction (docs/scaling.md): serial time / (S + P / min(w, M shards) + o J / w), S the "
+        "driver's part of the serial breakdown (everything but sampling, half the critic fit), P "
+        "sampling, o the 1 MB round trip, J = M (K + 1) shards jobs per meta-iteration.",
+        "",
+        f"Published code on this 2-core machine: {PUBLISHED_S[0]:g}-{PUBLISHED_S[1]:g} s.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -296,6 +349,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r["speedup"] = serial["median_s"] / r["median_s"]
         r["efficiency"] = r["speedup"] / r["workers"]
 
+    overheads = {b: job_overhead(b) for b in dict.fromkeys(b for b, _ in pairs) if b != "serial"}
     cfg = make_config(args.quick, debias=args.debias, shards=args.shards)
     phases = serial["phases_median_s"]
     reverse_over_forward = phases["meta_gradient_reverse"] / phases["inner_steps"]
@@ -339,6 +393,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "reverse_over_forward": reverse_over_forward,
         "sampling_steps_per_s": sampled / phases["sampling"],
         "backends": backends,
+        "job_overhead_ms": overheads,
+        "predicted_speedup": {
+            b: {w: predicted_speedup(phases, cfg, o["one_mb_ms"] / 1e3, w) for w in (2, 8, 32, 128)}
+            for b, o in overheads.items()
+        },
         "targets": targets,
         "published_s": list(PUBLISHED_S),
         "cpu_count": os.cpu_count(),

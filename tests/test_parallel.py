@@ -183,10 +183,12 @@ def ray_pool():
 
 
 @pytest.mark.ray
-def test_ray_backend_gives_the_serial_meta_parameters(serial_run, ray_pool):
-    # the trainer's pool joins the running instance (and leaves it running when it closes)
+def test_ray_backend_gives_the_serial_meta_parameters(serial_run):
+    # the trainer's pool starts a local instance (its 2 actors hold its 2 CPUs for the run) and
+    # shuts it down when it closes
+    assert not ray.is_initialized()
     theta, rows = _two_steps(_trainer(backend="ray", workers=2))
-    assert ray.is_initialized()
+    assert not ray.is_initialized()
     _assert_same_run(theta, rows, *serial_run)
 
 
@@ -199,6 +201,9 @@ def test_ray_results_equal_serial_and_survive_a_dead_worker(ray_pool, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(out, serial, strict=True))
     with pytest.raises(ValueError, match="bad job 7"):
         ray_pool.map(_raise, [(7,)])
+    # a second pool on the instance: its actors would wait for CPUs the first one holds
+    with pytest.raises(ValueError, match=r"2 Ray actors of 1 CPU each, but .* 0 of 2 CPUs free"):
+        TaskPool("ray", workers=2).start()
 
 
 # ---------------------------------------------------------------------------- parent death

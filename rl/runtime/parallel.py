@@ -557,6 +557,14 @@ class TaskPool:
                 ray.init(address=self.ray_address, log_to_driver=False)
             self._ray_started = True
         if self._ray_actor_cls is None:
+            free = int(ray.available_resources().get("CPU", 0))
+            if free < self.workers:
+                total = int(ray.cluster_resources().get("CPU", 0))
+                raise ValueError(
+                    f"workers={self.workers} needs {self.workers} Ray actors of 1 CPU each, but the "
+                    f"instance has {free} of {total} CPUs free (its actors would wait for ever); "
+                    "expected workers <= the free CPUs"
+                )
             self._ray_actor_cls = ray.remote(num_cpus=1, max_restarts=0)(_RayWorker)
         return ray
 
