@@ -53,7 +53,7 @@ SPEC_KEYS = ("program", "envs", "seeds", "methods", "jobs", "nice", "runs_dir", 
 SPEC_KEYS += ("output", "note")
 #: Config keys that say how a run runs, not what it computes (never pinned, never compared).
 RUN_KEYS = ("out", "resume", "progress", "tensorboard", "threads", "backend", "workers", "ray_address")
-RUN_KEYS += ("max_retries", "checkpoint_every", "keep_checkpoints", "num_workers", "config")
+RUN_KEYS += ("max_retries", "checkpoint_every", "keep_checkpoints", "num_workers", "config", "wandb")
 META_TEST_KEYS = ("test_tasks", "adapt_steps", "adapt_confidence", "adapt_batch_steps", "eval_steps")
 
 
@@ -224,9 +224,7 @@ def command(spec: Spec, run: Run) -> tuple[list[str], str]:
     """(the command that starts or continues ``run``, how: started, resumed or re-tested)."""
     run_dir = spec.sweep_dir / run.name
     head = [sys.executable, "-m", spec.program]
-    how_to_run = {"threads": "1", "progress": False, "tensorboard": False}
-    if spec.program == "rl.meta_cpo":
-        how_to_run["backend"] = "serial"
+    how_to_run = {"threads": "1", "backend": "serial", "progress": False, "tensorboard": False}
     for key, value in how_to_run.items():  # unless the spec sets them
         if key not in run.settings:
             flag = key.replace("_", "-")

@@ -40,6 +40,8 @@ critic_hidden = [8]
 fisher_states = 100
 test_tasks = 2
 adapt_steps = 1
+adapt_batch_steps = 200
+eval_steps = 0
 """
 
 RETEST = """
@@ -50,6 +52,7 @@ methods = ["meta-cpo"]
 runs_dir = "{runs}"
 [meta_test]
 adapt_steps = 2
+adapt_batch_steps = 200
 eval_steps = 400
 [retest]
 from = "tiny"
