@@ -475,14 +475,9 @@ def _normalise_metric(
         asym = (Hd - Hd.transpose(1, 2)).abs().amax((1, 2))
         scale = Hd.abs().amax((1, 2))
         eps = torch.finfo(H.dtype).eps
-        bad_sym = (asym > 100 * eps * scale).any()
-        finite = torch.isfinite(Hd).all()
-        return (
-            "dense",
-            None,
-            (H3,),
-            [("metric contains NaN or inf entries; expected finite values", ~finite), ("symmetry", bad_sym)],
-        )
+        # NaN and inf make asym NaN, and the comparison false: one flag for both checks
+        bad = ~(asym <= 100 * eps * scale).all()
+        return "dense", None, (H3,), [("symmetry", bad)]
     if isinstance(metric, Metric) or (isinstance(metric, (list, tuple)) and metric and batched):
         metrics = [metric] if isinstance(metric, Metric) else list(metric)
         if batched and isinstance(metric, Metric):
@@ -549,6 +544,8 @@ def _run_checks(
             continue
         if msg == "symmetry":
             Hd = H.detach()
+            if not bool(torch.isfinite(Hd).all()):
+                raise ValueError("metric contains NaN or inf entries; expected finite values")
             asym = float((Hd - Hd.transpose(1, 2)).abs().amax())
             tol = 100 * torch.finfo(H.dtype).eps * float(Hd.abs().amax())
             raise ValueError(
@@ -591,16 +588,16 @@ def trust_region_step(
         rec.counts = [len(mt.tensors) for mt in metric_obj]
     x = _TrustRegionFunction.apply(g2, A3, b2, d, rec, *tensors)
     state = rec.state
-    # multipliers of the caller's problem: x = H_s^-1 (c0 g - cA A'nu_s) / lam_s with H_s = h H
-    col = rec.col_scale
-    h = rec.h_scale if rec.h_scale is not None else torch.ones_like(col[:, 0])
-    lam = state.lam.to(g2.dtype) * h / col[:, 0]
-    nu = state.nu.to(g2.dtype) * col[:, 1:] / col[:, :1]
-    # the reduced problem in the caller's units: w = C w_s, K = C^-1 K_s C^-1 (C the column scales)
-    w = state.w.to(g2.dtype) * col / h.unsqueeze(1)  # x = H_s^-1 G_s w_s = H^-1 G (C w_s / h)
+    # the caller's units (C the column scales, h the metric's): x = H_s^-1 (c0 g - cA A'nu_s) / lam_s
+    # gives lam = h lam_s / c0, nu = cA nu_s / c0; x = H_s^-1 G_s w_s = H^-1 G (C w_s / h) gives
+    # w = C w_s / h, and K = h C^-1 K_s C^-1
+    col, h = rec.col_scale, rec.h_scale
+    lam = state.lam / col[:, 0]
+    nu = state.nu * (col[:, 1:] / col[:, :1])
+    w = state.w * col
     K = rec.K / (col.unsqueeze(2) * col.unsqueeze(1))
-    if rec.h_scale is not None:
-        K = K * rec.h_scale[:, None, None]
+    if h is not None:
+        lam, w, K = lam * h, w / h.unsqueeze(1), K * h[:, None, None]
     if batched:
         return StepResult(x, lam, nu, state.cases, rec.cg_residuals, w, K, state.solvers)
     return StepResult(x[0], lam[0], nu[0], state.cases[0], rec.cg_residuals, w[0], K[0], state.solvers[0])
