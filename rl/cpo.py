@@ -292,8 +292,11 @@ def cpo_direction(
     damping: float = 0.1,
     create_graph: bool = False,
     offsets: Tensor | None = None,
+    metric: Metric | None = None,
 ) -> tuple[Tensor, StepResult]:
     """The CPO step ``x`` at ``params`` (TRPO when ``cost_limits`` is ``None``).
+
+    ``metric`` replaces the damped Fisher of ``batch.obs`` (:func:`fisher_metric`) when given.
 
     ``g = grad L_R``, ``A`` = one row ``grad L_Cj`` per cost channel, ``b = ep_cost -
     cost_limits`` (episode units), metric ``FisherMetric(policy.kl(., ., batch.obs),
@@ -336,24 +339,95 @@ def cpo_direction(
                 for out in outputs
             ]
             g, A = rows[0], torch.stack(rows[1:])
-    metric = fisher_metric(policy, theta, batch.obs, damping, create_graph)
+    if metric is None:
+        metric = fisher_metric(policy, theta, batch.obs, damping, create_graph)
     result = step.solve(g, A, b, metric)
     return result.x, result
 
 
 def fisher_metric(
-    policy: GaussianPolicy, params: Tensor, obs: Tensor, damping: float, create_graph: bool = False
+    policy: GaussianPolicy,
+    params: Tensor,
+    obs: Tensor,
+    damping: float,
+    create_graph: bool = False,
+    pool: Any = None,
+    parts: int = 1,
 ) -> Metric:
     """The damped Fisher metric of ``policy`` at ``params`` over the states ``obs``.
 
     A step that needs no gradient gets the closed-form product
-    (:meth:`rl.policy.GaussianPolicy.fisher_product`: the same matrix, about twice as fast);
-    a differentiable one (``create_graph``) the double-backward :class:`difftrust.FisherMetric`.
+    (:meth:`rl.policy.GaussianPolicy.fisher_product`: the same matrix, about twice as fast), its
+    sum over the states taken in ``parts`` blocks of rows; with a parallel ``pool`` the blocks are
+    computed by its workers, which keep their block's activations for every later product (each
+    product then sends only ``v``), the same numbers as here. A differentiable step
+    (``create_graph``) gets the double-backward :class:`difftrust.FisherMetric`.
     """
     if create_graph:
         return FisherMetric(lambda ref, p: policy.kl(ref, p, obs), params, damping)
-    product = policy.fisher_product(params.detach(), obs)
+    params = params.detach()
+    if pool is None or not pool.parallel:
+        product = policy.fisher_product(params, obs, parts)
+    else:
+        product = policy.fisher_from_blocks(
+            params, obs.shape[0], _remote_fisher_blocks(pool, policy, params, obs, parts)
+        )
     return OperatorMetric(lambda v: product(v), damping=damping)
+
+
+class FisherBlockMissing(LookupError):
+    """A worker was asked for a Fisher block it does not hold (it was restarted, or another worker
+    ran the job): the driver sends the block's states again."""
+
+
+_FISHER_CACHE = "rl.cpo.fisher_blocks"
+
+
+def _fisher_block_job(
+    key: tuple[str, int], policy: GaussianPolicy | None, params: Tensor | None, obs: Tensor | None, v: Tensor
+) -> Tensor:
+    """A worker's job: the product of Fisher block ``key`` with ``v``; with ``obs`` the block is built
+    (and kept, blocks of other metrics dropped) first."""
+    from rl.runtime.parallel import worker_state
+
+    cache = worker_state().setdefault(_FISHER_CACHE, {})
+    if obs is not None:
+        for old in [k for k in cache if k[0] != key[0]]:
+            del cache[old]
+        cache[key] = policy.fisher_block(params, obs)
+    block = cache.get(key)
+    if block is None:
+        raise FisherBlockMissing(f"no Fisher block {key} in this worker")
+    return block(v)
+
+
+def _remote_fisher_blocks(pool: Any, policy: GaussianPolicy, params: Tensor, obs: Tensor, parts: int):
+    """``v -> [block products]`` computed by ``pool``'s workers (see :func:`fisher_metric`)."""
+    import uuid
+
+    metric_id = uuid.uuid4().hex
+    chunks = torch.tensor_split(obs.detach(), parts)
+    built: set[int] = set()
+
+    def products(v: Tensor) -> list[Tensor]:
+        futures = []
+        for p, rows in enumerate(chunks):
+            key = (metric_id, p)
+            payload = (None, None, None) if p in built else (policy, params, rows)
+            futures.append(pool.submit(_fisher_block_job, key, *payload, v, key=key))
+        out = []
+        for p, fut in enumerate(futures):
+            try:
+                out.append(fut.result())
+            except FisherBlockMissing:
+                key = (metric_id, p)
+                out.append(
+                    pool.submit(_fisher_block_job, key, policy, params, chunks[p], v, key=key).result()
+                )
+            built.add(p)
+        return out
+
+    return products
 
 
 # ------------------------------------------------------------------------------ line search
@@ -427,8 +501,13 @@ def cpo_update(
     kl_tolerance: float = 1.5,
     debias: bool = False,
     confidence: float = 0.5,
+    pool: Any = None,
+    fisher_parts: int = 1,
 ) -> tuple[Tensor, dict[str, Any]]:
     """One CPO policy update: :func:`cpo_direction`, then :func:`line_search`.
+
+    One Fisher metric (:func:`fisher_metric`, its sum in ``fisher_parts`` blocks, computed by
+    ``pool``'s workers when it has several) serves the direction and the optimism correction.
 
     With ``debias=True`` (and a constraint) the offsets are :func:`debiased_offsets`,
     used by both the step and the line search; ``info["optimism"]`` holds the
@@ -441,14 +520,24 @@ def cpo_update(
         ``accepted``, ``backtracks``, ``kl``, ``improve_r``, ``change_c``.
     """
     b = optimism = None
+    metric = fisher_metric(policy, params, batch.obs, damping, pool=pool, parts=fisher_parts)
     if cost_limits is not None:
         b = cost_offsets(batch, cost_limits, params.dtype, confidence)
         optimism = torch.zeros_like(b)
         if debias:
             b, optimism = debiased_offsets(
-                policy, params, batch, cost_limits, step, damping=damping, confidence=confidence
+                policy,
+                params,
+                batch,
+                cost_limits,
+                step,
+                damping=damping,
+                metric=metric,
+                confidence=confidence,
             )
-    x, res = cpo_direction(policy, params, batch, cost_limits, step, damping=damping, offsets=b)
+    x, res = cpo_direction(
+        policy, params, batch, cost_limits, step, damping=damping, offsets=b, metric=metric
+    )
     delta = float(step.delta)
     new, ls = line_search(
         policy,
@@ -1125,6 +1214,8 @@ def train(cfg: CPOConfig) -> Path:
                 kl_tolerance=cfg.kl_tolerance,
                 debias=cfg.debias,
                 confidence=cfg.cost_confidence,
+                pool=pool,
+                fisher_parts=cfg.shards,
             )
             # collect merged this batch into the observation statistics: re-express the policy and
             # critics for the new statistics so that the update changes nothing but what CPO chose

@@ -195,7 +195,7 @@ class GaussianPolicy:
         return params[self._log_std]
 
     @torch.no_grad()
-    def fisher_product(self, params: Tensor, obs: Tensor) -> Callable[[Tensor], Tensor]:
+    def fisher_product(self, params: Tensor, obs: Tensor, parts: int = 1) -> Callable[[Tensor], Tensor]:
         """``v -> F v``: the Fisher matrix at ``params`` over the states ``obs``, in closed form.
 
         ``F`` is the Hessian of :meth:`kl` ``(params, .)`` at ``params`` (the same matrix as the
@@ -208,10 +208,43 @@ class GaussianPolicy:
         Args:
             params: Flat parameters.
             obs: ``(T, obs_dim)`` states.
+            parts: The states' sum is taken over this many contiguous blocks of rows, added in
+                order (:meth:`fisher_block`; the same numbers as the blocks computed elsewhere).
 
         Returns:
             A function of ``v`` ``(num_params,)`` returning ``F v`` (same shape and dtype).
         """
+        self._check_params(params)
+        self._check_obs(obs)
+        blocks = [self.fisher_block(params, rows) for rows in torch.tensor_split(obs, parts)]
+        return self.fisher_from_blocks(params, obs.shape[0], lambda v: [block(v) for block in blocks])
+
+    def fisher_from_blocks(
+        self, params: Tensor, num_states: int, block_products: Callable[[Tensor], list[Tensor]]
+    ) -> Callable[[Tensor], Tensor]:
+        """``v -> F v`` from the blocks' unnormalised products ``block_products(v)`` (see
+        :meth:`fisher_block`), summed in order, over ``num_states`` states."""
+        self._check_params(params)
+        log_std = self._log_std
+        precision_scale = 1.0 / num_states
+
+        def product(v: Tensor) -> Tensor:
+            if v.shape != params.shape:
+                raise ValueError(f"v must have shape {tuple(params.shape)}, got {tuple(v.shape)}")
+            parts = block_products(v)
+            out = parts[0]
+            for part in parts[1:]:
+                out = out + part
+            out = out * precision_scale
+            out[log_std] = 2.0 * v[log_std]
+            return out
+
+        return product
+
+    @torch.no_grad()
+    def fisher_block(self, params: Tensor, obs: Tensor) -> Callable[[Tensor], Tensor]:
+        """``v -> sum_t J_t' diag(exp(-2 log_std)) J_t v`` over the rows of ``obs`` (unnormalised,
+        log-std entries 0): the activations are computed once, every product reuses them."""
         self._check_params(params)
         self._check_obs(obs)
         params = params.detach()
@@ -223,12 +256,10 @@ class GaussianPolicy:
                 break
             acts.append(torch.tanh(F.linear(acts[-1], w, b)))
         slopes = [1.0 - a * a for a in acts[1:]]  # tanh' of every hidden layer
-        precision = torch.exp(-2.0 * params[self._log_std]) / obs.shape[0]
-        layers, log_std = self._layers, self._log_std
+        precision = torch.exp(-2.0 * params[self._log_std])
+        layers = self._layers
 
-        def product(v: Tensor) -> Tensor:
-            if v.shape != params.shape:
-                raise ValueError(f"v must have shape {tuple(params.shape)}, got {tuple(v.shape)}")
+        def block(v: Tensor) -> Tensor:
             # forward mode: the change of every layer's output along v
             d = None
             for i, (w, shape, b) in enumerate(layers):
@@ -238,17 +269,16 @@ class GaussianPolicy:
                 d = dz * slopes[i] if i < len(layers) - 1 else dz
             u = d * precision
             # reverse mode: J' u
-            out = torch.empty_like(v)
+            out = torch.zeros_like(v)
             for i in range(len(layers) - 1, -1, -1):
                 w, shape, b = layers[i]
                 out[w] = (u.T @ acts[i]).reshape(-1)
                 out[b] = u.sum(0)
                 if i > 0:
                     u = (u @ weights[i]) * slopes[i - 1]
-            out[log_std] = 2.0 * v[log_std]
             return out
 
-        return product
+        return block
 
 
 def _reparametrize_first_layer(

@@ -305,3 +305,22 @@ def test_cpo_gives_the_same_run_on_every_backend_and_worker_count(tmp_path):
         other_rows, other_params = _cpo_run(tmp_path, name, backend="processes", **kw)
         assert other_rows == rows
         assert torch.equal(other_params, params)
+
+
+def test_fisher_blocks_on_workers_equal_the_serial_product_even_after_a_worker_dies():
+    from rl.cpo import fisher_metric
+    from rl.policy import GaussianPolicy
+
+    gen = torch.Generator().manual_seed(0)
+    pi = GaussianPolicy(5, 2, hidden=(8, 8))
+    params = pi.init_params(gen)
+    obs = torch.randn(301, 5, generator=gen, dtype=torch.float64)
+    vs = [torch.randn(pi.num_params, generator=gen, dtype=torch.float64) for _ in range(3)]
+    here = fisher_metric(pi, params, obs, 0.1, parts=3).operator()
+    expected = [here(v) for v in vs]
+    with TaskPool("processes", workers=2) as pool:
+        remote = fisher_metric(pi, params, obs, 0.1, pool=pool, parts=3).operator()
+        assert all(torch.equal(remote(v), e) for v, e in zip(vs, expected, strict=True))
+        for pid in pool.worker_pids():  # the blocks are lost: the workers are sent their states again
+            os.kill(pid, signal.SIGKILL)
+        assert all(torch.equal(remote(v), e) for v, e in zip(vs, expected, strict=True))
