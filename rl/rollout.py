@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from rl.envs.base import VecEnv, next_observations
@@ -287,16 +288,24 @@ def run_segment(
     log_norm = 0.5 * act_dim * np.log(2 * np.pi)
     # the normaliser's statistics, frozen for the batch (as ObsNormalizer.normalize computes them)
     mean, scale, clip = normalizer.mean, torch.sqrt(normalizer.var + normalizer.eps), normalizer.clip
+    # what GaussianPolicy.mean_log_std computes, its checks and slicing done once for the batch
+    policy.mean_log_std(params, torch.zeros(1, obs_dim, dtype=dtype))
+    layers = [(params[w].view(shape), params[b]) for w, shape, b in policy._layers]
+    log_std = params[policy._log_std]
+    std, log_std_sum = torch.exp(log_std), log_std.sum()
 
     obs, _ = env.reset(seed=reset_seed)
     for t in range(steps):
         raw_obs[t] = obs
-        o = ((torch.from_numpy(raw_obs[t]) - mean) / scale).clamp(-clip, clip).to(dtype)
-        act_mean, log_std = policy.mean_log_std(params, o)
-        noise = torch.randn(act_mean.shape, generator=generator, dtype=dtype)
-        act = act_mean + torch.exp(log_std) * noise
+        h = ((torch.from_numpy(raw_obs[t]) - mean) / scale).clamp(-clip, clip).to(dtype)
+        for i, (w, b) in enumerate(layers):
+            h = F.linear(h, w, b)
+            if i < len(layers) - 1:
+                h = torch.tanh(h)
+        noise = torch.randn(h.shape, generator=generator, dtype=dtype)
+        act = h + std * noise
         acts[t] = act
-        logps[t] = -0.5 * (noise * noise).sum(-1) - log_std.sum() - log_norm
+        logps[t] = -0.5 * (noise * noise).sum(-1) - log_std_sum - log_norm
         obs, reward, term, trunc, info = env.step(act.numpy().astype(np.float64))
         info_costs = info["costs"]
         for j, ch in enumerate(channels):
