@@ -684,10 +684,10 @@ def fit_critics_on_pool(
             f"{len(optimizers)} optimizers and {len(targets)} targets"
         )
     if pool is None or not pool.parallel:
-        return [
-            fit_critics([c], [o], obs, [t], epochs, minibatch, torch.Generator().manual_seed(seed))[0]
-            for c, o, t in zip(critics, optimizers, targets, strict=True)
-        ]
+        # together: one shared forward/backward per minibatch, the same numbers as one by one
+        # (each critic's gradient is its own loss's; tests/test_cpo.py checks it)
+        gen = torch.Generator().manual_seed(seed)
+        return fit_critics(critics, optimizers, obs, targets, epochs, minibatch, gen)
     obs = obs.detach()
     futures = [
         pool.submit(

@@ -324,3 +324,29 @@ def test_fisher_blocks_on_workers_equal_the_serial_product_even_after_a_worker_d
         for pid in pool.worker_pids():  # the blocks are lost: the workers are sent their states again
             os.kill(pid, signal.SIGKILL)
         assert all(torch.equal(remote(v), e) for v, e in zip(vs, expected, strict=True))
+
+
+def test_critics_fitted_on_workers_equal_the_joint_fit_here_bit_for_bit():
+    from rl.cpo import fit_critics_on_pool
+    from rl.policy import Critic
+
+    gen = torch.Generator().manual_seed(0)
+    obs = torch.randn(500, 6, generator=gen, dtype=torch.float64)
+    targets = (
+        torch.randn(500, generator=gen, dtype=torch.float64),
+        torch.randn(500, 2, generator=gen, dtype=torch.float64),
+    )
+
+    def fit(pool):
+        g = torch.Generator().manual_seed(1)
+        critics = (Critic(6, 1, (16, 16), generator=g), Critic(6, 2, (16, 16), generator=g))
+        opts = [torch.optim.Adam(c.parameters(), lr=1e-3) for c in critics]
+        losses = fit_critics_on_pool(pool, critics, opts, obs, targets, 2, 64, seed=5)
+        fit_critics_on_pool(pool, critics, opts, obs, targets, 1, 64, seed=6)  # optimizer state carried over
+        return losses, [p.detach().clone() for c in critics for p in c.parameters()]
+
+    here_losses, here = fit(None)
+    with TaskPool("processes", workers=2) as pool:
+        losses, there = fit(pool)
+    assert losses == here_losses
+    assert all(torch.equal(a, b) for a, b in zip(there, here, strict=True))
