@@ -290,7 +290,9 @@ def _read_csv(path):
 
 TINY_CLI = (
     "--meta-batch 2 --inner-steps 1 --batch-steps 400 --num-envs 2 --hidden 8 --critic-hidden 16 "
-    "--critic-epochs 1 --test-tasks 2 --adapt-steps 1 --no-progress --backend serial"
+    "--critic-epochs 1 --test-tasks 2 --adapt-steps 1 --no-progress --backend serial "
+    # the assertions below were written for safenav-button's two cost channels; a small meta-test
+    "--env safenav-button --fisher-states 2000 --adapt-batch-steps 400 --adapt-confidence none --eval-steps 0"
 ).split()
 
 
