@@ -42,12 +42,58 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import fields
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import gymnasium
 import numpy as np
 
-__all__ = ["VecEnv", "all_true", "check_seed", "next_observations", "with_final"]
+__all__ = ["TaskRecord", "VecEnv", "all_true", "check_seed", "next_observations", "with_final"]
+
+
+def _tuples(value: Any) -> Any:
+    """Lists (from JSON) back to tuples, nested."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def _lists(value: Any) -> Any:
+    """Tuples to lists, nested (JSON-able)."""
+    return [_lists(v) for v in value] if isinstance(value, list | tuple) else value
+
+
+class TaskRecord:
+    """JSON round trip of a frozen task dataclass (mixin).
+
+    ``to_dict`` writes every field with tuples as lists; ``from_dict`` refuses unknown
+    keys and missing ``REQUIRED`` keys (the message lists the valid ones), turns lists
+    back into tuples and lets the dataclass's own checks validate the values.
+    """
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (lists instead of tuples) that :meth:`from_dict` inverts."""
+        return {f.name: _lists(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        """Build a task from :meth:`to_dict` output.
+
+        Raises:
+            TypeError: ``data`` is not a mapping.
+            ValueError: ``data`` has unknown or missing keys (the message lists the valid
+                ones) or out-of-range values.
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(f"data must be a mapping, got {type(data).__name__}")
+        valid = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys are {valid}")
+        missing = [k for k in cls.REQUIRED if k not in data]
+        if missing:
+            raise ValueError(f"missing {cls.__name__} keys {missing}; valid keys are {valid}")
+        return cls(**{k: _tuples(v) for k, v in data.items()})
 
 
 @runtime_checkable

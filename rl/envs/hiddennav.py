@@ -54,13 +54,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import gymnasium
 import numpy as np
 
-from rl.envs.base import all_true, check_seed, with_final
+from rl.envs.base import TaskRecord, all_true, check_seed, with_final
 from rl.envs.safenav import DAMPING, DT, THRUST, _finite_float, _points, _positive, _Streams
 
 __all__ = [
@@ -97,7 +97,7 @@ VELOCITY_BOUND = 1.2
 
 
 @dataclass(frozen=True)
-class HiddenNavTask:
+class HiddenNavTask(TaskRecord):
     """One pinned task: where the goal and the hazards are (JSON-able via :meth:`to_dict`).
 
     Attributes:
@@ -113,6 +113,8 @@ class HiddenNavTask:
         ValueError: A parameter is out of range (the message names it and the range).
         TypeError: A parameter has the wrong type.
     """
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("goal",)
 
     goal: tuple[float, float]
     goal_radius: float = 0.3
@@ -142,37 +144,6 @@ class HiddenNavTask:
     def num_hazards(self) -> int:
         """Number of hazards."""
         return len(self.hazard_positions)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (lists instead of tuples) that :meth:`from_dict` inverts."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, tuple):
-                value = [list(v) if isinstance(v, tuple) else v for v in value]
-            out[f.name] = value
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> HiddenNavTask:
-        """Build a task from :meth:`to_dict` output.
-
-        Raises:
-            ValueError: ``data`` has unknown or missing keys (the message lists the valid ones).
-        """
-        if not isinstance(data, Mapping):
-            raise TypeError(f"data must be a mapping, got {type(data).__name__}")
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown HiddenNavTask keys {unknown}; valid keys are {valid}")
-        if "goal" not in data:
-            raise ValueError(f"missing HiddenNavTask key 'goal'; valid keys are {valid}")
-        kwargs = dict(data)
-        kwargs["goal"] = tuple(kwargs["goal"])
-        if "hazard_positions" in kwargs:
-            kwargs["hazard_positions"] = tuple(tuple(p) for p in kwargs["hazard_positions"])
-        return cls(**kwargs)
 
 
 # ------------------------------------------------------------------- distributions

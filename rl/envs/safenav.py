@@ -74,13 +74,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import gymnasium
 import numpy as np
 
-from rl.envs.base import all_true, check_seed, next_observations, with_final
+from rl.envs.base import TaskRecord, all_true, check_seed, next_observations, with_final
 from rl.envs.registration import register_gymnasium_envs
 
 __all__ = [
@@ -190,7 +190,7 @@ def _box(name: str, value: Any, half_size: float) -> Box:
 
 
 @dataclass(frozen=True)
-class SafeNavTask:
+class SafeNavTask(TaskRecord):
     """One pinned layout of a safe navigation task (JSON-able via :meth:`to_dict`).
 
     Attributes:
@@ -214,6 +214,8 @@ class SafeNavTask:
         ValueError: A parameter is out of range (message names it and the range).
         TypeError: A parameter has the wrong type.
     """
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("family", "arena_half_size")
 
     family: str
     arena_half_size: float
@@ -274,43 +276,6 @@ class SafeNavTask:
     def num_buttons(self) -> int:
         """Number of buttons."""
         return len(self.button_positions)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (lists instead of tuples) that :meth:`from_dict` inverts."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, tuple):
-                value = [list(v) if isinstance(v, tuple) else v for v in value]
-            out[f.name] = value
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SafeNavTask:
-        """Build a task from :meth:`to_dict` output.
-
-        Raises:
-            ValueError: ``data`` has unknown or missing keys (the message lists the
-                valid ones) or out-of-range values.
-        """
-        if not isinstance(data, Mapping):
-            raise TypeError(f"data must be a mapping, got {type(data).__name__}")
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown SafeNavTask keys {unknown}; valid keys are {valid}")
-        missing = [k for k in ("family", "arena_half_size") if k not in data]
-        if missing:
-            raise ValueError(f"missing SafeNavTask keys {missing}; valid keys are {valid}")
-        kwargs = dict(data)
-        for key in ("hazard_positions", "button_positions"):
-            if key in kwargs:
-                kwargs[key] = tuple(tuple(p) for p in kwargs[key])
-        if "goal_regions" in kwargs:
-            kwargs["goal_regions"] = tuple(tuple(b) for b in kwargs["goal_regions"])
-        if kwargs.get("start_region") is not None:
-            kwargs["start_region"] = tuple(kwargs["start_region"])
-        return cls(**kwargs)
 
 
 def corridor_task(
