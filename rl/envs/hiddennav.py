@@ -45,6 +45,18 @@ Splits (:data:`SPLITS_RANGES`): the goal's angle is uniform in both; the ring ra
 from ``[1.0, 1.4]`` for training tasks and from ``[1.5, 1.8]`` for test tasks, outside the
 training range (farther goals, hazards farther apart); hazard radius and slot count are shared.
 
+The variant ``hiddennav-hazard`` (:data:`HAZARD_SPLITS_RANGES`): the same environment, other
+tasks, built so that the hidden hazards BIND. The goal lies east of the centre (angle 0, every
+task) at a hidden distance; the ring holds no other slot. Across the straight path to the goal,
+at a hidden fraction of the way, stand two hazards with a free gap (a "gate") between them: the
+first (the "blocker") covers the straight path, its centre a hidden small offset to one side of
+it, and the gap lies next to it on the other side. Straight to the goal, the return-greedy
+route, crosses the blocker for 7 or more steps (more than the limit of 5); the route through the
+gap is safe and costs a few steps; the way around both hazards is long. The side alternates
+within one :meth:`~HiddenNavDistribution.sample` call (a meta-batch has no net side; each task's
+side is still a fair coin), so no single policy has a short safe route on every task: the policy
+must infer the gap's side from the cost.
+
 Randomness: as in :mod:`rl.envs.safenav`, sub-environment ``i`` owns a SplitMix64 stream seeded
 ``seed + i`` and a reset consumes a fixed number of its draws, so ``N`` sub-environments behave
 exactly like ``N`` separate 1-env instances seeded ``seed, seed + 1, ...``.
@@ -61,15 +73,29 @@ import gymnasium
 import numpy as np
 
 from rl.envs.base import TaskRecord, all_true, check_seed, with_final
-from rl.envs.safenav import DAMPING, DT, THRUST, _finite_float, _points, _positive, _Streams
+from rl.envs.safenav import (
+    DAMPING,
+    DT,
+    THRUST,
+    SafeNavGymEnv,
+    _finite_float,
+    _points,
+    _positive,
+    _random_seed,
+    _Streams,
+)
 
 __all__ = [
     "DEFAULT_HORIZON",
+    "FAMILIES",
     "FAMILY",
+    "HAZARD_FAMILY",
+    "HAZARD_SPLITS_RANGES",
     "OBS_DIM",
     "OBS_LAYOUT",
     "SPLITS_RANGES",
     "HiddenNavDistribution",
+    "HiddenNavGymEnv",
     "HiddenNavRanges",
     "HiddenNavTask",
     "HiddenNavVecEnv",
@@ -78,6 +104,9 @@ __all__ = [
 ]
 
 FAMILY = "hiddennav"
+#: The variant whose hidden hazard lies on the straight path to the goal (see the module docstring).
+HAZARD_FAMILY = "hiddennav-hazard"
+FAMILIES = (FAMILY, HAZARD_FAMILY)
 SPLITS = ("train", "test")
 DEFAULT_HORIZON = 50
 
@@ -107,7 +136,7 @@ class HiddenNavTask(TaskRecord):
         hazard_radius: Radius of every hazard disc (> 0).
         arena_half_size: The arena is ``[-arena_half_size, arena_half_size]^2``.
         start_radius: Robots start uniformly in the disc of this radius around ``(0, 0)``.
-        family: Always ``"hiddennav"``.
+        family: ``"hiddennav"`` or ``"hiddennav-hazard"`` (the same environment).
 
     Raises:
         ValueError: A parameter is out of range (the message names it and the range).
@@ -125,8 +154,8 @@ class HiddenNavTask(TaskRecord):
     family: str = FAMILY
 
     def __post_init__(self) -> None:
-        if self.family != FAMILY:
-            raise ValueError(f"family must be {FAMILY!r}, got {self.family!r}")
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {list(FAMILIES)}, got {self.family!r}")
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
         half = _positive("arena_half_size", self.arena_half_size)
         set_("arena_half_size", half)
@@ -158,12 +187,37 @@ class HiddenNavRanges:
         hazard_radius: ``(low, high)`` radius of the hazards.
         slots: Points on the ring: the goal and ``slots - 1`` hazards, evenly spaced.
         goal_radius: Radius of the goal disc.
+        goal_angle: ``None``: the goal's direction is uniform (evenly spaced within one sample);
+            a number: every goal lies at this angle (radians).
+        blocker_fraction: ``None``: no blocker; else ``(low, high)`` of the fraction of the way
+            from the centre to the goal at which one more hazard (same radius) sits.
+        blocker_offset: ``(low, high)`` of the blocker's distance from the straight path (to
+            the left or right, alternating within a sample); needed with ``blocker_fraction``.
+        blocker_gap: ``None``: the blocker stands alone; else a second hazard (same radius)
+            stands across the straight path from it, a free gap of this width between the two.
+        arena_half_size: Half side of the arena of the tasks.
     """
 
     ring_radius: tuple[float, float]
     hazard_radius: tuple[float, float]
     slots: int
     goal_radius: float
+    goal_angle: float | None = None
+    blocker_fraction: tuple[float, float] | None = None
+    blocker_offset: tuple[float, float] | None = None
+    blocker_gap: float | None = None
+    arena_half_size: float = ARENA_HALF_SIZE
+
+    def __post_init__(self) -> None:
+        if (self.blocker_fraction is None) != (self.blocker_offset is None):
+            raise ValueError(
+                "blocker_fraction and blocker_offset go together, got "
+                f"{self.blocker_fraction!r} and {self.blocker_offset!r}"
+            )
+        if self.blocker_gap is not None and (self.blocker_fraction is None or not self.blocker_gap > 0):
+            raise ValueError(f"blocker_gap must be > 0 and go with a blocker, got {self.blocker_gap!r}")
+        if not isinstance(self.slots, int) or self.slots < 1:
+            raise ValueError(f"slots must be an int >= 1, got {self.slots!r}")
 
 
 #: The train and test ranges (fixed before any comparison of methods was run).
@@ -172,23 +226,48 @@ SPLITS_RANGES: dict[str, HiddenNavRanges] = {
     "test": HiddenNavRanges(ring_radius=(1.5, 1.8), hazard_radius=(0.3, 0.4), slots=4, goal_radius=0.3),
 }
 
+_BLOCKED = dict(
+    hazard_radius=(0.45, 0.55),
+    slots=1,
+    goal_radius=0.3,
+    goal_angle=0.0,
+    blocker_fraction=(0.4, 0.5),
+    blocker_offset=(0.05, 0.2),
+    blocker_gap=0.5,
+    arena_half_size=3.0,
+)
+#: The train and test ranges of ``hiddennav-hazard`` (fixed before any comparison of methods was
+#: run): the goal's distance is the split (test goals, and so the gates, farther out); the
+#: hazards' radius, their fraction of the way, the blocker's offset and the gap are shared. Both
+#: hazards leave the start disc and the goal disc free: their edges are at least 0.21 from the
+#: centre and 0.10 from the goal disc; the far one ends at most 2.35 from the straight path.
+HAZARD_SPLITS_RANGES: dict[str, HiddenNavRanges] = {
+    "train": HiddenNavRanges(ring_radius=(1.9, 2.3), **_BLOCKED),
+    "test": HiddenNavRanges(ring_radius=(2.4, 2.7), **_BLOCKED),
+}
+
 
 @dataclass(frozen=True)
 class HiddenNavDistribution:
-    """Tasks of the ``hiddennav`` family with a train and a test split.
+    """Tasks of the ``hiddennav`` family (or its variant) with a train and a test split.
 
-    The goal's angle ``alpha`` is uniform on ``[0, 2 pi)``; the ``n`` tasks of one
+    The goal's angle ``alpha`` is uniform on ``[0, 2 pi)`` (or the split's fixed ``goal_angle``); the ``n`` tasks of one
     :meth:`sample` call have evenly spaced angles (rotated together by one uniform angle), so a
     meta-batch or a set of test tasks covers every direction equally (stratified sampling: each
     task is still uniform). The ring radius ``rho`` and the
     hazard radius are uniform in the split's ranges; the goal sits at
     ``rho (cos alpha, sin alpha)`` and the hazards at the angles ``alpha + 2 pi k / slots``,
-    ``k = 1 .. slots - 1``, on the same ring.
+    ``k = 1 .. slots - 1``, on the same ring. With a blocker, one more hazard sits at
+    ``f rho u + s o v`` (``u`` the goal's direction, ``v`` it turned by 90 degrees, ``f`` and ``o``
+    uniform in the split's ``blocker_fraction`` and ``blocker_offset``); its side ``s`` is +1 or -1
+    with a fair coin for the first task of a call and alternates after it. With a gap ``g``, a
+    second hazard of the same radius ``r`` sits at ``f rho u + s (o - 2 r - g) v``, across the
+    path, leaving the gap free between the two.
 
     Attributes:
         train: Ranges of the training split.
         test: Ranges of the test split (ring radii outside the training range).
-        name: ``"hiddennav"``.
+        name: ``"hiddennav"`` or ``"hiddennav-hazard"``.
     """
 
     train: HiddenNavRanges
@@ -219,9 +298,15 @@ class HiddenNavDistribution:
         if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
             raise TypeError(f"seed must be an int, got {seed!r}")
         rng = np.random.default_rng([int(seed) % 2**64, 7, SPLITS.index(split)])
-        # the n goal angles of one call are evenly spaced, rotated by one uniform angle: each task's
-        # angle is uniform, and a meta-batch holds no net direction (its mean goal is the centre)
-        angles = float(rng.uniform(0.0, 2 * math.pi)) + 2 * math.pi * np.arange(int(n)) / int(n)
+        if r.goal_angle is None:
+            # the n goal angles of one call are evenly spaced, rotated by one uniform angle: each
+            # task's angle is uniform, and a meta-batch holds no net direction (its mean goal is the
+            # centre)
+            angles = float(rng.uniform(0.0, 2 * math.pi)) + 2 * math.pi * np.arange(int(n)) / int(n)
+        else:
+            angles = np.full(int(n), float(r.goal_angle))
+        # the blocker's side alternates within a call (a meta-batch holds no net side)
+        first_side = 0.0 if r.blocker_fraction is None else (1.0 if rng.uniform() < 0.5 else -1.0)
         tasks = []
         for k in range(int(n)):
             alpha = float(angles[k] % (2 * math.pi))
@@ -229,22 +314,37 @@ class HiddenNavDistribution:
             radius = float(rng.uniform(*r.hazard_radius))
             hazard_angles = alpha + 2 * math.pi * np.arange(1, r.slots) / r.slots
             hazards = tuple((rho * math.cos(a), rho * math.sin(a)) for a in hazard_angles)
+            if r.blocker_fraction is not None:
+                along = float(rng.uniform(*r.blocker_fraction)) * rho
+                side = first_side * (1.0 if k % 2 == 0 else -1.0) * float(rng.uniform(*r.blocker_offset))
+                c, s = math.cos(alpha), math.sin(alpha)
+                sides = [side]
+                if r.blocker_gap is not None:  # the far hazard, across the path, with the gap between
+                    sides.append(side - math.copysign(2 * radius + r.blocker_gap, side))
+                hazards += tuple((along * c - o * s, along * s + o * c) for o in sides)
             tasks.append(
                 HiddenNavTask(
                     goal=(rho * math.cos(alpha), rho * math.sin(alpha)),
                     goal_radius=r.goal_radius,
                     hazard_positions=hazards,
                     hazard_radius=radius,
+                    arena_half_size=r.arena_half_size,
+                    family=self.name,
                 )
             )
         return tasks
 
 
+def _check_family(name: Any) -> str:
+    if name not in FAMILIES:
+        raise ValueError(f"unknown hiddennav family {name!r}; expected one of {list(FAMILIES)}")
+    return name
+
+
 def task_distribution(name: str = FAMILY) -> HiddenNavDistribution:
-    """The ``hiddennav`` task distribution."""
-    if name != FAMILY:
-        raise ValueError(f"unknown hiddennav family {name!r}; expected {FAMILY!r}")
-    return HiddenNavDistribution(train=SPLITS_RANGES["train"], test=SPLITS_RANGES["test"])
+    """The task distribution of ``hiddennav`` or of its variant ``hiddennav-hazard``."""
+    ranges = SPLITS_RANGES if _check_family(name) == FAMILY else HAZARD_SPLITS_RANGES
+    return HiddenNavDistribution(train=ranges["train"], test=ranges["test"], name=name)
 
 
 # ------------------------------------------------------------------ the VecEnv
@@ -259,7 +359,7 @@ class HiddenNavVecEnv(gymnasium.vector.VectorEnv):
     Attributes:
         num_envs, obs_dim, act_dim, horizon, cost_channels, task, action_low, action_high:
             As in :mod:`rl.envs.base`.
-        name: ``"hiddennav"``.
+        name: The task's family, ``"hiddennav"`` or ``"hiddennav-hazard"``.
     """
 
     def __init__(
@@ -282,7 +382,7 @@ class HiddenNavVecEnv(gymnasium.vector.VectorEnv):
             gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float64),
         )
         self.task = task
-        self.name = FAMILY
+        self.name = task.family
         self.horizon = int(horizon)
         self.obs_dim = OBS_DIM
         self.act_dim = 2
@@ -448,12 +548,12 @@ def make(
     horizon: int = DEFAULT_HORIZON,
     **kwargs: Any,
 ) -> HiddenNavVecEnv:
-    """Build a vectorised ``hiddennav`` environment.
+    """Build a vectorised ``hiddennav`` (or ``hiddennav-hazard``) environment.
 
     Args:
-        name: ``"hiddennav"``.
+        name: ``"hiddennav"`` or ``"hiddennav-hazard"``; a given task must be of this family.
         task: A :class:`HiddenNavTask` (or its :meth:`~HiddenNavTask.to_dict`); ``None`` uses the
-            first training task drawn with ``seed``.
+            first training task of the family drawn with ``seed``.
         num_envs: Number of sub-environments (sub-env ``i`` is seeded ``seed + i``).
         seed: Seed of the random streams (and of the default task).
         horizon: Episode length at which sub-environments are truncated.
@@ -462,19 +562,59 @@ def make(
         A :class:`HiddenNavVecEnv`; call ``reset()`` before ``step()``.
 
     Raises:
-        ValueError: Unknown family or bad sizes.
+        ValueError: Unknown family, a task of another family or bad sizes.
         TypeError: Unknown keyword arguments or a task of the wrong type.
     """
-    if name != FAMILY:
-        raise ValueError(f"unknown hiddennav family {name!r}; expected {FAMILY!r}")
+    _check_family(name)
     if kwargs:
         raise TypeError(
             f"unknown options {sorted(kwargs)} for {name!r}; valid: task, num_envs, seed, horizon"
         )
     if task is None:
-        task = task_distribution().sample(1, split="train", seed=seed)[0]
+        task = task_distribution(name).sample(1, split="train", seed=seed)[0]
     elif isinstance(task, Mapping):
         task = HiddenNavTask.from_dict(task)
     elif not isinstance(task, HiddenNavTask):
         raise TypeError(f"task must be a HiddenNavTask, a dict or None, got {type(task).__name__}")
+    if task.family != name:
+        raise ValueError(f"the task is of family {task.family!r}, not of the requested {name!r}")
     return HiddenNavVecEnv(task, num_envs=num_envs, seed=seed, horizon=horizon)
+
+
+class HiddenNavGymEnv(SafeNavGymEnv):
+    """A single ``hiddennav`` (or ``hiddennav-hazard``) environment behind the gymnasium API.
+
+    ``reset``, ``step`` and ``render`` are :class:`rl.envs.safenav.SafeNavGymEnv`'s, on a 1-env
+    :class:`HiddenNavVecEnv`.
+
+    Args:
+        family: ``"hiddennav"`` or ``"hiddennav-hazard"``.
+        task: As for :func:`make`; ``None`` uses the first training task drawn with ``task_seed``.
+        seed: Seed of the robot's random stream until ``reset(seed=...)`` gives another; ``None``
+            (default) draws one from the operating system.
+        horizon: Episode length.
+        render_mode: ``None`` or ``"rgb_array"``.
+        task_seed: Seed of the default task.
+    """
+
+    def __init__(
+        self,
+        family: str = HAZARD_FAMILY,
+        task: HiddenNavTask | Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        horizon: int = DEFAULT_HORIZON,
+        render_mode: str | None = None,
+        task_seed: int = 0,
+    ) -> None:
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        if task is None:
+            task = task_distribution(_check_family(family)).sample(1, split="train", seed=task_seed)[0]
+        self.render_mode = render_mode
+        self.vec_env = make(
+            family, task=task, num_envs=1, seed=_random_seed() if seed is None else seed, horizon=horizon
+        )
+        self.observation_space = self.vec_env.single_observation_space
+        self.action_space = self.vec_env.single_action_space
+        self.cost_channels = self.vec_env.cost_channels
+        self.horizon = self.vec_env.horizon
