@@ -51,7 +51,7 @@ _import_gymnasium_quietly()
 from rl.envs.base import VecEnv  # noqa: E402
 from rl.envs.registration import GYMNASIUM_IDS, register_gymnasium_envs  # noqa: E402
 
-BUILTIN_FAMILIES = ("hiddennav", "safenav-goal", "safenav-button")
+BUILTIN_FAMILIES = ("hiddennav", "hiddennav-hazard", "safenav-goal", "safenav-button")
 SAFETY_FAMILIES = ("safety-button", "safety-circle")
 FAMILIES = BUILTIN_FAMILIES + SAFETY_FAMILIES
 
@@ -72,7 +72,7 @@ def _check_name(name: Any) -> str:
 def task_distribution(name: str):
     """The task distribution of a family (``dist.sample(n, split=..., seed=...)``)."""
     name = _check_name(name)
-    if name == "hiddennav":
+    if name in ("hiddennav", "hiddennav-hazard"):
         from rl.envs import hiddennav
 
         return hiddennav.task_distribution(name)
@@ -101,7 +101,7 @@ def make(name: str, task: Any = None, num_envs: int = 1, seed: int = 0, **kwargs
         raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {seed!r}")
-    if name == "hiddennav":
+    if name in ("hiddennav", "hiddennav-hazard"):
         from rl.envs import hiddennav
 
         return hiddennav.make(name, task=task, num_envs=num_envs, seed=seed, **kwargs)
