@@ -89,7 +89,7 @@ __all__ = [
 ]
 
 ALGOS = ("meta-cpo", "fo-meta-cpo", "meta-trpo", "cpo-scratch", "multitask-cpo")
-ENVS = ("hiddennav", "safenav-button", "safenav-goal", "safety-button", "safety-circle")
+ENVS = ("hiddennav", "hiddennav-hazard", "safenav-button", "safenav-goal", "safety-button", "safety-circle")
 
 
 # ============================================================================== configuration
