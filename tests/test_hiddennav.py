@@ -75,10 +75,11 @@ def test_reward_and_cost_follow_the_hidden_layout():
     assert total_c[1] == inside[1] > 0 and total_r[1] < 0
 
 
-def test_vectorised_equals_separate_instances_and_is_deterministic():
-    task = task_distribution("hiddennav").sample(1, split="test", seed=4)[0]
-    vec = make("hiddennav", task=task, num_envs=3, seed=10, horizon=7)
-    singles = [make("hiddennav", task=task, num_envs=1, seed=10 + i, horizon=7) for i in range(3)]
+@pytest.mark.parametrize("family", hiddennav.FAMILIES)
+def test_vectorised_equals_separate_instances_and_is_deterministic(family):
+    task = task_distribution(family).sample(1, split="test", seed=4)[0]
+    vec = make(family, task=task, num_envs=3, seed=10, horizon=7)
+    singles = [make(family, task=task, num_envs=1, seed=10 + i, horizon=7) for i in range(3)]
     ov, _ = vec.reset()
     os_ = [s.reset()[0] for s in singles]
     np.testing.assert_array_equal(ov, np.concatenate(os_))
@@ -91,8 +92,10 @@ def test_vectorised_equals_separate_instances_and_is_deterministic():
             np.testing.assert_array_equal(ov[i], o[0])
             assert rv[i] == r[0] and tv[i] == t[0]
             assert iv["costs"]["hazards"][i] == info["costs"]["hazards"][0]
-    again = make("hiddennav", task=task, num_envs=3, seed=10, horizon=7)
+    again = make(family, task=task, num_envs=3, seed=10, horizon=7)
     np.testing.assert_array_equal(again.reset()[0], vec.reset(seed=10)[0])
+    if family == hiddennav.HAZARD_FAMILY:  # the variant: the same environment, its own tasks
+        assert vec.name == family and len(task.hazard_positions) == 2
 
 
 def test_auto_reset_gives_final_observation():
@@ -157,6 +160,123 @@ def test_task_round_trip_and_bad_input():
         env.step(np.zeros((3, 2)))
     with pytest.raises(ValueError, match="finite"):
         env.step(np.full((2, 2), np.nan))
+
+
+# ------------------------------------------------------------- the variant hiddennav-hazard
+
+HAZARD = hiddennav.HAZARD_FAMILY
+LIMIT = 5.0  # the main job's cost limit per 50-step episode
+
+
+def _drive(task, route: str, num_envs: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean return and cost per episode of a scripted controller on ``task``: ``"straight"``
+    steers at the goal (the return-greedy route), ``"gap"`` through the middle of the gate's gap
+    (it knows the hidden layout), ``"other"`` through the mirror image of the gap."""
+    env = make(HAZARD, task=task, num_envs=num_envs, seed=seed)
+    obs, _ = env.reset(seed=seed)
+    goal = np.asarray(task.goal)
+    (bx, by), (_, fy) = task.hazard_positions
+    lane = {"straight": None, "gap": (by + fy) / 2, "other": -(by + fy) / 2}[route]
+    rets, costs = np.zeros(num_envs), np.zeros(num_envs)
+    for _ in range(env.horizon):
+        pos, vel = obs[:, :2], obs[:, 2:4]
+        target = np.broadcast_to(goal, pos.shape).copy()
+        if lane is not None:  # two waypoints in the lane, each left 0.2 before it, then the goal
+            for x in (bx + 0.6 * task.hazard_radius, bx - 0.6 * task.hazard_radius):
+                target[pos[:, 0] < x - 0.2] = (x, lane)
+        obs, reward, _, _, info = env.step(np.clip(3.0 * (target - pos) - vel, -1.0, 1.0))
+        rets += reward
+        costs += info["costs"]["hazards"]
+    return rets, costs
+
+
+def test_hazard_variant_splits_are_disjoint_and_the_gate_alternates_sides():
+    dist = task_distribution(HAZARD)
+    train = dist.sample(200, split="train", seed=20)
+    test = dist.sample(200, split="test", seed=20)
+    d_train = [t.goal[0] for t in train]
+    d_test = [t.goal[0] for t in test]
+    assert max(d_train) <= dist.train.ring_radius[1] < dist.test.ring_radius[0] <= min(d_test)
+    for tasks in (train, test):
+        goals = np.array([t.goal for t in tasks])
+        np.testing.assert_array_equal(goals[:, 1], 0.0)  # every goal due east, at a hidden distance
+        layout = np.array([t.hazard_positions for t in tasks])  # (n, 2 hazards, xy)
+        radius = np.array([t.hazard_radius for t in tasks])
+        blocker, far = layout[:, 0], layout[:, 1]
+        np.testing.assert_array_equal(blocker[:, 0], far[:, 0])  # both across the path at one place
+        frac = blocker[:, 0] / goals[:, 0]
+        assert frac.min() >= 0.4 and frac.max() <= 0.5
+        offset = np.abs(blocker[:, 1])
+        assert offset.min() >= 0.05 and offset.max() <= 0.2 and (offset < radius).all()  # covers the path
+        np.testing.assert_allclose(np.abs(far[:, 1] - blocker[:, 1]) - 2 * radius, 0.5)  # the free gap
+        assert (np.sign(far[:, 1]) == -np.sign(blocker[:, 1])).all()  # gap and far hazard across
+        side = np.sign(blocker[:, 1])
+        assert (side[1:] == -side[:-1]).all()  # alternating within a sample: no net side
+        # the start disc and the goal disc are free of both hazards
+        assert (np.hypot(*blocker.T) - radius >= 0.2).all()
+        assert (goals[:, 0] - blocker[:, 0] - radius - 0.3 >= 0.09).all()
+    first = [np.sign(dist.sample(4, split="test", seed=s)[0].hazard_positions[0][1]) for s in range(40)]
+    assert 10 <= first.count(1.0) <= 30  # the first side is a coin that changes with the seed
+    assert dist.sample(3, split="test", seed=7) == dist.sample(3, split="test", seed=7)
+    assert dist.sample(3, split="test", seed=7) != dist.sample(3, split="test", seed=8)
+
+
+def test_hazard_lies_on_the_greedy_path_and_the_gap_is_safe():
+    """On every test task the straight route to the goal costs more than the limit, the route
+    through the gap costs nothing and earns nearly as much, and the gap of the other side (the
+    wrong guess) costs on most tasks: the safe policy depends on the hidden side."""
+    tasks = task_distribution(HAZARD).sample(12, split="test", seed=21)
+    tasks += task_distribution(HAZARD).sample(4, split="test", seed=22)
+    wrong_over = 0
+    for task in tasks:
+        ret_straight, cost_straight = _drive(task, "straight")
+        ret_gap, cost_gap = _drive(task, "gap")
+        _, cost_other = _drive(task, "other")
+        assert cost_straight.min() > LIMIT, task
+        assert cost_gap.max() == 0.0, task
+        assert ret_gap.mean() > 4.0 and ret_straight.mean() - ret_gap.mean() < 1.0
+        wrong_over += cost_other.mean() > LIMIT
+    assert wrong_over >= len(tasks) // 4
+
+
+def test_hazard_variant_hides_the_task_and_refuses_mismatches():
+    a, b = task_distribution(HAZARD).sample(2, split="test", seed=3)  # gaps on opposite sides
+    assert np.sign(a.hazard_positions[0][1]) != np.sign(b.hazard_positions[0][1])
+    ea = make(HAZARD, task=a, num_envs=4, seed=3, horizon=30)
+    eb = make(HAZARD, task=b, num_envs=4, seed=3, horizon=30)
+    oa, _ = ea.reset(seed=3)
+    ob, _ = eb.reset(seed=3)
+    np.testing.assert_array_equal(oa, ob)
+    cost_differs = False
+    for _ in range(30):  # straight east: identical observations, the costs tell the tasks apart
+        act = np.tile([1.0, 0.0], (4, 1))
+        oa, _, _, _, ia = ea.step(act)
+        ob, _, _, _, ib = eb.step(act)
+        np.testing.assert_array_equal(oa, ob)
+        cost_differs |= not np.array_equal(ia["costs"]["hazards"], ib["costs"]["hazards"])
+    assert cost_differs
+    assert HiddenNavTask.from_dict(a.to_dict()) == a and a.family == HAZARD
+    with pytest.raises(ValueError, match="of family 'hiddennav-hazard', not of the requested 'hiddennav'"):
+        make("hiddennav", task=a)
+    with pytest.raises(ValueError, match="unknown hiddennav family 'hiddennav-wall'"):
+        hiddennav.task_distribution("hiddennav-wall")
+    with pytest.raises(ValueError, match="blocker_fraction and blocker_offset go together"):
+        hiddennav.HiddenNavRanges((1.0, 2.0), (0.3, 0.4), 1, 0.3, blocker_fraction=(0.4, 0.5))
+    with pytest.raises(ValueError, match="blocker_gap must be > 0"):
+        hiddennav.HiddenNavRanges((1.0, 2.0), (0.3, 0.4), 1, 0.3, blocker_gap=0.5)
+
+
+def test_hazard_variant_passes_gymnasium_check_env():
+    import gymnasium
+    from gymnasium.utils.env_checker import check_env
+
+    env = gymnasium.make("HiddenNavHazard-v0", horizon=20)
+    assert isinstance(env.unwrapped, hiddennav.HiddenNavGymEnv)
+    assert env.unwrapped.vec_env.task.family == HAZARD
+    check_env(env.unwrapped)
+    obs, _ = env.reset(seed=1)
+    assert obs.shape == (hiddennav.OBS_DIM,)
+    env.close()
 
 
 # ------------------------------------------------------------------ the main job's outputs
