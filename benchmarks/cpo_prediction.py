@@ -1,106 +1,78 @@
 """How well does CPO's linear cost model predict the real change of the episode cost?
 
-CPO's constraint is linearised: after a step ``x`` the per-episode cost of channel ``j`` is
-predicted to change by ``a_j'x`` (``a_j = grad L_Cj``, per-episode units, :mod:`rl.rollout`), and
-the estimated excess ``b_j = J_Cj - limit`` comes from the same batch. This benchmark trains CPO
-briefly on ``safenav-button`` (or loads ``--run DIR`` of ``python -m rl.cpo``), then, for several
-batch sizes, computes one CPO step per batch and compares
+After a step ``x`` CPO predicts the per-episode cost of channel ``j`` to change by ``a_j'x``
+(``a_j = grad L_Cj``); the excess ``b_j = J_Cj - limit`` comes from the same batch. A CPO policy is
+trained briefly on ``safenav-button`` (or loaded: ``--run DIR`` of ``python -m rl.cpo``); for each
+batch size, ``--repeats`` CPO steps are taken from fresh batches and compared with large
+evaluation batches before and after: the batch's cost estimate against the truth, and the
+predicted change ``a'x`` against the actual one, for the plain step (with ``corrected`` = ``a'x``
+plus the optimism :func:`rl.cpo.debiased_offsets` estimates from two halves of the batch) and for
+the step taken with the corrected offsets (``--debias`` in ``rl.cpo``). Writes ``--out`` (JSON)
+and the tables next to it (``.md``)::
 
-* the batch's estimate of the episode cost with the truth (a large evaluation batch), and
-* the predicted change ``a'x`` with the actual change (large evaluation batches before/after).
-
-It explains why costs settle above the limit when batches hold few episodes: ``b`` and ``a`` are
-noisy, the step exploits the noise (``s = a'H^-1 a`` is inflated), and the promised decrease does
-not materialise. It also checks the correction of :func:`rl.cpo.debiased_offsets`: the optimism of
-the plain step estimated from two halves of the batch (``corrected`` = ``a'x`` plus the estimated
-optimism, which should be unbiased for the actual change), and the step taken with the corrected
-offsets (``--debias`` in ``rl.cpo``) with its own predicted and actual change. Usage::
-
-    python -m benchmarks.cpo_prediction [--run DIR] [--repeats 3] [--quick]
+    .venv/bin/python -m benchmarks.cpo_prediction [--run DIR] [--repeats 3] [--quick]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks import common
 from difftrust import TrustRegionStep
-from rl.cpo import (
-    CPOConfig,
-    _init_state,
-    cost_offsets,
-    cpo_direction,
-    debiased_offsets,
-    make_env,
-    surrogates,
-    train,
-)
+from rl import cpo
+from rl.cpo import CPOConfig
 from rl.rollout import collect
 from rl.runtime import load_latest_checkpoint
 
-OUT = Path(__file__).resolve().parent / "results"
+ENV, LIMIT = "safenav-button", 2.0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", default=None, help="a run folder of rl.cpo (default: train one first)")
-    parser.add_argument("--repeats", type=int, default=3, help="CPO steps per batch size")
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
-    parser.add_argument("--out", default=str(OUT / "cpo_prediction.json"))
-    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="batch sizes (env steps)")
-    parser.add_argument("--cost-gamma", type=float, default=0.99, help="cost discount of the advantages")
-    parser.add_argument("--cost-lam", type=float, default=0.95, help="cost GAE lambda (1: Monte Carlo)")
-    args = parser.parse_args()
+def trained_state(run: Path | None, quick: bool, default_run: Path):
+    """The CPO state of ``run``, or of a short run trained into ``default_run`` first (kept for reuse)."""
+    cfg = CPOConfig(env=ENV, cost_limit=LIMIT, num_envs=8, steps_per_iter=4000, seed=0)
+    if run is None:
+        run = default_run
+        if not (run / "config.json").is_file():
+            steps = 8000 if quick else 48000
+            cpo.train(replace(cfg, steps=steps, out=str(run), progress=False, tensorboard=False))
+    state = cpo._init_state(cfg, cpo.make_env(cfg))
+    state.load_state_dict(load_latest_checkpoint(run)[1])
+    return state, run
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the measurement; write the JSON and Markdown results."""
+    p = common.parser(__doc__, common.RESULTS / "cpo_prediction.json")
+    p.add_argument("--run", type=Path, default=None, help="a run folder of rl.cpo (default: train one first)")
+    p.add_argument("--repeats", type=int, default=3, help="CPO steps per batch size")
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    p.add_argument("--sizes", type=int, nargs="+", default=None, help="batch sizes (env steps)")
+    p.add_argument("--cost-gamma", type=float, default=0.99, help="cost discount of the advantages")
+    p.add_argument("--cost-lam", type=float, default=0.95, help="cost GAE lambda (1: Monte Carlo)")
+    args = common.parse(p, argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    limit = 2.0
-    if args.run is None:
-        run = Path(args.out).with_suffix("").parent / "cpo_prediction_run"
-        if not (run / "config.json").is_file():
-            steps = 8000 if args.quick else 48000
-            train(
-                CPOConfig(
-                    env="safenav-button",
-                    steps=steps,
-                    steps_per_iter=4000,
-                    num_envs=8,
-                    cost_limit=limit,
-                    seed=0,
-                    out=str(run),
-                    progress=False,
-                    tensorboard=False,
-                )
-            )
-    else:
-        run = Path(args.run)
-    cfg = CPOConfig(env="safenav-button", cost_limit=limit, num_envs=8, steps_per_iter=4000)
-    st = _init_state(cfg, make_env(cfg))
-    st.load_state_dict(load_latest_checkpoint(run)[1])
+    st, run = trained_state(args.run, args.quick, args.out.with_suffix("").parent / "cpo_prediction_run")
     gen = torch.Generator().manual_seed(123)
     eval_steps = 8000 if args.quick else 40000
     sizes = args.sizes or ([2000, 8000] if args.quick else [2000, 4000, 16000, 40000])
+    limits = [LIMIT, LIMIT]
 
     def batch(params, n):
-        env = make_env(CPOConfig(env="safenav-button", num_envs=min(40, n // 200), steps_per_iter=n))
-        return collect(
-            env,
-            st.policy,
-            params.detach(),
-            n,
-            st.normalizer,
-            st.reward_critic,
-            st.cost_critic,
-            generator=gen,
-            update_normalizer=False,
-            cost_gamma=args.cost_gamma,
-            cost_lam=args.cost_lam,
+        env = cpo.make_env(CPOConfig(env=ENV, num_envs=min(40, n // 200), steps_per_iter=n))
+        critics = (st.normalizer, st.reward_critic, st.cost_critic)
+        kwargs = dict(
+            generator=gen, update_normalizer=False, cost_gamma=args.cost_gamma, cost_lam=args.cost_lam
         )
+        return collect(env, st.policy, params.detach(), n, *critics, **kwargs)
+
+    def cost_change(params) -> np.ndarray:
+        return np.asarray(batch(params, eval_steps).ep_cost) - np.asarray(truth.ep_cost)
 
     truth = batch(st.params, eval_steps)
     step = TrustRegionStep(delta=0.01, cg_iters=15)
@@ -108,18 +80,14 @@ def main() -> None:
     for n in sizes:
         for r in range(args.repeats):
             b = batch(st.params, n)
-            x, res = cpo_direction(st.policy, st.params, b, [limit, limit], step, damping=0.1)
-            p = st.params.detach().requires_grad_(True)
-            _, lc = surrogates(st.policy, p, b)
-            A = torch.stack([torch.autograd.grad(lc[j], p, retain_graph=True)[0] for j in range(lc.shape[0])])
-            after = batch(st.params + x, eval_steps)
+            x, res = cpo.cpo_direction(st.policy, st.params, b, limits, step, damping=0.1)
+            theta = st.params.detach().requires_grad_(True)
+            _, lc = cpo.surrogates(st.policy, theta, b)
+            A = torch.stack([torch.autograd.grad(c, theta, retain_graph=True)[0] for c in lc])
             # the optimism of this (plain) step: one fixed-point iteration evaluates it at the plain w
-            _, optimism = debiased_offsets(st.policy, st.params, b, [limit, limit], step, iterations=1)
-            b_eff, _ = debiased_offsets(st.policy, st.params, b, [limit, limit], step)
-            x_d, res_d = cpo_direction(
-                st.policy, st.params, b, [limit, limit], step, damping=0.1, offsets=b_eff
-            )
-            after_d = batch(st.params + x_d, eval_steps)
+            _, optimism = cpo.debiased_offsets(st.policy, st.params, b, limits, step, iterations=1)
+            b_eff, _ = cpo.debiased_offsets(st.policy, st.params, b, limits, step)
+            x_d, res_d = cpo.cpo_direction(st.policy, st.params, b, limits, step, damping=0.1, offsets=b_eff)
             rows.append(
                 {
                     "batch_steps": n,
@@ -128,80 +96,48 @@ def main() -> None:
                     "case": str(res.case),
                     "cost_estimate": np.asarray(b.ep_cost).tolist(),
                     "cost_true": np.asarray(truth.ep_cost).tolist(),
-                    "b": cost_offsets(b, [limit, limit], torch.float64).tolist(),
+                    "b": cpo.cost_offsets(b, limits, torch.float64).tolist(),
                     "predicted_change": (A @ x).tolist(),
-                    "actual_change": (np.asarray(after.ep_cost) - np.asarray(truth.ep_cost)).tolist(),
                     "corrected_change": (A @ x + optimism).tolist(),
+                    "actual_change": cost_change(st.params + x).tolist(),
                     "debiased_case": str(res_d.case),
                     "debiased_b": b_eff.tolist(),
                     "debiased_predicted_change": (A @ x_d).tolist(),
-                    "debiased_actual_change": (
-                        np.asarray(after_d.ep_cost) - np.asarray(truth.ep_cost)
-                    ).tolist(),
+                    "debiased_actual_change": cost_change(st.params + x_d).tolist(),
                 }
             )
             print(rows[-1], flush=True)
-    channels = list(truth.cost_channels)
-    lines = [
-        "# CPO's linear cost model: predicted vs actual change of the episode cost",
-        "",
-        f"`safenav-button`, limit {limit} per channel ({', '.join(channels)}), CPO policy from `{run.name}`; "
-        f"truth from {eval_steps}-step evaluation batches; one CPO step (delta 0.01) per row; "
-        f"cost advantages with gamma {args.cost_gamma}, GAE lambda {args.cost_lam}. "
-        f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
-        "",
-        "Plain step: `a'x` (predicted), `a'x` + estimated optimism (corrected), actual change. Step with "
-        "the corrected offsets (`--debias`): its case, predicted `a'x`, actual change.",
-        "",
-        "| batch steps | episodes | case | cost estimate (true) | predicted | corrected | actual "
-        "| debiased: case | predicted | actual |",
-        "|---:|---:|---|---|---|---|---|---|---|---|",
-    ]
-    fmt = lambda v: ", ".join(f"{x:+.2f}" for x in v)  # noqa: E731
-    for r in rows:
-        est = ", ".join(f"{e:.2f} ({t:.2f})" for e, t in zip(r["cost_estimate"], r["cost_true"], strict=True))
-        lines.append(
-            f"| {r['batch_steps']} | {r['episodes']} | {r['case']} | {est} | {fmt(r['predicted_change'])} | "
-            f"{fmt(r['corrected_change'])} | {fmt(r['actual_change'])} | {r['debiased_case']} | "
-            f"{fmt(r['debiased_predicted_change'])} | {fmt(r['debiased_actual_change'])} |"
-        )
-    summary = {}
+    summary = []
     for n in sizes:
-        sel = [r for r in rows if r["batch_steps"] == n]
-        col = lambda key, sel=sel: np.array([r[key] for r in sel])  # noqa: E731
-        err = np.abs(col("predicted_change") - col("actual_change"))
-        est_err = np.abs(
-            np.array([r["cost_estimate"] for r in sel]) - np.array([r["cost_true"] for r in sel])
+        col = lambda key, n=n: np.array([r[key] for r in rows if r["batch_steps"] == n])
+        actual = col("actual_change")
+        summary.append(
+            {
+                "batch_steps": n,
+                "cost_estimate_abs_error": float(np.abs(col("cost_estimate") - col("cost_true")).mean()),
+                "predicted_bias": float((col("predicted_change") - actual).mean()),
+                "predicted_abs_error": float(np.abs(col("predicted_change") - actual).mean()),
+                "corrected_bias": float((col("corrected_change") - actual).mean()),
+                "corrected_abs_error": float(np.abs(col("corrected_change") - actual).mean()),
+                "actual_change": float(actual.mean()),
+                "debiased_actual_change": float(col("debiased_actual_change").mean()),
+            }
         )
-        summary[n] = {
-            "mean_abs_prediction_error": float(err.mean()),
-            "mean_abs_cost_estimate_error": float(est_err.mean()),
-            "mean_prediction_bias": float((col("predicted_change") - col("actual_change")).mean()),
-            "mean_corrected_bias": float((col("corrected_change") - col("actual_change")).mean()),
-            "mean_abs_corrected_error": float(np.abs(col("corrected_change") - col("actual_change")).mean()),
-            "mean_actual_change": float(col("actual_change").mean()),
-            "mean_debiased_actual_change": float(col("debiased_actual_change").mean()),
-        }
-    lines += [
-        "",
-        "Means over rows and channels (bias: predicted minus actual; negative = the step promised "
-        "more than it delivered):",
-        "",
-        "| batch steps | cost estimate abs error | predicted: bias | abs error | corrected: bias | abs error "
-        "| actual change: plain step | debiased step |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    report = {"env": ENV, "limit": LIMIT, "channels": list(truth.cost_channels), "run": run.name}
+    report |= {"eval_steps": eval_steps, "cost_gamma": args.cost_gamma, "cost_lam": args.cost_lam}
+    report |= {"rows": rows, "summary": summary, "seconds": time.perf_counter() - t0}
+    report |= common.machine(torch=torch.__version__)
+    columns = ["batch_steps", "episodes", "case", "cost_estimate", "cost_true", "predicted_change"]
+    columns += ["corrected_change", "actual_change", "debiased_case", "debiased_predicted_change"]
+    tables = [
+        common.table(
+            "One CPO step per row (a value per cost channel)", rows, columns + ["debiased_actual_change"]
+        ),
+        common.table("Means over rows and channels (bias: predicted minus actual)", summary),
     ]
-    lines += [
-        f"| {n} | {v['mean_abs_cost_estimate_error']:.2f} | {v['mean_prediction_bias']:+.2f} | "
-        f"{v['mean_abs_prediction_error']:.2f} | {v['mean_corrected_bias']:+.2f} | "
-        f"{v['mean_abs_corrected_error']:.2f} | {v['mean_actual_change']:+.2f} | "
-        f"{v['mean_debiased_actual_change']:+.2f} |"
-        for n, v in summary.items()
-    ]
-    lines += ["", f"Total time {time.perf_counter() - t0:.0f} s."]
-    Path(args.out).write_text(json.dumps({"rows": rows, "summary": summary, "channels": channels}, indent=2))
-    Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    title = f"CPO's linear cost model on {ENV}, limit {LIMIT:g} per channel: predicted and actual change"
+    common.write_results(args.out.with_suffix(""), title, report, tables)
+    return report
 
 
 if __name__ == "__main__":

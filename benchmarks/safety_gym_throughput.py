@@ -1,90 +1,57 @@
-"""Throughput of the Safety-Gymnasium adapter vs the raw package, resets included.
+"""Throughput of the Safety-Gymnasium adapter against the raw package, resets included.
 
-Whole episodes of random actions (fixed seed), one process, one thread. For each
-environment the raw package and our adapter run the same number of complete
-episodes; steps per second count every step and include every reset (the first
-one too). Rows:
+Whole episodes of random actions (fixed seed), one process, one thread; steps per second count
+every step and every reset (the first one too). ``safety-button`` and ``safety-circle`` (the
+first training task drawn with seed 0, horizon 500): our adapter against the package's own world
+rebuild (``fast_reset=False``: its ``Builder``/``World`` untouched, skybox and all).
+``SafetyPointButton1-v0``, ``SafetyCarCircle1-v0``, ``SafetyPointGoal1-v0``: ``rl.envs.safety_gym.make``
+against ``safety_gymnasium.make`` with its wrappers (``--quick``: against ``fast_reset=False``, one
+100-step episode). Writes ``safety_gym_throughput.json`` and ``.md``::
 
-* ``safety-button`` / ``safety-circle``: the first training task drawn with seed
-  0, horizon 500, through our adapter vs through the package's own world
-  rebuild (``fast_reset=False``: the package's ``Builder``/``World`` untouched,
-  skybox and all).
-* ``SafetyPointButton1-v0``, ``SafetyCarCircle1-v0``, ``SafetyPointGoal1-v0``:
-  ``safety_gymnasium.make(id)`` (with its wrappers) vs ``rl.envs.safety_gym.make(id)``,
-  the package's own horizon.
-
-Usage::
-
-    OMP_NUM_THREADS=1 python benchmarks/safety_gym_throughput.py [--episodes 3] [--quick]
-
-Prints a table and writes ``benchmarks/results/safety_gym_throughput.json``.
+    .venv/bin/python -m benchmarks.safety_gym_throughput [--episodes 3] [--quick]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import common
+from rl.envs import safety_gym
 
-from rl.envs import safety_gym  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results" / "safety_gym_throughput.json"
 FAMILIES = ("safety-button", "safety-circle")
 RAW_IDS = ("SafetyPointButton1-v0", "SafetyCarCircle1-v0", "SafetyPointGoal1-v0")
 
 
-def _actions(seed: int, act_dim: int):
+def steps_per_s(
+    make_env: Callable[[], Any], episodes: int, seed: int, vector: bool
+) -> tuple[float, int, Any]:
+    """(steps per second, steps, horizon) of ``episodes`` whole episodes of ``make_env()``, construction and
+    resets included; ``vector``: our one-environment vector env (it resets itself)."""
+    t0 = time.perf_counter()
+    env = make_env()
+    act_dim = env.act_dim if vector else env.action_space.shape[0]
     rng = np.random.default_rng(seed)
-    while True:
-        yield rng.uniform(-1.0, 1.0, size=act_dim)
-
-
-def run_adapter(name: str, episodes: int, seed: int, fast_reset: bool, horizon=None) -> dict:
-    """Complete ``episodes`` episodes through ``rl.envs.safety_gym.make``."""
-    t0 = time.perf_counter()
-    env = safety_gym.make(name, num_envs=1, seed=seed, horizon=horizon, fast_reset=fast_reset)
-    actions = _actions(seed, env.act_dim)
     steps = done = 0
     env.reset(seed=seed)
     while done < episodes:
-        _, _, term, trunc, _ = env.step(next(actions)[None])
+        action = rng.uniform(-1.0, 1.0, size=act_dim)
+        out = env.step(action[None] if vector else action)  # (..., terminated, truncated, info)
         steps += 1
-        done += int(term[0] or trunc[0])
-    elapsed = time.perf_counter() - t0
-    out = {"steps": steps, "episodes": done, "seconds": elapsed, "horizon": env.horizon}
-    env.close()
-    return out
-
-
-def run_raw(env_id: str, episodes: int, seed: int) -> dict:
-    """Complete ``episodes`` episodes through ``safety_gymnasium.make``."""
-    sg = safety_gym.import_safety_gymnasium()
-    t0 = time.perf_counter()
-    env = sg.make(env_id)
-    actions = _actions(seed, env.action_space.shape[0])
-    steps = done = 0
-    env.reset(seed=seed)
-    while done < episodes:
-        _, _, _, term, trunc, _ = env.step(next(actions))
-        steps += 1
-        if term or trunc:
+        if np.any(out[-3]) or np.any(out[-2]):
             done += 1
-            if done < episodes:
+            if not vector and done < episodes:
                 env.reset()
-    elapsed = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
     env.close()
-    return {"steps": steps, "episodes": done, "seconds": elapsed}
+    return steps / seconds, steps, getattr(env, "horizon", None)
 
 
-def time_resets(name: str, count: int, fast_reset: bool) -> float:
+def reset_s(name: str, count: int, fast_reset: bool) -> float:
     """Mean seconds of a reset after the first one."""
     env = safety_gym.make(name, num_envs=1, seed=0, fast_reset=fast_reset)
     env.reset(seed=0)
@@ -95,78 +62,46 @@ def time_resets(name: str, count: int, fast_reset: bool) -> float:
     return (time.perf_counter() - t0) / count
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--episodes", type=int, default=3, help="episodes per run")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="1 episode, 100-step horizon")
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    episodes = 1 if args.quick else args.episodes
-
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; write the JSON and Markdown results."""
+    p = common.parser(__doc__, common.RESULTS)
+    p.add_argument("--episodes", type=int, default=3, help="episodes per run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="1 episode, 100-step horizon")
+    args = common.parse(p, argv)
+    episodes, horizon = (1, 100) if args.quick else (args.episodes, None)
     rows = []
     for name in FAMILIES + RAW_IDS:
-        horizon = 100 if args.quick else None
-        ours = run_adapter(name, episodes, args.seed, fast_reset=True, horizon=horizon)
-        if name in FAMILIES:
-            raw = run_adapter(name, episodes, args.seed, fast_reset=False, horizon=horizon)
-            raw_label = "package reset (fast_reset=False)"
-        elif args.quick:
-            raw = run_adapter(name, episodes, args.seed, fast_reset=False, horizon=horizon)
-            raw_label = "package reset (fast_reset=False)"
+        ours = partial(safety_gym.make, name, num_envs=1, seed=args.seed, horizon=horizon)
+        ours_per_s, steps, horizon_used = steps_per_s(
+            partial(ours, fast_reset=True), episodes, args.seed, True
+        )
+        if name in FAMILIES or args.quick:
+            raw = "package reset (fast_reset=False)"
+            raw_per_s, *_ = steps_per_s(partial(ours, fast_reset=False), episodes, args.seed, True)
         else:
-            raw = run_raw(name, episodes, args.seed)
-            raw_label = "safety_gymnasium.make"
-        reset_count = 2 if args.quick else 5
+            raw = "safety_gymnasium.make"
+            make_raw = partial(safety_gym.import_safety_gymnasium().make, name)
+            raw_per_s, *_ = steps_per_s(make_raw, episodes, args.seed, vector=False)
         row = {
             "env": name,
-            "raw": raw_label,
-            "horizon": ours["horizon"],
+            "raw": raw,
+            "horizon": horizon_used,
             "episodes": episodes,
-            "raw_steps": raw["steps"],
-            "ours_steps": ours["steps"],
-            "raw_steps_per_s": raw["steps"] / raw["seconds"],
-            "ours_steps_per_s": ours["steps"] / ours["seconds"],
-            "raw_reset_s": time_resets(name, 1 if args.quick else 2, fast_reset=False),
-            "ours_reset_s": time_resets(name, reset_count, fast_reset=True),
+            "steps": steps,
+            "raw_steps_per_s": raw_per_s,
         }
-        row["speedup"] = row["ours_steps_per_s"] / row["raw_steps_per_s"]
+        row |= {"ours_steps_per_s": ours_per_s, "speedup": ours_per_s / raw_per_s}
+        row |= {"raw_reset_s": reset_s(name, 1 if args.quick else 2, fast_reset=False)}
+        row |= {"ours_reset_s": reset_s(name, 2 if args.quick else 5, fast_reset=True)}
         rows.append(row)
-        print(
-            f"{name:24s} raw {row['raw_steps_per_s']:8.1f} steps/s  ours "
-            f"{row['ours_steps_per_s']:8.1f} steps/s  x{row['speedup']:.2f}",
-            flush=True,
-        )
-
-    header = (
-        f"{'environment':24s} {'horizon':>7s} {'raw steps/s':>12s} {'ours steps/s':>13s} "
-        f"{'speedup':>8s} {'raw reset':>10s} {'our reset':>10s}"
-    )
-    print()
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r['env']:24s} {r['horizon']:7d} {r['raw_steps_per_s']:12.1f} "
-            f"{r['ours_steps_per_s']:13.1f} {r['speedup']:7.2f}x {r['raw_reset_s']:9.3f}s "
-            f"{r['ours_reset_s']:9.4f}s"
-        )
-    result = {
-        "benchmark": "safety_gym_throughput",
-        "episodes": episodes,
-        "quick": args.quick,
-        "seed": args.seed,
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "numpy": np.__version__,
-        "rows": rows,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.output}")
-    return result
+        print(f"{name}: raw {raw_per_s:.1f} steps/s, ours {ours_per_s:.1f} steps/s", flush=True)
+    report = {"benchmark": "safety_gym_throughput", "quick": args.quick, "seed": args.seed, "rows": rows}
+    report |= common.machine(numpy=np.__version__)
+    tables = [common.table("Steps per second, resets included", rows)]
+    title = "Safety-Gymnasium: our adapter against the package"
+    common.write_results(args.out / "safety_gym_throughput", title, report, tables)
+    return report
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks import common
 from benchmarks.aggregate import (
     OMNISAFE_COLUMNS,
     PAPER_COLUMNS,
@@ -217,3 +219,46 @@ def test_aggregate_rows_judges_channels_or_total(tmp_path):
     assert float(row["within"]) == 0.5  # task 1: total 8 > 7
     with pytest.raises(ValueError, match="one of"):
         aggregate_rows([path], tmp_path / "c", "env-x", 5.0, 7.0)
+
+
+def test_measurement_tables_and_backend_settings(tmp_path):
+    rows = [
+        {"backend": "serial", "median_s": 53.125, "runs": [1.0, 2.5], "met": True, "steps_per_s": 338510.2}
+    ]
+    rows.append({"backend": "processes", "median_s": 0.0123, "runs": [], "met": None, "steps_per_s": 1.0})
+    text = common.table("Backends", rows)
+    assert text.splitlines()[0] == "## Backends"
+    assert text.splitlines()[2] == "| backend | median_s | runs | met | steps_per_s |"
+    assert text.splitlines()[4] == "| serial | 53.1 | 1, 2.5 | yes | 338,510 |"
+    assert text.splitlines()[5] == "| processes | 0.0123 |  | n/a | 1 |"
+    common.write_results(tmp_path / "x", "Title", {"a": 1.5}, [text])
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1.5}
+    assert (tmp_path / "x.md").read_text() == "# Title\n\n" + text
+    assert common.backend_pairs(["serial:1", "processes:2"]) == [("serial", 1), ("processes", 2)]
+    with pytest.raises(ValueError, match="'ray'"):
+        common.backend_pairs(["serial:1", "ray"])
+    with pytest.raises(ValueError, match="serial:1"):
+        common.backend_pairs(["processes:2"])
+    runs = [{"median_s": 10.0, "workers": 1}, {"median_s": 4.0, "workers": 2}]
+    common.speedups(runs)
+    assert (runs[1]["speedup"], runs[1]["efficiency"]) == (2.5, 1.25)
+
+
+def test_meta_iteration_phases_and_amdahl_prediction():
+    from benchmarks import meta_iteration
+    from rl.meta_cpo import MetaCPOConfig
+
+    raw = {"_sampling": 8.0, "env_setup": 1.0, "inner_steps": 0.5, "_meta_objectives": 9.0}
+    raw |= {"_task_meta_gradient": 10.5, "meta_update": 0.25, "critics": 2.0}
+    phases = meta_iteration.split(raw, total=13.0)
+    assert phases["sampling"] == 7.0 and phases["meta_objective_forward"] == 0.5
+    assert phases["meta_gradient_reverse"] == 1.5 and phases["other"] == pytest.approx(0.25)
+    # S = 13 - 8 - 2 / 2 = 4 s; P = 8 s over min(4, M shards = 6) workers; J = 3 (1 + 1) 2 = 12 jobs
+    cfg = MetaCPOConfig(meta_batch=3, inner_steps=1, shards=2)
+    expected = 13.0 / (4.0 + 8.0 / 4 + 0.01 * 12 / 4)
+    assert meta_iteration.predicted_speedup(phases, cfg, 0.01, 4) == pytest.approx(expected)
+    seconds: dict[str, float] = defaultdict(float)
+    originals = [getattr(owner, name) for owner, name, _ in meta_iteration.TIMED]
+    with meta_iteration.timed_building_blocks(seconds):  # every timed building block still exists
+        assert all(getattr(o, n) is not f for (o, n, _), f in zip(meta_iteration.TIMED, originals))
+    assert [getattr(owner, name) for owner, name, _ in meta_iteration.TIMED] == originals
