@@ -22,12 +22,15 @@ everywhere); a local Ray instance started by the pool shares the driver's fate t
 starts its node processes with ``fate_share``).
 
 * ``serial``: jobs run in the calling thread, at :meth:`TaskPool.submit`.
-* ``processes``: ``workers`` spawned processes, each connected by a pipe; a dispatcher thread in
-  the driver sends jobs and receives results.
+* ``processes``: ``workers`` spawned processes, each connected by a pipe.
 * ``ray``: ``workers`` Ray actors (``num_cpus=1``). Without ``ray_address`` a local instance
   with ``workers`` CPUs is started (and shut down by :meth:`TaskPool.close`), and its workers get
   the driver's ``sys.path``; with an address the pool joins that cluster, whose nodes must have
   this package installed.
+
+Both parallel backends run the same dispatcher thread in the driver (:meth:`TaskPool._dispatch`):
+it hands queued jobs to free workers, delivers their results and replaces a worker that died;
+only starting, reaching and replacing a worker differ (``_ProcessSlots``, ``_RaySlots``).
 
 >>> def square(x):
 ...     return x * x
@@ -273,9 +276,8 @@ class TaskPool:
         self._closing = False
         self._wake_r: Any = None
         self._wake_w: Any = None
-        self._procs: list[Any] = []  # processes: (process, conn) per slot
+        self._slots: _ProcessSlots | _RaySlots | None = None  # the workers (see _dispatch)
         self._running: list[_Job | None] = []
-        self._actors: list[Any] = []
         self._ray_started = False
         self._ray_actor_cls: Any = None
         self._reaper: Any = None  # watches a local Ray instance's processes (see _reaper_main)
@@ -352,25 +354,10 @@ class TaskPool:
             if not job.future.done():
                 job.future.set_exception(RuntimeError("the pool was closed before the job ran"))
         self._queue.clear()
-        for _proc, conn in self._procs:
-            try:
-                conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
-        for proc, conn in self._procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-            conn.close()
-        self._procs = []
+        if self._slots is not None:
+            self._slots.close()
+            self._slots = None
         self._running = []
-        if self._actors:
-            import ray
-
-            for actor in self._actors:
-                ray.kill(actor)
-            self._actors = []
         if self._ray_started:
             import ray
 
@@ -389,7 +376,8 @@ class TaskPool:
 
     def worker_pids(self) -> list[int]:
         """Process ids of the live worker processes (processes backend; tests and diagnostics)."""
-        return [proc.pid for proc, _ in self._procs if proc.is_alive()]
+        slots = self._slots
+        return slots.pids() if slots is not None else []
 
     # ------------------------------------------------------------------ dispatching
     def _ensure_dispatcher(self) -> None:
@@ -398,8 +386,7 @@ class TaskPool:
         import multiprocessing as mp
 
         self._wake_r, self._wake_w = mp.Pipe(duplex=False)
-        target = self._dispatch_processes if self.backend == "processes" else self._dispatch_ray
-        self._dispatcher = threading.Thread(target=target, name="taskpool-dispatcher", daemon=True)
+        self._dispatcher = threading.Thread(target=self._dispatch, name="taskpool-dispatcher", daemon=True)
         self._dispatcher.start()
 
     def _wake(self) -> None:
@@ -410,10 +397,6 @@ class TaskPool:
                 w.send_bytes(b"x")
             except (BrokenPipeError, OSError):
                 pass
-
-    def _drain_wake(self) -> None:
-        while self._wake_r.poll():
-            self._wake_r.recv_bytes()
 
     def _next_job_for(self, slot: int) -> _Job | None:
         """The first queued job whose key lives on ``slot``; else the first without a home;
@@ -455,84 +438,52 @@ class TaskPool:
         with self._lock:
             self._queue.appendleft(job)
 
-    # processes ---------------------------------------------------------------------
-    def _start_process(self) -> tuple[Any, Any]:
-        import multiprocessing as mp
+    def _dispatch(self) -> None:
+        """The dispatcher thread, one loop for every parallel backend: hand queued jobs to free
+        workers, deliver their outcomes, replace a worker that died and queue its job again.
 
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_worker_main, args=(child, os.getpid()), daemon=True)
-        proc.start()
-        child.close()
-        return proc, parent
-
-    def _dispatch_processes(self) -> None:
-        from multiprocessing.connection import wait
-
-        self._procs = [self._start_process() for _ in range(self.workers)]
+        The workers are started here (and replaced here), so they live as long as this thread."""
+        if self.backend == "processes":
+            self._slots = _ProcessSlots(self.workers)
+        else:
+            self._slots = _RaySlots(self._ray_actor_cls, self.workers)
         self._running = [None] * self.workers
         while True:
             with self._lock:
                 if self._closing:
                     break
-            # hand out work
             for slot in range(self.workers):
                 if self._running[slot] is None:
                     job = self._next_job_for(slot)
                     if job is None:
                         break
-                    self._send(slot, job)
-            conns = {conn: slot for slot, (_, conn) in enumerate(self._procs)}
-            sentinels = {proc.sentinel: slot for slot, (proc, _) in enumerate(self._procs)}
-            ready = wait([self._wake_r, *conns, *sentinels], timeout=1.0)
-            dead: set[int] = set()
-            for obj in ready:
-                if obj is self._wake_r:
-                    self._drain_wake()
-                elif obj in conns:
-                    slot = conns[obj]
+                    self._running[slot] = job
                     try:
-                        job_id, ok, value = obj.recv()
-                    except (EOFError, OSError):
-                        dead.add(slot)
-                        continue
-                    job = self._running[slot]
-                    self._running[slot] = None
-                    if job is not None:
-                        (job.future.set_result if ok else job.future.set_exception)(value)
-                else:
-                    slot = sentinels[obj]
-                    if not conns_has_data(self._procs[slot][1]):
-                        dead.add(slot)
-            for slot in dead:
-                self._replace_process(slot, "its process ended")
+                        self._slots.send(slot, job)
+                    except _WorkerDied as died:
+                        self._replace(slot, str(died))
+                    except Exception as err:  # noqa: BLE001 - unpicklable arguments: the caller's error
+                        self._running[slot] = None
+                        job.future.set_exception(err)
+            for slot, outcome, value in self._slots.wait(self._wake_r):
+                if outcome == "died":
+                    self._replace(slot, value)
+                    continue
+                job = self._running[slot]
+                self._running[slot] = None
+                if job is not None:
+                    (job.future.set_result if outcome == "returned" else job.future.set_exception)(value)
 
-    def _send(self, slot: int, job: _Job) -> None:
-        proc, conn = self._procs[slot]
-        self._running[slot] = job
-        try:
-            conn.send((id(job), job.fn, job.args))
-        except (BrokenPipeError, EOFError, OSError):
-            self._replace_process(slot, "its pipe broke")
-        except Exception as err:  # noqa: BLE001 - unpicklable arguments: the caller's error
-            self._running[slot] = None
-            job.future.set_exception(err)
-
-    def _replace_process(self, slot: int, why: str) -> None:
-        proc, conn = self._procs[slot]
-        if proc.is_alive():
-            proc.kill()
-        proc.join()
-        conn.close()
-        code = proc.exitcode
+    def _replace(self, slot: int, why: str) -> None:
+        """The worker of ``slot`` died: a fresh one takes its place, its job is queued again."""
+        why = self._slots.replace(slot, why)
         job = self._running[slot]
         self._running[slot] = None
         with self._lock:  # the environments built there are gone
             for key in [k for k, s in self._affinity.items() if s == slot]:
                 del self._affinity[key]
-        self._procs[slot] = self._start_process()
         if job is not None:
-            self._lost(job, f"{why}, exit code {code}")
+            self._lost(job, why)
 
     # ray ---------------------------------------------------------------------------
     def _ensure_ray(self) -> Any:
@@ -568,48 +519,136 @@ class TaskPool:
             self._ray_actor_cls = ray.remote(num_cpus=1, max_restarts=0)(_RayWorker)
         return ray
 
-    def _dispatch_ray(self) -> None:
+
+class _WorkerDied(Exception):
+    """A worker could not be reached (its pipe broke)."""
+
+
+def _drain(conn: Any) -> None:
+    while conn.poll():
+        conn.recv_bytes()
+
+
+class _ProcessSlots:
+    """The workers of the processes backend: one spawned process per slot, each connected by a
+    pipe. :meth:`wait` reports ``(slot, outcome, value)`` events: ``"returned"`` with the job's
+    result, ``"raised"`` with its exception, ``"died"`` with what happened."""
+
+    def __init__(self, count: int) -> None:
+        self.procs = [self._start() for _ in range(count)]
+
+    @staticmethod
+    def _start() -> tuple[Any, Any]:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker_main, args=(child, os.getpid()), daemon=True)
+        proc.start()
+        child.close()
+        return proc, parent
+
+    def send(self, slot: int, job: _Job) -> None:
+        try:
+            self.procs[slot][1].send((id(job), job.fn, job.args))
+        except (BrokenPipeError, EOFError, OSError) as err:
+            raise _WorkerDied("its pipe broke") from err
+
+    def wait(self, wake: Any) -> list[tuple[int, str, Any]]:
+        from multiprocessing.connection import wait
+
+        conns = {conn: slot for slot, (_, conn) in enumerate(self.procs)}
+        sentinels = {proc.sentinel: slot for slot, (proc, _) in enumerate(self.procs)}
+        events: list[tuple[int, str, Any]] = []
+        dead: set[int] = set()
+        for obj in wait([wake, *conns, *sentinels], timeout=1.0):
+            if obj is wake:
+                _drain(wake)
+            elif obj in conns:
+                try:
+                    _job_id, ok, value = obj.recv()
+                except (EOFError, OSError):
+                    dead.add(conns[obj])
+                    continue
+                events.append((conns[obj], "returned" if ok else "raised", value))
+            elif not conns_has_data(self.procs[sentinels[obj]][1]):
+                dead.add(sentinels[obj])
+        return events + [(slot, "died", "its process ended") for slot in dead]
+
+    def replace(self, slot: int, why: str) -> str:
+        proc, conn = self.procs[slot]
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+        conn.close()
+        self.procs[slot] = self._start()
+        return f"{why}, exit code {proc.exitcode}"
+
+    def pids(self) -> list[int]:
+        return [proc.pid for proc, _ in self.procs if proc.is_alive()]
+
+    def close(self) -> None:
+        for _proc, conn in self.procs:
+            try:
+                conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for proc, conn in self.procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+            conn.close()
+        self.procs = []
+
+
+class _RaySlots:
+    """The workers of the Ray backend: one actor per slot; events as :class:`_ProcessSlots`'s."""
+
+    def __init__(self, actor_cls: Any, count: int) -> None:
+        self.actor_cls = actor_cls
+        self.actors = [actor_cls.remote() for _ in range(count)]
+        self.refs: dict[Any, int] = {}
+
+    def send(self, slot: int, job: _Job) -> None:
+        self.refs[self.actors[slot].run.remote(job.fn, job.args)] = slot
+
+    def wait(self, wake: Any) -> list[tuple[int, str, Any]]:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
-        self._actors = [self._ray_actor_cls.remote() for _ in range(self.workers)]
-        self._running = [None] * self.workers
-        refs: dict[Any, int] = {}
-        while True:
-            with self._lock:
-                if self._closing:
-                    break
-            for slot in range(self.workers):
-                if self._running[slot] is None:
-                    job = self._next_job_for(slot)
-                    if job is None:
-                        break
-                    self._running[slot] = job
-                    refs[self._actors[slot].run.remote(job.fn, job.args)] = slot
-            if not refs:
-                self._wake_r.poll(0.5)
-                self._drain_wake()
-                continue
-            done, _ = ray.wait(list(refs), num_returns=1, timeout=0.05)
-            self._drain_wake()
-            for ref in done:
-                slot = refs.pop(ref)
-                job = self._running[slot]
-                self._running[slot] = None
-                try:
-                    value = ray.get(ref)
-                except RayTaskError as err:  # the job raised: the caller sees its exception
-                    job.future.set_exception(err.as_instanceof_cause())
-                except RayActorError as err:  # the actor's process died: a fresh actor, rerun
-                    self._actors[slot] = self._ray_actor_cls.remote()
-                    with self._lock:
-                        for key in [k for k, s in self._affinity.items() if s == slot]:
-                            del self._affinity[key]
-                    self._lost(job, f"Ray actor died: {type(err).__name__}")
-                except Exception as err:  # noqa: BLE001
-                    job.future.set_exception(err)
-                else:
-                    job.future.set_result(value)
+        if not self.refs:
+            wake.poll(0.5)
+            _drain(wake)
+            return []
+        done, _ = ray.wait(list(self.refs), num_returns=1, timeout=0.05)
+        _drain(wake)
+        events: list[tuple[int, str, Any]] = []
+        for ref in done:
+            slot = self.refs.pop(ref)
+            try:
+                events.append((slot, "returned", ray.get(ref)))
+            except RayTaskError as err:  # the job raised: the caller sees its exception
+                events.append((slot, "raised", err.as_instanceof_cause()))
+            except RayActorError as err:  # the actor's process died: a fresh actor, rerun
+                events.append((slot, "died", f"Ray actor died: {type(err).__name__}"))
+            except Exception as err:  # noqa: BLE001
+                events.append((slot, "raised", err))
+        return events
+
+    def replace(self, slot: int, why: str) -> str:
+        self.actors[slot] = self.actor_cls.remote()
+        return why
+
+    def pids(self) -> list[int]:
+        return []
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
 
 
 def conns_has_data(conn: Any) -> bool:
