@@ -77,6 +77,7 @@ __all__ = [
     "solve_active_set",
     "solve_active_set_numpy",
     "solve_active_set_python",
+    "active_set_vjp_python",
 ]
 
 #: KKT residual (normalised units) below which a candidate is accepted as the optimum.
@@ -464,16 +465,6 @@ def active_set_vjp_numpy(sol: dict[str, np.ndarray], wbar: np.ndarray) -> tuple[
     v, d, s, jinv, S = sol["v"], sol["d"], sol["s"], sol["jinv"], sol["active"]
     B, m1 = v.shape
     m = m1 - 1
-    if jinv is None and "jacobian_args" in sol:  # one problem: the Jacobian is formed here
-        Kn, lam_n, rec, omega = sol["jacobian_args"]
-        J = _kkt_matrix_np(Kn, v, lam_n, S, rec, omega)
-        try:
-            jinv = sol["jinv"] = np.linalg.inv(J)
-        except np.linalg.LinAlgError as err:
-            raise RuntimeError(
-                "difftrust: the KKT system of the reduced problem is singular at this solution; the step "
-                "is not differentiable here"
-            ) from err
     vbar = s[:, None] * d * wbar
     zeta = -(jinv[:, :m1, :].transpose(0, 2, 1) @ vbar[..., None])[..., 0]
     z_tr = zeta[:, m1]
@@ -517,10 +508,12 @@ def _chol_solve_py(M: list[list[float]], rhs: list[list[float]]) -> tuple[float,
     return piv, out
 
 
-def solve_active_set_python(K: list[list[float]], b: list[float], delta: float) -> dict[str, np.ndarray]:
+def solve_active_set_python(K: list[list[float]], b: list[float], delta: float) -> dict:
     """:func:`solve_active_set_numpy` for one problem given as Python floats (same result, B = 1).
 
-    Returns the arrays of :func:`solve_active_set_numpy` (``jinv`` included) with a batch of one.
+    Returns the fields of :func:`solve_active_set_numpy` as Python lists (``w``, ``lam``, ``nu``,
+    ``code``, ``violation`` with a batch of one; ``v``, ``d``, ``s``, ``active`` of the problem)
+    and, instead of ``jinv``, what :func:`active_set_vjp_python` needs to form the KKT system.
     """
     m1 = len(K)
     m = m1 - 1
@@ -602,26 +595,82 @@ def solve_active_set_python(K: list[list[float]], b: list[float], delta: float) 
             best = (best[0], NOT_CERTIFIED, *best[2:])
     viol, code, v, lam_n, mult, S, _ = best
     rec = code == RECOVERY
-    Ssel = np.zeros((1, m))
-    Ssel[0, list(S)] = 1.0
-    arr = np.asarray
-    out = dict(
-        v=arr([v]),
-        d=arr([d]),
-        s=arr([s]),
-        active=Ssel,
-        code=arr([code]),
-        jinv=None,
-        w=arr([[s * di * vi for di, vi in zip(d, v)]]),
-    )
+    w = [s * di * vi for di, vi in zip(d, v)]
     if rec or K[0][0] <= 0:
-        out["lam"], out["nu"] = arr([math.nan]), np.full((1, m), math.nan)
+        lam, nu = math.nan, [math.nan] * m
     else:
-        out["lam"] = arr([lam_n / (s * d[0])])
-        out["nu"] = arr([[x * d[j + 1] / d[0] for j, x in enumerate(mult)]])
-    Kw = [sum(K[1 + j][i] * out["w"][0, i] for i in range(m1)) for j in range(m)]
-    out["violation"] = arr([max((b[j] + Kw[j] for j in range(m)), default=-math.inf)])
-    # the KKT Jacobian is formed and inverted by the backward pass, when one is needed (with K_SS's
+        lam = lam_n / (s * d[0])
+        nu = [x * d[j + 1] / d[0] for j, x in enumerate(mult)]
+    Kw = [sum(K[1 + j][i] * w[i] for i in range(m1)) for j in range(m)]
+    # the KKT Jacobian is formed and solved by the backward pass, when one is needed (with K_SS's
     # pivot, Aq > 0 and the recovery discriminant checked above, it is non-singular)
-    out["jacobian_args"] = (arr([Kn]), arr([lam_n]), arr([rec]), arr([omega]) if m else np.zeros((1, 0)))
-    return out
+    return dict(
+        w=[w],
+        lam=[lam],
+        nu=[nu],
+        code=[code],
+        violation=[max((b[j] + Kw[j] for j in range(m)), default=-math.inf)],
+        v=v,
+        d=d,
+        s=s,
+        active=[1.0 if j in S else 0.0 for j in range(m)],
+        jacobian_args=(Kn, lam_n, rec, omega),
+    )
+
+
+def active_set_vjp_python(sol: dict, wbar: list[float]) -> tuple[list[list[float]], list[float], float]:
+    """:func:`active_set_vjp` for one problem of :func:`solve_active_set_python`, in Python floats.
+
+    Solves ``J' zeta = -(vbar, 0)`` by Gaussian elimination with partial pivoting (``J`` of size
+    ``2m+3``); returns ``(Kbar, bbar, deltabar)`` as lists.
+    """
+    v, d, s, S = sol["v"], sol["d"], sol["s"], sol["active"]
+    Kn, lam_n, rec, omega = sol["jacobian_args"]
+    m1 = len(v)
+    m = m1 - 1
+    N = 2 * m + 3
+    # J' (the transpose of _kkt_matrix's J), row by row
+    Jt = [[0.0] * N for _ in range(N)]
+    Kv = [sum(Kn[i][j] * v[j] for j in range(m1)) for i in range(m1)]
+    for i in range(m1):
+        Jt[i][i] = lam_n
+        Jt[i][m1] = Kv[i]
+        for j in range(m):
+            Jt[i][m + 3 + j] = S[j] * Kn[1 + j][i]
+    Jt[m1] = [*v, 0.0] + [0.0] * (N - m1 - 1)
+    Jt[m + 2][m + 2] = 0.0 if rec else 1.0
+    for j in range(m):
+        wS = omega[j] * S[j] if rec else 0.0
+        Jt[m + 2][m + 3 + j] = -wS
+        Jt[m + 3 + j][m + 2] = -wS
+        Jt[m + 3 + j][1 + j] = 1.0
+        Jt[m + 3 + j][m + 3 + j] = 1.0 - S[j]
+    z = [-s * d[i] * wbar[i] for i in range(m1)] + [0.0] * (N - m1)
+    for c in range(N):  # forward elimination with partial pivoting
+        piv = max(range(c, N), key=lambda r: abs(Jt[r][c]))
+        if Jt[piv][c] == 0.0:
+            raise RuntimeError(
+                "difftrust: the KKT system of the reduced problem is singular at this solution; the step "
+                "is not differentiable here"
+            )
+        if piv != c:
+            Jt[c], Jt[piv], z[c], z[piv] = Jt[piv], Jt[c], z[piv], z[c]
+        row, inv = Jt[c], 1.0 / Jt[c][c]
+        for r in range(c + 1, N):
+            f = Jt[r][c] * inv
+            if f:
+                Jr = Jt[r]
+                for k in range(c + 1, N):
+                    Jr[k] -= f * row[k]
+                z[r] -= f * z[c]
+    for c in reversed(range(N)):
+        row = Jt[c]
+        z[c] = (z[c] - sum(row[k] * z[k] for k in range(c + 1, N))) / row[c]
+    z_tr = z[m1]
+    z_con = [z[m + 3 + j] * S[j] for j in range(m)]
+    Kbar = [[0.5 * z_tr * v[i] * v[j] for j in range(m1)] for i in range(m1)]
+    for j in range(m):
+        for k in range(m1):
+            Kbar[1 + j][k] += z_con[j] * v[k]
+    Kbar = [[0.5 * (Kbar[i][j] + Kbar[j][i]) * d[i] * d[j] for j in range(m1)] for i in range(m1)]
+    return Kbar, [z_con[j] * d[j + 1] / s for j in range(m)], -z_tr / (s * s)

@@ -108,10 +108,9 @@ class _Record:
     state: ReducedBatch | None = None
     operator: Any = None
     counts: list[int] | None = None
-    maxima: tuple[Tensor, Tensor] | None = None  # largest |g| and |A| per problem (from the checks)
     cg_residuals: Tensor | None = None
-    col_scale: Tensor | None = None  # (B, m+1): powers of two applied to g and the rows of A (and b)
-    h_scale: Tensor | None = None  # (B,): power of two applied to H and delta (dense metrics)
+    #: (B, 2) or, dense metrics, (B, 3): powers of two applied to g, to (A, b), and to (H, delta)
+    scales: Tensor | None = None
 
 
 def _pow2_scale(amax: Tensor) -> Tensor:
@@ -265,66 +264,54 @@ class _TrustRegionFunction(torch.autograd.Function):
     def forward(
         ctx: Any, g: Tensor, A: Tensor, b: Tensor, delta: Tensor, rec: _Record, *tensors: Tensor
     ) -> Tensor:
-        # g (B, n), A (B, m, n), b (B, m), delta () ; tensors: the metric's tensors
+        # g (B, n), A (B, m, n), b (B, m), delta () ; tensors: the metric's tensors. The value
+        # checks, the scale factors and the dense metric's certificate cost one host transfer.
         ctx.rec = rec
         ctx.metric_tensors = tensors
-        Bsz = g.shape[0]
-        # exact power-of-two scaling of g, of (A, b) and of (H, delta)
-        # (one scale for all rows of A: the recovery problem's least worst violation depends on
-        # the rows' relative scales, the feasible problem does not)
+        Bsz, n = g.shape
         m = A.shape[1]
-        c = _pow2_scale(torch.stack(rec.maxima, 1))  # (B, 2): the factors of g and of (A, b)
-        col = torch.cat([c[:, :1], c[:, 1:].expand(Bsz, m)], 1)  # (B, m+1)
-        G = torch.cat([g.unsqueeze(2), A.transpose(1, 2)], dim=2) * col.unsqueeze(1)  # (B, n, m+1)
-        bs = b * col[:, 1:]
-        rec.col_scale = col
-        if rec.kind == "dense":
+        dense = rec.kind == "dense"
+        # largest magnitudes per problem (NaN and inf propagate: the finiteness checks)
+        gmax = g.abs().amax(1)
+        amax = A.abs().amax((1, 2)) if m else torch.zeros_like(gmax)
+        cols = [gmax, amax]
+        if dense:
             H = tensors[0]
-            hs = _pow2_scale(H.diagonal(dim1=1, dim2=2).abs().amax(1))
-            Hs = H * hs[:, None, None]
-            L, info = torch.linalg.cholesky_ex(Hs)
-            rec.L, rec.h_scale = L, hs
+            hmax = H.diagonal(dim1=1, dim2=2).abs().amax(1)
+            cols.append(hmax)
+        # exact power-of-two scaling of g, of (A, b) (one factor for all rows: the recovery
+        # problem's least worst violation depends on the rows' relative scales) and of (H, delta)
+        sc = _pow2_scale(torch.stack(cols, 1))  # (B, 2 or 3)
+        rec.scales = sc
+        c0, cA = sc[:, 0:1], sc[:, 1:2]
+        Gs = torch.cat([(g * c0).unsqueeze(1), A * cA.unsqueeze(2)], 1)  # (B, m+1, n), rows g, a_j
+        bs = b * cA
+        if dense:
+            hs = sc[:, 2]
+            L, info = torch.linalg.cholesky_ex(H * hs[:, None, None])
+            rec.L = L
             ds = delta * hs
-            # one probe column r (unit norm) rides along with G: ||H^-1 r|| bounds 1 / lambda_min from
-            # below, max diag(H) bounds lambda_max; the Cholesky diagonal ratio is a second bound
-            r = _probe(g.shape[1], g.dtype, g.device)
-            Pr = torch.cholesky_solve(torch.cat([G, r.expand(Bsz, -1, 1)], 2), L)
+            # one probe column r (unit norm) rides along with G: ||H_s^-1 r|| bounds 1 / lambda_min
+            # from below, max diag(H_s) bounds lambda_max; the Cholesky diagonal ratio is a second bound
+            r = _probe(n, g.dtype, g.device)
+            Pr = torch.cholesky_solve(torch.cat([Gs.transpose(1, 2), r.expand(Bsz, n, 1)], 2), L)
             P = Pr[:, :, :-1]
-            # per problem: failed minor, Cholesky diagonal extremes, max diag(H_s) <= lambda_max and
-            # ||H_s^-1 r|| <= 1 / lambda_min, in one transfer
             ld = L.diagonal(dim1=1, dim2=2)
-            stats = torch.stack(
-                [
-                    info.to(g.dtype),
-                    ld.amax(1),
-                    ld.amin(1),
-                    Hs.diagonal(dim1=1, dim2=2).amax(1),
-                    Pr[:, :, -1].norm(dim=1),
-                ],
-                1,
-            ).tolist()
-            info_l = max(row[0] for row in stats)
-            cond_l = max(
-                max((row[1] / row[2]) ** 2 if row[2] > 0 else math.inf, row[3] * row[4]) for row in stats
-            )
-            if info_l > 0:
-                raise ValueError(
-                    "metric is not positive definite: its Cholesky factorisation failed "
-                    f"(leading minor {int(info_l)}); expected a symmetric positive-definite (n, n) matrix"
-                )
-            limit = COND_LIMIT[g.dtype]
-            if not cond_l <= limit:
-                raise ValueError(
-                    f"metric is too ill-conditioned to certify in {g.dtype}: estimated condition number "
-                    f"{cond_l:.3e} > {limit:.1e} (a lower bound from its Cholesky factor and one inverse "
-                    "iteration); expected a better-conditioned metric (add damping, or use float64)"
-                )
+            cond = torch.maximum((ld.amax(1) / ld.amin(1)).square(), hmax * hs * Pr[:, :, -1].norm(dim=1))
+            asym = torch.linalg.vector_norm(H - H.transpose(1, 2), math.inf, dim=(1, 2)) / hmax
+            cols = [gmax, amax, b.abs().amax(1) if m else gmax, asym, info.to(g.dtype), cond]
         else:
+            cols = [gmax, amax, b.abs().amax(1) if m else gmax]
+            if rec.kind == "identity":
+                P, ds = Gs.transpose(1, 2), delta.expand(Bsz)
+        summary = torch.stack(cols, 1).amax(0).tolist()
+        _raise_for(summary, H if dense else None)
+        if rec.kind == "operator":
             ds = delta.expand(Bsz)
-            P, rec.cg_residuals = _solve_H(rec, G, tensors)
-        K = G.transpose(1, 2) @ P  # (B, m+1, m+1)
+            P, rec.cg_residuals = _solve_H(rec, Gs.transpose(1, 2), tensors)
+        K = Gs @ P  # (B, m+1, m+1)
         state = reduced_forward(K, bs, ds, rec.solver, rec.need_grad)
-        x = (P @ state.w.to(P.dtype).unsqueeze(2)).squeeze(2)
+        x = (P @ state.w.unsqueeze(2)).squeeze(2)
         rec.P, rec.K, rec.x, rec.state = P, K, x, state
         return x
 
@@ -341,38 +328,34 @@ class _TrustRegionFunction(torch.autograd.Function):
     @staticmethod
     def _vjp(ctx: Any, xbar: Tensor) -> tuple:
         """``wbar = P'xbar``; ``(Kbar, bbar, deltabar)`` from the reduced solver; ``u = H^-1 xbar``;
-        ``Gbar = u w' + P (Kbar + Kbar')``; ``Hbar = -sym(u x' + P Kbar P')``; all in the scaled
-        problem, then multiplied by the (constant) scales: ``gbar = c_0 Gbar[:, 0]``,
-        ``Abar_j = c_j Gbar[:, j]``, ``bbar_j = c_j bbar_j``, ``Hbar = h Hbar``,
-        ``deltabar = h deltabar``."""
+        ``Gbar = u w' + P (Kbar + Kbar')``; ``Hbar = -sym(u x' + P Kbar P') = -sym((u w' + P Kbar) P')``;
+        all in the scaled problem, then multiplied by the (constant) scales: ``gbar = c_0 Gbar[:, 0]``,
+        ``Abar_j = c_A Gbar[:, j]``, ``bbar_j = c_A bbar_j``, ``Hbar = h Hbar``, ``deltabar = h deltabar``."""
         rec: _Record = ctx.rec
         tensors = ctx.metric_tensors
-        P, x, state = rec.P, rec.x, rec.state
-        w = state.w.to(P.dtype)
+        P, state, sc = rec.P, rec.state, rec.scales
         need = ctx.needs_input_grad
-        wbar = (P.transpose(1, 2) @ xbar.unsqueeze(2)).squeeze(2)  # (B, m+1)
+        wbar = (xbar.unsqueeze(1) @ P).squeeze(1)  # (B, m+1)
         Kbar, bbar, dbar = reduced_vjp(state, wbar)
-        Kbar, bbar, dbar = Kbar.to(xbar.dtype), bbar.to(xbar.dtype), dbar.to(xbar.dtype)
-
         u, _ = _solve_H(rec, xbar.unsqueeze(2), tuple(tensors))
-        u = u.squeeze(2)  # (B, n)
-        Ksym = Kbar + Kbar.transpose(1, 2)
-        Gbar = (u.unsqueeze(2) * w.unsqueeze(1) + P @ Ksym) * rec.col_scale.unsqueeze(1)  # (B, n, m+1)
-        gbar = Gbar[:, :, 0] if need[0] else None
-        Abar = Gbar[:, :, 1:].transpose(1, 2) if need[1] else None
-        bbar = bbar * rec.col_scale[:, 1:] if need[2] else None
-        deltabar = None
+        uw = u * state.w.unsqueeze(1)  # u w', (B, n, m+1)
+        gbar = Abar = deltabar = None
+        if need[0] or need[1]:
+            Gbar = uw + P @ (Kbar + Kbar.transpose(1, 2))
+            gbar = Gbar[:, :, 0] * sc[:, 0:1] if need[0] else None
+            Abar = Gbar[:, :, 1:].transpose(1, 2) * sc[:, 1:2, None] if need[1] else None
+        bbar = bbar * sc[:, 1:2] if need[2] else None
         if need[3]:
-            deltabar = (dbar * rec.h_scale).sum() if rec.h_scale is not None else dbar.sum()
-
+            deltabar = (dbar * sc[:, 2]).sum() if rec.kind == "dense" else dbar.sum()
         tensor_grads: list[Tensor | None] = [None] * len(tensors)
         if rec.kind == "dense" and need[5]:
-            Hbar = -(u.unsqueeze(2) * x.unsqueeze(1) + P @ Kbar @ P.transpose(1, 2))
-            tensor_grads[0] = 0.5 * (Hbar + Hbar.transpose(1, 2)) * rec.h_scale[:, None, None]
+            # -h sym(Z P') = [c Z, P] [P, c Z]' with Z = u w' + P Kbar, c = -h/2: one product, symmetric
+            cZ = (uw + P @ Kbar) * (-0.5 * sc[:, 2, None, None])
+            tensor_grads[0] = torch.cat([cZ, P], 2) @ torch.cat([P, cZ], 2).transpose(1, 2)
         elif rec.kind == "operator" and any(need[5:]):
             # psibar = -d/dpsi [u'H x + sum_ij Kbar_ij p_i'H p_j], u, x, P held fixed; with x = P w
             # this is sum_j (u w_j + (P Kbar)[:, j])' H p_j: m+1 metric products.
-            left = u.unsqueeze(2) * w.unsqueeze(1) + P @ Kbar  # (B, n, m+1)
+            left = uw + P @ Kbar  # (B, n, m+1)
             tensor_grads = []
             with torch.enable_grad():
                 for i, (met, own) in enumerate(zip(rec.metric, _split(tensors, rec.counts), strict=True)):
@@ -458,11 +441,11 @@ def _normalise_inputs(g: Any, A: Any, b: Any) -> tuple[Tensor, Tensor, Tensor, b
 
 def _normalise_metric(
     metric: Any, g2: Tensor, batched: bool
-) -> tuple[str, list[Metric] | None, tuple[Tensor, ...], list[tuple[str, Tensor]]]:
-    """Kind, metric object, tensors and the deferred checks ``(message, failed-flag tensor)``."""
+) -> tuple[str, list[Metric] | None, tuple[Tensor, ...]]:
+    """Kind, metric objects and tensors (their values are checked in the forward pass)."""
     Bsz, n = g2.shape
     if metric is None:
-        return "identity", None, (), []
+        return "identity", None, ()
     if isinstance(metric, DenseMetric):
         metric = metric.H
     if isinstance(metric, Tensor):
@@ -470,14 +453,7 @@ def _normalise_metric(
         expected = (Bsz, n, n) if batched else (n, n)
         if tuple(H.shape) != expected:
             raise ValueError(f"a dense metric must have shape {expected}, got {tuple(H.shape)}")
-        H3 = H if batched else H.unsqueeze(0)
-        Hd = H3.detach()
-        asym = (Hd - Hd.transpose(1, 2)).abs().amax((1, 2))
-        scale = Hd.abs().amax((1, 2))
-        eps = torch.finfo(H.dtype).eps
-        # NaN and inf make asym NaN, and the comparison false: one flag for both checks
-        bad = ~(asym <= 100 * eps * scale).all()
-        return "dense", None, (H3,), [("symmetry", bad)]
+        return "dense", None, (H if batched else H.unsqueeze(0),)
     if isinstance(metric, Metric) or (isinstance(metric, (list, tuple)) and metric and batched):
         metrics = [metric] if isinstance(metric, Metric) else list(metric)
         if batched and isinstance(metric, Metric):
@@ -498,7 +474,7 @@ def _normalise_metric(
                         f"{g2.device}; expected one dtype and device for all inputs"
                     )
         tensors = tuple(t for mt in metrics for t in mt.tensors)
-        return "operator", metrics, tensors, []
+        return "operator", metrics, tensors
     raise TypeError(
         "metric must be None (identity), a dense (n, n) tensor, or a difftrust Metric "
         f"(DenseMetric, FisherMetric, OperatorMetric); got {type(metric).__name__}"
@@ -520,39 +496,49 @@ def _check_delta(delta: Any, like: Tensor) -> Tensor:
     return torch.tensor(float(delta), dtype=like.dtype, device=like.device)
 
 
-def _run_checks(
-    g2: Tensor, A3: Tensor, b2: Tensor, H: Tensor | None, metric_checks: list
-) -> tuple[Tensor, Tensor]:
-    """All value checks with one device-to-host transfer; on failure, name the input.
+def _raise_for(summary: list[float], H: Tensor | None) -> None:
+    """Raise a named error for what the forward pass's one transfer found wrong.
 
-    Returns the largest magnitudes of each ``g`` and each ``A`` (``(B,)`` each; NaN and inf
-    propagate through them, which is how finiteness is checked), reused for the scaling.
+    ``summary``: the largest over the batch of ``|g|``, ``|A|``, ``|b|`` (NaN and inf propagate) and,
+    for a dense metric, of ``max |H - H'| / max |diag H|``, the failed Cholesky minor and the
+    estimated condition number.
     """
-    Bsz, m = A3.shape[0], A3.shape[1]
-    gmax = g2.abs().amax(1)
-    amax = A3.abs().amax((1, 2)) if m else g2.new_zeros(Bsz)
-    bmax = b2.abs().amax() if m else g2.new_zeros(())
-    vals = [gmax.amax(), amax.amax(), bmax] + [f.to(g2.dtype) for _, f in metric_checks]
-    got = torch.stack(vals).tolist()
-    if all(math.isfinite(v) for v in got[:3]) and not any(got[3:]):
-        return gmax, amax
-    for name, v in zip(("g", "A", "b"), got[:3], strict=True):
+    if all(math.isfinite(v) for v in summary[:3]) and (
+        H is None
+        or (
+            summary[3] <= 100 * torch.finfo(H.dtype).eps
+            and summary[4] == 0
+            and summary[5] <= COND_LIMIT[H.dtype]
+        )
+    ):
+        return
+    for name, v in zip(("g", "A", "b"), summary[:3], strict=True):
         if not math.isfinite(v):
             raise ValueError(f"{name} contains NaN or inf entries; expected finite values")
-    for (msg, _), bad in zip(metric_checks, got[3:], strict=True):
-        if not bad:
-            continue
-        if msg == "symmetry":
-            Hd = H.detach()
-            if not bool(torch.isfinite(Hd).all()):
-                raise ValueError("metric contains NaN or inf entries; expected finite values")
-            asym = float((Hd - Hd.transpose(1, 2)).abs().amax())
-            tol = 100 * torch.finfo(H.dtype).eps * float(Hd.abs().amax())
+    if H is None:
+        return
+    if not summary[3] <= 100 * torch.finfo(H.dtype).eps:  # NaN, or a matrix with a small diagonal
+        if not bool(torch.isfinite(H).all()):
+            raise ValueError("metric contains NaN or inf entries; expected finite values")
+        asym = float((H - H.transpose(1, 2)).abs().amax())
+        tol = 100 * torch.finfo(H.dtype).eps * float(H.abs().amax())
+        if asym > tol:
             raise ValueError(
                 f"metric must be symmetric: max |H - H'| = {asym:.3e} > {tol:.1e} (relative to max |H|); "
                 "expected a symmetric positive-definite matrix"
             )
-        raise ValueError(msg)
+    if summary[4] > 0:
+        raise ValueError(
+            "metric is not positive definite: its Cholesky factorisation failed "
+            f"(leading minor {int(summary[4])}); expected a symmetric positive-definite (n, n) matrix"
+        )
+    limit = COND_LIMIT[H.dtype]
+    if not summary[5] <= limit:
+        raise ValueError(
+            f"metric is too ill-conditioned to certify in {H.dtype}: estimated condition number "
+            f"{summary[5]:.3e} > {limit:.1e} (a lower bound from its Cholesky factor and one inverse "
+            "iteration); expected a better-conditioned metric (add damping, or use float64)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -572,35 +558,46 @@ def trust_region_step(
     strict: bool = False,
 ) -> StepResult:
     """Functional form of :class:`TrustRegionStep` (same arguments); returns a :class:`StepResult`."""
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {list(SOLVERS)}, got {solver!r}")
-    g2, A3, b2, batched = _normalise_inputs(g, A, b)
-    check_solver(solver, A3.shape[1])
-    kind, metric_obj, tensors, metric_checks = _normalise_metric(metric, g2, batched)
-    d = _check_delta(delta, g2)
-    gmax, amax = _run_checks(g2, A3, b2, tensors[0] if kind == "dense" else None, metric_checks)
-    need_grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (g2, A3, b2, d, *tensors) if isinstance(t, Tensor)
-    )
-    rec = _Record(kind, solver, metric_obj, cg_iters, cg_tol, strict, need_grad)
-    rec.maxima = (gmax, amax)
-    if kind == "operator":
-        rec.counts = [len(mt.tensors) for mt in metric_obj]
-    x = _TrustRegionFunction.apply(g2, A3, b2, d, rec, *tensors)
-    state = rec.state
+    x, rec, batched = _step(g, A, b, metric, delta, solver, cg_iters, cg_tol, strict)
+    state, sc = rec.state, rec.scales
     # the caller's units (C the column scales, h the metric's): x = H_s^-1 (c0 g - cA A'nu_s) / lam_s
     # gives lam = h lam_s / c0, nu = cA nu_s / c0; x = H_s^-1 G_s w_s = H^-1 G (C w_s / h) gives
     # w = C w_s / h, and K = h C^-1 K_s C^-1
-    col, h = rec.col_scale, rec.h_scale
+    m = state.nu.shape[1]
+    col = torch.cat([sc[:, :1], sc[:, 1:2].expand(-1, m)], 1)
     lam = state.lam / col[:, 0]
     nu = state.nu * (col[:, 1:] / col[:, :1])
     w = state.w * col
     K = rec.K / (col.unsqueeze(2) * col.unsqueeze(1))
-    if h is not None:
+    if rec.kind == "dense":
+        h = sc[:, 2]
         lam, w, K = lam * h, w / h.unsqueeze(1), K * h[:, None, None]
     if batched:
         return StepResult(x, lam, nu, state.cases, rec.cg_residuals, w, K, state.solvers)
     return StepResult(x[0], lam[0], nu[0], state.cases[0], rec.cg_residuals, w[0], K[0], state.solvers[0])
+
+
+def _step(
+    g: Any, A: Any, b: Any, metric: Any, delta: Any, solver: Any, cg_iters: int, cg_tol: float, strict: bool
+) -> tuple[Tensor, _Record, bool]:
+    """The step ``(B, n)``, the forward's record and whether the input was batched."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {list(SOLVERS)}, got {solver!r}")
+    g2, A3, b2, batched = _normalise_inputs(g, A, b)
+    check_solver(solver, A3.shape[1])
+    kind, metric_obj, tensors = _normalise_metric(metric, g2, batched)
+    d = _check_delta(delta, g2)
+    need_grad = torch.is_grad_enabled() and (
+        g2.requires_grad
+        or A3.requires_grad
+        or b2.requires_grad
+        or d.requires_grad
+        or any(t.requires_grad for t in tensors)
+    )
+    rec = _Record(kind, solver, metric_obj, cg_iters, cg_tol, strict, need_grad)
+    if kind == "operator":
+        rec.counts = [len(mt.tensors) for mt in metric_obj]
+    return _TrustRegionFunction.apply(g2, A3, b2, d, rec, *tensors), rec, batched
 
 
 class TrustRegionStep(nn.Module):
@@ -689,7 +686,10 @@ class TrustRegionStep(nn.Module):
         b: Tensor | float | None = None,
         metric: Tensor | Metric | None = None,
     ) -> Tensor:
-        return self.solve(g, A, b, metric).x
+        x, _, batched = _step(
+            g, A, b, metric, self.delta, self.solver, self.cg_iters, self.cg_tol, self.strict
+        )
+        return x if batched else x[0]
 
     def extra_repr(self) -> str:
         d = float(self.delta) if isinstance(self.delta, Tensor) else self.delta

@@ -31,6 +31,7 @@ from difftrust.active_set import (
     NOT_CERTIFIED,
     active_set_vjp,
     active_set_vjp_numpy,
+    active_set_vjp_python,
     solve_active_set,
     solve_active_set_numpy,
     solve_active_set_python,
@@ -106,13 +107,17 @@ def reduced_forward(K: Tensor, b: Tensor, delta: Tensor, solver: str, need_grad:
     backend = ENUMERATION_BACKEND
     if backend == "auto":
         backend = "numpy" if K.device.type == "cpu" else "torch"
-    if use_enum and backend == "numpy":
-        if B == 1:  # one problem: Python floats, no array overhead
-            sol = solve_active_set_python(K[0].tolist(), b[0].tolist(), float(delta[0]))
-        else:
-            sol = solve_active_set_numpy(
-                *(t.detach().double().numpy() for t in (K, b, delta)), with_jacobian=need_grad
-            )
+    if use_enum and backend == "numpy" and B == 1:  # one problem: Python floats, no array overhead
+        sol = solve_active_set_python(K.tolist()[0], b.tolist()[0], delta.tolist()[0])
+        code = sol["code"][0]
+        todo = [0] if code == NOT_CERTIFIED else []
+        wln = torch.tensor([sol["w"][0] + sol["lam"] + sol["nu"][0]], dtype=K.dtype)
+        w, lam, nu = wln[:, :m1], wln[:, m1], wln[:, m1 + 1 :]
+        cases, solvers = [CASE_NAMES.get(code, "")], ["active-set"]
+    elif use_enum and backend == "numpy":
+        sol = solve_active_set_numpy(
+            *(t.detach().double().numpy() for t in (K, b, delta)), with_jacobian=need_grad
+        )
         codes = sol["code"].tolist()
         todo = [i for i, c in enumerate(codes) if c == NOT_CERTIFIED]
         w, lam, nu = (torch.from_numpy(sol[k]).to(K.dtype) for k in ("w", "lam", "nu"))
@@ -149,18 +154,20 @@ def reduced_vjp(state: ReducedBatch, wbar: Tensor) -> tuple[Tensor, Tensor, Tens
     """``(Kbar (B, m+1, m+1), bbar (B, m), deltabar (B,))`` of :func:`reduced_forward` at ``wbar``."""
     B, m1 = wbar.shape
     sol = state.active
-    usable = isinstance(sol, dict) and (
-        sol["jinv"] is not None or ("jacobian_args" in sol and int(sol["code"][0]) != NOT_CERTIFIED)
-    )
-    if usable:
+    if isinstance(sol, dict) and "jacobian_args" in sol:  # one problem in Python floats
+        if sol["code"][0] == NOT_CERTIFIED:  # left to the fallback (filled in below)
+            Kbar = wbar.new_zeros(B, m1, m1)
+            bbar, dbar = wbar.new_zeros(B, m1 - 1), wbar.new_zeros(B)
+        else:
+            Kb, bb, db = active_set_vjp_python(sol, wbar.tolist()[0])
+            flat = torch.tensor([[v for row in Kb for v in row] + bb + [db]], dtype=wbar.dtype)
+            Kbar, bbar, dbar = flat[:, : m1 * m1].view(B, m1, m1), flat[:, m1 * m1 : -1], flat[:, -1]
+    elif isinstance(sol, dict) and sol["jinv"] is not None:
         out = active_set_vjp_numpy(state.active, wbar.detach().double().cpu().numpy())
         Kbar, bbar, dbar = (torch.from_numpy(a).to(wbar.dtype) for a in out)
-    elif isinstance(state.active, dict):  # a single problem left to the fallback (filled in below)
-        Kbar = wbar.new_zeros(B, m1, m1)
-        bbar, dbar = wbar.new_zeros(B, m1 - 1), wbar.new_zeros(B)
-    elif state.active is not None:
-        Kbar, bbar, dbar = (t.to(wbar.dtype) for t in active_set_vjp(state.active, wbar.double()))
-    else:
+    elif sol is not None and not isinstance(sol, dict):
+        Kbar, bbar, dbar = (t.to(wbar.dtype) for t in active_set_vjp(sol, wbar.double()))
+    else:  # no enumeration, or a batch without its Jacobian: all left to the fallback below
         Kbar = wbar.new_zeros(B, m1, m1)
         bbar, dbar = wbar.new_zeros(B, m1 - 1), wbar.new_zeros(B)
     if state.fallback:
