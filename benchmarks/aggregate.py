@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from benchmarks.sweep import ROOT, RUN_KEYS, Spec, is_finished, load_spec, plan
 
@@ -46,20 +47,10 @@ OMNISAFE_COLUMNS = ("env", "method", "seed", "env_steps", "ep_ret", "ep_cost")
 def stratified_bootstrap_ci(
     scores: np.ndarray, reps: int = 2000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float, float]:
-    """Mean of a (seeds, tasks) score matrix and its percentile bootstrap interval.
-
-    Each replicate draws, for every task column independently, as many seeds as there are with
-    replacement, and takes the mean of the resampled matrix.
-
-    Args:
-        scores: finite scores, shape (seeds, tasks) (a 1-D array is one task).
-        reps: bootstrap replicates.
-        level: coverage of the interval, in (0, 1).
-        seed: seed of the resampling.
-
-    Returns:
-        (mean, low, high).
-    """
+    """(mean, low, high): the mean of finite ``scores`` (seeds, tasks) (1-D: one task) and its
+    percentile interval of coverage ``level`` over ``reps`` replicates (resampling seeded by
+    ``seed``), each drawing, for every task column independently, as many seeds as there are with
+    replacement and taking the mean of the resampled matrix."""
     x = np.asarray(scores, dtype=float)
     x = x[:, None] if x.ndim == 1 else x
     if x.ndim != 2 or x.size == 0 or not np.isfinite(x).all():
@@ -75,24 +66,18 @@ def stratified_bootstrap_ci(
 
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) -> None:
     """Rows to CSV (``columns``, else the union of the rows' keys); floats to 6 significant digits."""
-    if columns is None:
-        columns = tuple(dict.fromkeys(k for r in rows for k in r))
+    columns = columns or tuple(dict.fromkeys(k for r in rows for k in r))
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
-        for r in rows:
-            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()})
+        writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
     """A CSV file as a list of dicts."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-def _flat(value: Any) -> Any:
-    return " ".join(map(str, value)) if isinstance(value, list | tuple) else value
 
 
 def limits_of(config: dict[str, Any], channels: list[str]) -> list[float]:
@@ -111,13 +96,14 @@ def is_within(row: dict[str, Any], channels: list[str], limits: list[float]) -> 
     return all(float(row[f"cost_{c}"]) <= lim for c, lim in zip(channels, limits, strict=True))
 
 
+def _channels(row: dict[str, Any]) -> list[str]:
+    return [c[5:] for c in row if c.startswith("cost_") and c != "cost_limit"]
+
+
 def load_runs(spec: Spec) -> list[dict[str, Any]]:
     """The spec's finished runs: settings, timings and their rows (adaptation, evaluation, progress)."""
-    timings = (
-        json.loads((spec.sweep_dir / "timings.json").read_text())
-        if (spec.sweep_dir / "timings.json").is_file()
-        else {}
-    )
+    path = spec.sweep_dir / "timings.json"
+    timings = json.loads(path.read_text()) if path.is_file() else {}
     found = []
     for run in plan(spec):
         run_dir = spec.sweep_dir / run.name
@@ -126,14 +112,15 @@ def load_runs(spec: Spec) -> list[dict[str, Any]]:
         config = json.loads((run_dir / "config.json").read_text())
         progress = read_csv(run_dir / "progress.csv") if (run_dir / "progress.csv").is_file() else []
         tag = {"run": run.name, "env": run.env, "method": run.method, "seed": run.seed}
-        entry = {**tag, "config": config, "progress": progress, "rows": []}
-        entry["timing"] = timings.get(run.name, {})
+        entry = tag | {
+            "config": config,
+            "progress": progress,
+            "rows": [],
+            "timing": timings.get(run.name, {}),
+        }
         for source, label in (("adaptation", "adapt"), ("evaluation", "eval")):
-            path = run_dir / f"{source}.csv"
-            rows = read_csv(path) if path.is_file() else []
-            channels = [
-                c[5:] for c in (rows[0] if rows else {}) if c.startswith("cost_") and c != "cost_limit"
-            ]
+            rows = read_csv(run_dir / f"{source}.csv") if (run_dir / f"{source}.csv").is_file() else []
+            channels = _channels(rows[0]) if rows else []
             limits = limits_of(config, channels)
             for r in rows:
                 keep = {k: r[k] for k in ("task_id", "adapt_step", "ep_ret", "ep_cost") if k in r}
@@ -147,47 +134,40 @@ def load_runs(spec: Spec) -> list[dict[str, Any]]:
 
 def settings_table(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per run: every setting of its config.json, then its wall time and sessions."""
+    flat = lambda v: " ".join(map(str, v)) if isinstance(v, list | tuple) else v
     rows = []
     for run in found:
-        settings = {k: _flat(v) for k, v in run["config"].items() if k not in RUN_KEYS}
-        timing = {"wall_s": run["timing"].get("wall_s", ""), "sessions": run["timing"].get("sessions", "")}
+        settings = {k: flat(v) for k, v in run["config"].items() if k not in RUN_KEYS}
+        timing = {k: run["timing"].get(k, "") for k in ("wall_s", "sessions")}
         rows.append({"run": run["run"], "method": run["method"], **settings, **timing})
     return rows
 
 
-def _judged(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(before, after) rows of one run: the evaluation batches if any, else the adaptation batches."""
-    source = "eval" if any(r["source"] == "eval" for r in rows) else "adapt"
-    mine = [r for r in rows if r["source"] == source]
-    steps = sorted({int(r["adapt_step"]) for r in mine})
-    return [r for r in mine if int(r["adapt_step"]) == steps[0]], [
-        r for r in mine if int(r["adapt_step"]) == steps[-1]
-    ]
+def first_and_last(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], ...]:
+    """The rows of the first and of the last adaptation step."""
+    steps = sorted({int(r["adapt_step"]) for r in rows})
+    return tuple([r for r in rows if int(r["adapt_step"]) == step] for step in (steps[0], steps[-1]))
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float:
+    return float(np.mean([float(r[key]) for r in rows]))
 
 
 def meta_runs_table(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The fixed per-run shape of rl.meta_cpo sweeps (``PAPER_COLUMNS``)."""
+    """The fixed per-run shape of rl.meta_cpo sweeps (``PAPER_COLUMNS``), judged on the evaluation
+    batches if the run has them, else on the adaptation batches."""
     table = []
     for run in found:
-        cfg = run["config"]
-        before, after = _judged(run["rows"])
+        cfg, rows = run["config"], run["rows"]
+        source = "eval" if any(r["source"] == "eval" for r in rows) else "adapt"
+        before, after = first_and_last([r for r in rows if r["source"] == source])
         meta_steps = int(float(run["progress"][-1]["env_steps"])) if run["progress"] else 0
-        adapt_batch = cfg.get("adapt_batch_steps") or cfg["batch_steps"]
-        mean = lambda rows, key: float(np.mean([float(r[key]) for r in rows]))  # noqa: E731
-        table.append(
-            {
-                "env": run["env"],
-                "method": run["method"],
-                "seed": run["seed"],
-                "meta_iterations": len(run["progress"]),
-                "env_steps": meta_steps + int(cfg["adapt_steps"]) * int(adapt_batch),
-                "ret_before": mean(before, "ep_ret"),
-                "ret_after": mean(after, "ep_ret"),
-                "cost_before": mean(before, "ep_cost"),
-                "cost_after": mean(after, "ep_cost"),
-                "share_within": mean(after, "within"),
-            }
-        )
+        adapt_steps = int(cfg["adapt_steps"]) * int(cfg.get("adapt_batch_steps") or cfg["batch_steps"])
+        entry = {k: run[k] for k in ("env", "method", "seed")}
+        entry |= {"meta_iterations": len(run["progress"]), "env_steps": meta_steps + adapt_steps}
+        entry |= {"ret_before": _mean(before, "ep_ret"), "ret_after": _mean(after, "ep_ret")}
+        entry |= {"cost_before": _mean(before, "ep_cost"), "cost_after": _mean(after, "ep_cost")}
+        table.append(entry | {"share_within": _mean(after, "within")})
     return table
 
 
@@ -195,32 +175,25 @@ def cpo_runs_table(found: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
     """(the fixed per-run shape of rl.cpo sweeps, ``OMNISAFE_COLUMNS``; every progress row tagged)."""
     table, curves = [], []
     for run in found:
-        rows = run["progress"]
+        rows, tag = run["progress"], {k: run[k] for k in ("env", "method", "seed")}
         tail = rows[-max(1, math.ceil(len(rows) / 10)) :]
-        table.append(
-            {
-                "env": run["env"],
-                "method": run["method"],
-                "seed": run["seed"],
-                "env_steps": int(float(rows[-1]["env_steps"])),
-                "ep_ret": float(np.mean([float(r["ep_ret"]) for r in tail])),
-                "ep_cost": float(np.mean([float(r["ep_cost"]) for r in tail])),
-            }
-        )
+        final = {"env_steps": int(float(rows[-1]["env_steps"]))}
+        table.append(tag | final | {k: _mean(tail, k) for k in ("ep_ret", "ep_cost")})
         keys = ("iteration", "env_steps", "ep_ret", "ep_cost")
-        for r in rows:
-            costs = {k: r[k] for k in r if k.startswith("cost_")}
-            curves.append({k: run[k] for k in ("env", "method", "seed")} | {k: r[k] for k in keys} | costs)
+        curves += [
+            tag | {k: r[k] for k in keys} | {k: r[k] for k in r if k.startswith("cost_")} for r in rows
+        ]
     return table, curves
 
 
 def _matrix(rows: list[dict[str, Any]], key: str) -> np.ndarray:
-    """Scores as (seeds, tasks): the task ids every seed has, in order."""
+    """Scores as (seeds, tasks): the task ids every seed has, in order (numbers as numbers: 2 < 10)."""
     by_seed: dict[Any, dict[Any, float]] = defaultdict(dict)
     for r in rows:
         by_seed[r["seed"]][r.get("task_id", 0)] = float(r[key])
-    tasks = sorted(set.intersection(*(set(t) for t in by_seed.values())), key=str)
-    return np.array([[by_seed[s][t] for t in tasks] for s in sorted(by_seed, key=str)])
+    order = lambda v: (0, int(v), "") if str(v).isdigit() else (1, 0, str(v))
+    tasks = sorted(set.intersection(*(set(t) for t in by_seed.values())), key=order)
+    return np.array([[by_seed[s][t] for t in tasks] for s in sorted(by_seed, key=order)])
 
 
 def summarize(rows: list[dict[str, Any]], keys: tuple[str, ...], by: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -231,12 +204,10 @@ def summarize(rows: list[dict[str, Any]], keys: tuple[str, ...], by: tuple[str, 
     out = []
     for group, members in groups.items():
         entry: dict[str, Any] = dict(zip(by, group, strict=True))
-        first = _matrix(members, keys[0])
-        entry["seeds"], entry["tasks"] = first.shape
+        entry["seeds"], entry["tasks"] = _matrix(members, keys[0]).shape
         for key in keys:
-            entry[key], entry[f"{key}_low"], entry[f"{key}_high"] = stratified_bootstrap_ci(
-                _matrix(members, key)
-            )
+            stats = stratified_bootstrap_ci(_matrix(members, key))
+            entry |= dict(zip((key, f"{key}_low", f"{key}_high"), stats, strict=True))
         out.append(entry)
     return out
 
@@ -244,87 +215,79 @@ def summarize(rows: list[dict[str, Any]], keys: tuple[str, ...], by: tuple[str, 
 def adaptation_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per env, method and adaptation step (adaptation batches; eval-before/eval-after: evaluation)."""
     tagged = [{**r, "step": r["adapt_step"]} for r in rows if r["source"] == "adapt"]
-    for key in {(r["env"], r["method"], r["seed"]) for r in rows if r["source"] == "eval"}:
-        mine = [r for r in rows if r["source"] == "eval" and (r["env"], r["method"], r["seed"]) == key]
-        steps = sorted({int(r["adapt_step"]) for r in mine})
-        for label, step in (("eval-before", steps[0]), ("eval-after", steps[-1])):
-            tagged += [{**r, "step": label} for r in mine if int(r["adapt_step"]) == step]
+    evaluations: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in (r for r in rows if r["source"] == "eval"):
+        evaluations[r["env"], r["method"], r["seed"]].append(r)
+    for before, after in map(first_and_last, evaluations.values()):
+        tagged += [{**r, "step": "eval-before"} for r in before] + [
+            {**r, "step": "eval-after"} for r in after
+        ]
     return summarize(tagged, ("ep_ret", "ep_cost", "within"), ("env", "method", "step"))
 
 
-def plot_adaptation(summary: list[dict[str, Any]], out: Path) -> None:
-    """adaptation.png (return and cost per adaptation step, 95 % bands) and share_within.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    envs = sorted({s["env"] for s in summary})
-    methods = list(dict.fromkeys(s["method"] for s in summary))
-    fig, axes = plt.subplots(2, len(envs), figsize=(5 * len(envs), 6), squeeze=False)
-    fig2, axes2 = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.5), squeeze=False)
+def _plot_bands(curves: dict[tuple[str, str], tuple[list, dict]], xlabel: str, cost: str, path: Path) -> None:
+    """Return and cost against x of every (env, method): ``(x, {key: (mean, low, high)})``, a line
+    and its 95 % band per method, one column of panels per env."""
+    envs, methods = sorted({e for e, _ in curves}), list(dict.fromkeys(m for _, m in curves))
+    fig = Figure(figsize=(5 * len(envs), 6), layout="tight")
+    axes = fig.subplots(2, len(envs), squeeze=False)
+    for (env, method), (x, series) in curves.items():
+        i = methods.index(method)
+        for ax, key in zip(axes[:, envs.index(env)], ("ep_ret", "ep_cost"), strict=True):
+            ax.plot(x, series[key][0], color=f"C{i}", label=method)
+            ax.fill_between(x, series[key][1], series[key][2], color=f"C{i}", alpha=0.2)
     for j, env in enumerate(envs):
-        for i, method in enumerate(methods):
-            pts = [s for s in summary if s["env"] == env and s["method"] == method]
-            curve = sorted((int(s["step"]), s) for s in pts if str(s["step"]).isdigit())
-            steps = [k for k, _ in curve]
-            for ax, key in zip(axes[:, j], ("ep_ret", "ep_cost"), strict=True):
-                ax.plot(steps, [s[key] for _, s in curve], color=f"C{i}", label=method)
-                ax.fill_between(
-                    steps, [s[f"{key}_low"] for _, s in curve], [s[f"{key}_high"] for _, s in curve],
-                    color=f"C{i}", alpha=0.2,
-                )  # fmt: skip
-            final = next((s for s in pts if s["step"] == "eval-after"), curve[-1][1] if curve else None)
-            if final is not None:
-                err = [[final["within"] - final["within_low"]], [final["within_high"] - final["within"]]]
-                axes2[0, j].bar(i, final["within"], yerr=err, color=f"C{i}", capsize=4)
-        axes[0, j].set_title(env)
-        axes[1, j].set_xlabel("adaptation step")
-        axes[0, j].set_ylabel("episode return")
-        axes[1, j].set_ylabel("episode cost (total)")
-        axes2[0, j].set_xticks(range(len(methods)), methods, rotation=20)
-        axes2[0, j].set_ylim(0, 1)
-        axes2[0, j].set_title(f"{env}: share of test tasks within the limit")
+        axes[0, j].set(title=env, ylabel="episode return")
+        axes[1, j].set(xlabel=xlabel, ylabel=cost)
     axes[0, 0].legend(fontsize=8)
-    for f, name in ((fig, "adaptation.png"), (fig2, "share_within.png")):
-        f.tight_layout()
-        f.savefig(out / name, dpi=110)
-        plt.close(f)
+    fig.savefig(path, dpi=110)
+
+
+def plot_adaptation(summary: list[dict[str, Any]], out: Path) -> None:
+    """adaptation.png (return and cost per adaptation step, 95 % bands) and share_within.png (after
+    adaptation: on the evaluation batches where there are some)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for s in summary:
+        groups[s["env"], s["method"]].append(s)
+    curves, finals = {}, {}
+    for key, pts in groups.items():
+        curve = sorted((s for s in pts if str(s["step"]).isdigit()), key=lambda s: int(s["step"]))
+        series = {
+            k: [[s[k + end] for s in curve] for end in ("", "_low", "_high")] for k in ("ep_ret", "ep_cost")
+        }
+        curves[key] = ([int(s["step"]) for s in curve], series)
+        finals[key] = next((s for s in pts if s["step"] == "eval-after"), curve[-1] if curve else None)
+    _plot_bands(curves, "adaptation step", "episode cost (total)", out / "adaptation.png")
+    envs, methods = sorted({e for e, _ in groups}), list(dict.fromkeys(m for _, m in groups))
+    fig = Figure(figsize=(5 * len(envs), 3.5), layout="tight")
+    axes = fig.subplots(1, len(envs), squeeze=False)[0]
+    for (env, method), s in finals.items():
+        if s is not None:
+            i = methods.index(method)
+            err = [[s["within"] - s["within_low"]], [s["within_high"] - s["within"]]]
+            axes[envs.index(env)].bar(i, s["within"], yerr=err, color=f"C{i}", capsize=4)
+    for ax, env in zip(axes, envs, strict=True):
+        ax.set_xticks(range(len(methods)), methods, rotation=20)
+        ax.set(ylim=(0, 1), title=f"{env}: share of test tasks within the limit")
+    fig.savefig(out / "share_within.png", dpi=110)
 
 
 def plot_curves(curves: list[dict[str, Any]], out: Path) -> None:
     """curves.png: return and cost per env step, mean over seeds with a 95 % band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    envs = sorted({c["env"] for c in curves})
-    methods = list(dict.fromkeys(c["method"] for c in curves))
-    fig, axes = plt.subplots(2, len(envs), figsize=(5 * len(envs), 6), squeeze=False)
-    for j, env in enumerate(envs):
-        for i, method in enumerate(methods):
-            mine = [
-                {**c, "task_id": c["iteration"]} for c in curves if c["env"] == env and c["method"] == method
-            ]
-            if not mine:
-                continue
-            for ax, key in zip(axes[:, j], ("ep_ret", "ep_cost"), strict=True):
-                scores = _matrix(mine, key)  # seeds x iterations: a band per iteration over seeds
-                steps = _matrix(mine, "env_steps")[0]
-                bands = np.array(
-                    [stratified_bootstrap_ci(scores[:, t], reps=500) for t in range(scores.shape[1])]
-                )
-                ax.plot(steps, bands[:, 0], color=f"C{i}", label=method)
-                ax.fill_between(steps, bands[:, 1], bands[:, 2], color=f"C{i}", alpha=0.2)
-        axes[0, j].set_title(env)
-        axes[1, j].set_xlabel("env steps")
-        axes[0, j].set_ylabel("episode return")
-        axes[1, j].set_ylabel("episode cost")
-    axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=110)
-    plt.close(fig)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for c in curves:
+        groups[c["env"], c["method"]].append({**c, "task_id": c["iteration"]})  # seeds x iterations
+    bands = {}
+    for key, mine in groups.items():
+        ci = {
+            k: [stratified_bootstrap_ci(col, reps=500) for col in _matrix(mine, k).T]
+            for k in ("ep_ret", "ep_cost")
+        }
+        bands[key] = (
+            list(_matrix(mine, "env_steps")[0]),
+            {k: list(zip(*v, strict=True)) for k, v in ci.items()},
+        )
+    _plot_bands(bands, "env steps", "episode cost", out / "curves.png")
 
 
 def aggregate_spec(spec: Spec, out: Path | None = None, plots: bool = True) -> Path:
@@ -333,7 +296,6 @@ def aggregate_spec(spec: Spec, out: Path | None = None, plots: bool = True) -> P
     found = load_runs(spec)
     if not found:
         raise ValueError(f"{spec.sweep_dir}: no finished run of spec {spec.name!r} yet")
-    out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "settings.csv", settings_table(found))
     if spec.program == "rl.meta_cpo":
         rows = [r for run in found for r in run["rows"]]
@@ -367,15 +329,12 @@ def aggregate_rows(
     if (channel_limit is None) == (total_limit is None):
         raise ValueError(f"give one of channel_limit and total_limit, got {channel_limit} and {total_limit}")
     rows = []
-    for path in paths:
-        for r in read_csv(path):
-            if total_limit is not None:
-                within = float(r["ep_cost"]) <= total_limit
-            else:
-                channels = [c[5:] for c in r if c.startswith("cost_") and c != "cost_limit"]
-                within = is_within(r, channels, [channel_limit] * len(channels))
-            rows.append({**r, "env": r.get("env", env), "source": "adapt", "within": int(within)})
-    out.mkdir(parents=True, exist_ok=True)
+    for r in (r for path in paths for r in read_csv(path)):
+        if total_limit is not None:
+            within = float(r["ep_cost"]) <= total_limit
+        else:
+            within = is_within(r, _channels(r), [channel_limit] * len(_channels(r)))
+        rows.append({**r, "env": r.get("env", env), "source": "adapt", "within": int(within)})
     summary = adaptation_summary(rows)
     write_csv(out / "summary.csv", summary)
     if plots:
@@ -387,33 +346,23 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m benchmarks.aggregate``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("spec", nargs="?", help="a spec file (benchmarks/specs/*.toml)")
-    parser.add_argument("--out", default=None, help="output folder (default: the spec's [output] dir)")
-    parser.add_argument("--rows", nargs="+", default=None, help="committed per-task tables instead of a spec")
+    parser.add_argument("--out", type=Path, help="output folder (default: the spec's [output] dir)")
+    parser.add_argument("--rows", nargs="+", type=Path, help="committed per-task tables instead of a spec")
     parser.add_argument("--channel-limit", type=float, default=None, help="with --rows: limit per channel")
     parser.add_argument("--total-limit", type=float, default=None, help="with --rows: limit on the total")
     parser.add_argument("--env", default="safenav-button", help="with --rows: env of tables without one")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     args = parser.parse_args(argv)
-    if args.rows:
-        if (args.channel_limit is None) == (args.total_limit is None) or args.out is None:
-            parser.error("--rows needs --out and one of --channel-limit and --total-limit")
-        out = aggregate_rows(
-            [Path(p) for p in args.rows],
-            Path(args.out),
-            args.env,
-            args.channel_limit,
-            args.total_limit,
-            not args.no_plots,
-        )
-    elif args.spec:
-        try:
-            out = aggregate_spec(
-                load_spec(args.spec), Path(args.out) if args.out else None, not args.no_plots
-            )
-        except ValueError as err:
-            parser.error(str(err))
-    else:
-        parser.error("give a spec file or --rows")
+    if bool(args.rows) == bool(args.spec) or (args.rows and args.out is None):
+        parser.error("give a spec file, or --rows with --out and one of --channel-limit and --total-limit")
+    try:
+        if args.rows:
+            limits = (args.channel_limit, args.total_limit)
+            out = aggregate_rows(args.rows, args.out, args.env, *limits, plots=not args.no_plots)
+        else:
+            out = aggregate_spec(load_spec(args.spec), args.out, not args.no_plots)
+    except ValueError as err:
+        parser.error(str(err))
     print(f"tables written to {out}")
 
 

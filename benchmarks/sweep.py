@@ -7,9 +7,8 @@ A spec is a TOML file committed in ``benchmarks/specs/``::
     seeds = [0, 1, 2]
     methods = ["meta-cpo", "meta-trpo"]   # rl.meta_cpo algos, or a [methods.<name>] table of settings
     jobs = 1                         # runs at a time (nice = 10: their niceness; runs_dir: not runs/sweeps)
-    [base]                           # settings of every run (the program's options, as in its
-                                     # config.json; "none" for null: rl.cpo's cost_limit = "none" is TRPO)
-    iterations = 40
+    [base]                           # settings of every run, the program's options as in its config.json
+    iterations = 40                  # ("none" for null: rl.cpo's cost_limit = "none" is TRPO)
     [meta_test]                      # rl.meta_cpo meta-test options (a re-test may change only these)
     adapt_batch_steps = 32000
     [retest]
@@ -17,18 +16,17 @@ A spec is a TOML file committed in ``benchmarks/specs/``::
     [output]
     dir = "benchmarks/results/adaptation"   # where benchmarks.aggregate writes tables and plots
 
-Each run is ``python -m <program>`` in its own folder ``runs/sweeps/<spec>/<env>-<method>-seed<S>/``
-(git-ignored), niced, with one thread. The program's defaults are pinned in ``settings.json`` of the
-sweep folder when its first run starts, so a later change of a default never mixes settings within
-one sweep; every run's full settings are in its ``config.json``. A run that finished (rl.meta_cpo:
-``adaptation.csv``; rl.cpo: all iterations in ``progress.csv``) is skipped, a started one continues
-with ``--resume`` (its folder pins its settings: delete the folder to start it with changed ones;
-raising an rl.cpo spec's ``steps`` extends its finished runs). A lock file keeps a second runner out; wall seconds per run go to
-``timings.json``. Stop with Ctrl-C or SIGTERM: the runs are stopped at their last checkpoint.
-::
+Each run is ``python -m <program>`` in its own folder ``<runs_dir>/<spec>/<env>-<method>-seed<S>/``,
+niced, with one thread. The program's defaults are pinned in the sweep folder's ``settings.json``
+when its first run starts (a later change of a default never mixes settings within a sweep); a
+run's full settings are in ``configs/<run>.json`` and its ``config.json``. A finished run
+(rl.meta_cpo: ``adaptation.csv``; rl.cpo: every iteration of ``steps`` in ``progress.csv``) is
+skipped, a started one continues with ``--resume`` (its folder pins its settings; raising an
+rl.cpo spec's ``steps`` extends its finished runs). A lock file keeps a second runner out; wall
+seconds per run go to ``timings.json``; Ctrl-C or SIGTERM stops the runs at their last checkpoint::
 
     nice -n 10 .venv/bin/python -m benchmarks.sweep benchmarks/specs/adaptation.toml --jobs 2
-    .venv/bin/python -m benchmarks.sweep benchmarks/specs/paper.toml --dry-run   # the plan only
+    .venv/bin/python -m benchmarks.sweep adaptation --dry-run   # the plan and the state of each run
 """
 
 from __future__ import annotations
@@ -47,14 +45,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rl.cpo import CPOConfig
+from rl.meta_cpo import ALGOS, MetaCPOConfig
+
 ROOT = Path(__file__).resolve().parents[1]
-PROGRAMS = ("rl.meta_cpo", "rl.cpo")
-SPEC_KEYS = ("program", "envs", "seeds", "methods", "jobs", "nice", "runs_dir", "base", "meta_test", "retest")
-SPEC_KEYS += ("output", "note")
+CONFIGS = {"rl.meta_cpo": MetaCPOConfig, "rl.cpo": CPOConfig}
+SPEC_KEYS = ("program", "envs", "seeds", "methods", "jobs", "nice", "runs_dir", "base", "meta_test")
+SPEC_KEYS += ("retest", "output", "note")
 #: Config keys that say how a run runs, not what it computes (never pinned, never compared).
 RUN_KEYS = ("out", "resume", "progress", "tensorboard", "threads", "backend", "workers", "ray_address")
 RUN_KEYS += ("max_retries", "checkpoint_every", "keep_checkpoints", "num_workers", "config", "wandb")
 META_TEST_KEYS = ("test_tasks", "adapt_steps", "adapt_confidence", "adapt_batch_steps", "eval_steps")
+#: How the runner runs a program unless the spec says otherwise (a bool: --no-<flag>).
+HOW_TO_RUN = {"threads": "1", "backend": "serial", "progress": False, "tensorboard": False}
+THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @dataclass
@@ -99,79 +103,61 @@ def _check_keys(where: str, keys: Any, valid: tuple[str, ...] | set[str]) -> Non
 
 
 def program_defaults(program: str, run_keys: bool = False) -> dict[str, Any]:
-    """The settings of a program's config dataclass at their defaults (``run_keys``: with the
-    keys that say how a run runs, except out and resume, which the runner sets)."""
-    if program == "rl.meta_cpo":
-        from rl.meta_cpo import MetaCPOConfig as Config
-    else:
-        from rl.cpo import CPOConfig as Config
+    """The settings of a program's config at their defaults (``run_keys``: with the keys that say
+    how a run runs, except out and resume, which the runner sets)."""
     dropped = ("out", "resume") if run_keys else RUN_KEYS
-    return {k: v for k, v in asdict(Config()).items() if k not in dropped}
+    return {k: v for k, v in asdict(CONFIGS[program]()).items() if k not in dropped}
 
 
 def load_spec(path: str | Path) -> Spec:
-    """Read and check a spec file, or a committed spec by name (see the module docstring for its keys)."""
+    """Read and check a spec file, or a committed spec by name (its keys: the module docstring)."""
     path = Path(path)
-    if not path.is_file() and (ROOT / "benchmarks" / "specs" / f"{path}.toml").is_file():
-        path = ROOT / "benchmarks" / "specs" / f"{path}.toml"  # a committed spec by name
+    committed = ROOT / "benchmarks" / "specs" / f"{path}.toml"
+    path = committed if not path.is_file() and committed.is_file() else path
     if not path.is_file():
         raise ValueError(
             f"spec {str(path)!r} is not a file; expected a TOML file such as benchmarks/specs/x.toml"
         )
     raw = tomllib.loads(path.read_text())
-    _check_keys(f"spec {path}", raw, SPEC_KEYS)
+    where = f"spec {path}"
+    _check_keys(where, raw, SPEC_KEYS)
     program = raw.get("program", "rl.meta_cpo")
-    if program not in PROGRAMS:
-        raise ValueError(f"spec {path}: program must be one of {list(PROGRAMS)}, got {program!r}")
-    valid = set(program_defaults(program, run_keys=True))
+    if program not in CONFIGS:
+        raise ValueError(f"{where}: program must be one of {list(CONFIGS)}, got {program!r}")
     methods = raw.get("methods")
     if isinstance(methods, list) and program == "rl.meta_cpo":
         methods = {m: {"algo": m} for m in methods}
     if not isinstance(methods, dict) or not methods:
         raise ValueError(
-            f"spec {path}: methods must be a non-empty table of settings per method "
+            f"{where}: methods must be a non-empty table of settings per method "
             f"(or, for rl.meta_cpo, a list of algos), got {methods!r}"
         )
-    for key in ("base", "meta_test", *(f"methods.{m}" for m in methods)):
-        table = methods[key[8:]] if key.startswith("methods.") else raw.get(key, {})
-        _check_keys(f"spec {path} [{key}]", table, valid)
-    if program == "rl.meta_cpo":
-        from rl.meta_cpo import ALGOS
-
-        bad = {m: s.get("algo") for m, s in methods.items() if s.get("algo", "meta-cpo") not in ALGOS}
-        if bad:
-            raise ValueError(f"spec {path}: algo must be among {list(ALGOS)}, got {bad}")
-    _check_keys(f"spec {path} [meta_test]", raw.get("meta_test", {}), META_TEST_KEYS)
-    if raw.get("meta_test") and program != "rl.meta_cpo":
-        raise ValueError(f"spec {path}: [meta_test] needs program rl.meta_cpo, got {program!r}")
-    seeds, envs = raw.get("seeds"), raw.get("envs")
-    if not seeds or not all(isinstance(s, int) for s in seeds):
-        raise ValueError(f"spec {path}: seeds must be a non-empty list of integers, got {seeds!r}")
-    if not envs or not all(isinstance(e, str) for e in envs):
-        raise ValueError(f"spec {path}: envs must be a non-empty list of env names, got {envs!r}")
+    valid = set(program_defaults(program, run_keys=True))
+    tables = {"base": raw.get("base", {}), "meta_test": raw.get("meta_test", {})}
+    for key, table in {**tables, **{f"methods.{m}": s for m, s in methods.items()}}.items():
+        _check_keys(f"{where} [{key}]", table, valid)
+    bad = {m: s.get("algo") for m, s in methods.items() if s.get("algo", "meta-cpo") not in ALGOS}
+    if program == "rl.meta_cpo" and bad:
+        raise ValueError(f"{where}: algo must be among {list(ALGOS)}, got {bad}")
+    _check_keys(f"{where} [meta_test]", raw.get("meta_test", {}), META_TEST_KEYS)
     retest = raw.get("retest", {})
-    _check_keys(f"spec {path} [retest]", retest, ("from",))
-    if retest and program != "rl.meta_cpo":
-        raise ValueError(f"spec {path}: [retest] needs program rl.meta_cpo, got {program!r}")
-    jobs = raw.get("jobs", 1)
+    _check_keys(f"{where} [retest]", retest, ("from",))
+    for key in ("meta_test", "retest"):
+        if raw.get(key) and program != "rl.meta_cpo":
+            raise ValueError(f"{where}: [{key}] needs program rl.meta_cpo, got {program!r}")
+    seeds, envs, jobs = raw.get("seeds"), raw.get("envs"), raw.get("jobs", 1)
+    if not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ValueError(f"{where}: seeds must be a non-empty list of integers, got {seeds!r}")
+    if not envs or not all(isinstance(e, str) for e in envs):
+        raise ValueError(f"{where}: envs must be a non-empty list of env names, got {envs!r}")
     if not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"spec {path}: jobs must be an integer >= 1, got {jobs!r}")
-    runs_dir = Path(raw["runs_dir"]) if "runs_dir" in raw else ROOT / "runs" / "sweeps"
+        raise ValueError(f"{where}: jobs must be an integer >= 1, got {jobs!r}")
+    runs_dir = ROOT / raw.get("runs_dir", "runs/sweeps")  # an absolute runs_dir stays as it is
     return Spec(
-        name=path.stem,
-        path=path,
-        program=program,
-        envs=list(envs),
-        seeds=list(seeds),
-        methods=methods,
-        base=raw.get("base", {}),
-        meta_test=raw.get("meta_test", {}),
-        retest_from=retest.get("from"),
-        jobs=jobs,
-        nice=int(raw.get("nice", 10)),
-        runs_dir=runs_dir if runs_dir.is_absolute() else ROOT / runs_dir,
-        output=raw.get("output", {}),
-    )
+        name=path.stem, path=path, program=program, envs=list(envs), seeds=list(seeds), methods=methods,
+        base=raw.get("base", {}), meta_test=raw.get("meta_test", {}), retest_from=retest.get("from"),
+        jobs=jobs, nice=int(raw.get("nice", 10)), runs_dir=runs_dir, output=raw.get("output", {}),
+    )  # fmt: skip
 
 
 def plan(spec: Spec) -> list[Run]:
@@ -224,11 +210,9 @@ def command(spec: Spec, run: Run) -> tuple[list[str], str]:
     """(the command that starts or continues ``run``, how: started, resumed or re-tested)."""
     run_dir = spec.sweep_dir / run.name
     head = [sys.executable, "-m", spec.program]
-    how_to_run = {"threads": "1", "backend": "serial", "progress": False, "tensorboard": False}
-    for key, value in how_to_run.items():  # unless the spec sets them
+    for key, value in HOW_TO_RUN.items():
         if key not in run.settings:
-            flag = key.replace("_", "-")
-            head += [f"--{flag}", value] if isinstance(value, str) else [f"--no-{flag}"]
+            head += [f"--{key}", value] if isinstance(value, str) else [f"--no-{key}"]
     if spec.retest_from is not None and not (run_dir / "config.json").is_file():
         source = load_spec(spec.path.parent / f"{spec.retest_from}.toml").sweep_dir / run.name
         if not is_finished(source):
@@ -251,30 +235,9 @@ def command(spec: Spec, run: Run) -> tuple[list[str], str]:
     return [*head, "--config", str(config), "--out", str(run_dir)], "started"
 
 
-def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def _save_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
-def _bar(done: int, total: int, running: int, eta_s: float | None) -> str:
-    filled = round(30 * done / max(total, 1))
-    eta = f", about {eta_s / 60:.0f} min left" if eta_s is not None else ""
-    return f"[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} finished, {running} running{eta}"
-
-
-def run_sweep(spec: Spec, jobs: int | None = None, poll_s: float = 30.0) -> int:
-    """Run every unfinished run of ``spec``; returns the number that failed (or were stopped)."""
-    jobs = jobs or spec.jobs
-    sweep = spec.sweep_dir
-    (sweep / "logs").mkdir(parents=True, exist_ok=True)
+def _lock(sweep: Path):
+    """The sweep's lock file, held (a second runner, or a run of the first, refuses to start)."""
+    sweep.mkdir(parents=True, exist_ok=True)
     lock = open(sweep / ".lock", "a+")  # noqa: SIM115 (held as long as the sweep runs)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -283,37 +246,46 @@ def run_sweep(spec: Spec, jobs: int | None = None, poll_s: float = 30.0) -> int:
         raise RuntimeError(
             f"{sweep}: another runner (or a run it started) holds the lock; wait for it"
         ) from None
-    todo = [r for r in plan(spec) if not is_finished(sweep / r.name, r.settings.get("steps"))]
-    total = len(plan(spec))
-    steps = {r.name: r.settings.get("steps") for r in plan(spec)}
-    timings_path = sweep / "timings.json"
-    timings = _load_json(timings_path)
-    active: dict[str, tuple[subprocess.Popen, float]] = {}
-    failed = 0
-    stopping = False
+    return lock
 
-    def _stop(signum: int, _frame: Any) -> None:
+
+def run_sweep(spec: Spec, jobs: int | None = None, poll_s: float = 30.0) -> int:
+    """Run every unfinished run of ``spec``; returns the number that failed (or were stopped)."""
+    jobs, sweep, runs = jobs or spec.jobs, spec.sweep_dir, plan(spec)
+    lock = _lock(sweep)
+    (sweep / "logs").mkdir(exist_ok=True)
+    finished = lambda run: is_finished(sweep / run.name, run.settings.get("steps"))
+    todo = [r for r in runs if not finished(r)]
+    timings_path = sweep / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    active: dict[str, tuple[Run, subprocess.Popen, float]] = {}
+    failed, stopping = 0, False
+
+    def stop(signum: int, _frame: Any) -> None:
         nonlocal stopping
         stopping = True
-        for child, _ in active.values():
+        for _, child, _ in active.values():
             child.send_signal(signal.SIGTERM)
 
-    old = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-    def _finish(name: str, child: subprocess.Popen, t0: float) -> None:
+    def done(run: Run, child: subprocess.Popen, t0: float) -> None:
         nonlocal failed
-        entry = timings.setdefault(name, {"wall_s": 0.0, "sessions": 0})
+        entry = timings.setdefault(run.name, {"wall_s": 0.0, "sessions": 0})
         entry["wall_s"] = round(entry["wall_s"] + time.time() - t0, 1)
         entry["sessions"] += 1
-        entry["finished"] = is_finished(sweep / name, steps.get(name))
-        _save_json(timings_path, timings)
+        entry["finished"] = finished(run)
+        tmp = timings_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(timings, indent=1, sort_keys=True) + "\n")
+        tmp.replace(timings_path)
         if not entry["finished"]:
             failed += 1
             why = "stopped" if stopping else f"FAILED (exit {child.returncode})"
-            print(f"{name}: {why}; log: {sweep / 'logs' / (name + '.log')}", flush=True)
+            print(f"{run.name}: {why}; log: {sweep / 'logs' / (run.name + '.log')}", flush=True)
 
-    print(f"{spec.name}: {total} runs, {total - len(todo)} finished before, {jobs} at a time, in {sweep}")
+    old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    niceness = lambda: os.setpriority(os.PRIO_PROCESS, 0, max(spec.nice, os.nice(0)))
+    print(
+        f"{spec.name}: {len(runs)} runs, {len(runs) - len(todo)} finished before, {jobs} at a time, in {sweep}"
+    )
     last_line = 0.0
     try:
         while (todo or active) and not (stopping and not active):
@@ -328,35 +300,32 @@ def run_sweep(spec: Spec, jobs: int | None = None, poll_s: float = 30.0) -> int:
                 with open(sweep / "logs" / f"{run.name}.log", "a") as log:
                     log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {how}: {' '.join(cmd)}\n")
                     log.flush()
-                    child = subprocess.Popen(
-                        cmd,
-                        cwd=ROOT,
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        pass_fds=(lock.fileno(),),  # the lock lives as long as the runs do
-                        preexec_fn=lambda: os.setpriority(os.PRIO_PROCESS, 0, max(spec.nice, os.nice(0))),
-                    )
-                active[run.name] = (child, time.time())
+                    child = subprocess.Popen(  # the lock lives as long as the runs do (pass_fds)
+                        cmd, cwd=ROOT, env={**os.environ, **THREAD_ENV}, stdout=log,
+                        stderr=subprocess.STDOUT, pass_fds=(lock.fileno(),), preexec_fn=niceness,
+                    )  # fmt: skip
+                active[run.name] = (run, child, time.time())
                 print(f"{run.name}: {how}", flush=True)
-            for name, (child, t0) in list(active.items()):
+            for name, (run, child, t0) in list(active.items()):
                 if child.poll() is not None:
                     del active[name]
-                    _finish(name, child, t0)
+                    done(run, child, t0)
             if time.time() - last_line >= poll_s or not (todo or active):
-                done = sum(is_finished(sweep / r.name, r.settings.get("steps")) for r in plan(spec))
+                n_done = sum(map(finished, runs))
                 walls = [t["wall_s"] for t in timings.values() if t.get("finished") and t["sessions"] == 1]
-                eta = sum(walls) / len(walls) * (total - done) / jobs if walls else None
-                print(_bar(done, total, len(active), eta), flush=True)
+                left = sum(walls) / max(len(walls), 1) * (len(runs) - n_done) / jobs / 60
+                eta = f", about {left:.0f} min left" if walls else ""
+                bar = "#" * round(30 * n_done / len(runs))
+                print(f"[{bar:.<30}] {n_done}/{len(runs)} finished, {len(active)} running{eta}", flush=True)
                 last_line = time.time()
             time.sleep(0.2)
     finally:
-        for child, _ in active.values():
+        for _, child, _ in active.values():
             child.send_signal(signal.SIGTERM)
-        for name, (child, t0) in active.items():
+        for run, child, t0 in active.values():
             child.wait()
-            _finish(name, child, t0)
-        for s, handler in old.items():
+            done(run, child, t0)
+        for s, handler in old_handlers.items():
             signal.signal(s, handler)
         lock.close()
     return failed
@@ -379,20 +348,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         for run in plan(spec):
             run_dir = spec.sweep_dir / run.name
-            state = (
-                "finished"
-                if is_finished(run_dir, run.settings.get("steps"))
-                else "started"
-                if run_dir.exists()
-                else "new"
-            )
-            print(f"{run.name}: {state}")
+            state = "started" if run_dir.exists() else "new"
+            print(f"{run.name}: {'finished' if is_finished(run_dir, run.settings.get('steps')) else state}")
         return
     try:
-        failed = run_sweep(spec, args.jobs, args.poll)
+        sys.exit(1 if run_sweep(spec, args.jobs, args.poll) else 0)
     except RuntimeError as err:
         sys.exit(str(err))
-    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

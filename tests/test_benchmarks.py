@@ -17,6 +17,7 @@ from benchmarks import common
 from benchmarks.aggregate import (
     OMNISAFE_COLUMNS,
     PAPER_COLUMNS,
+    _matrix,
     aggregate_rows,
     aggregate_spec,
     read_csv,
@@ -262,3 +263,9 @@ def test_meta_iteration_phases_and_amdahl_prediction():
     with meta_iteration.timed_building_blocks(seconds):  # every timed building block still exists
         assert all(getattr(o, n) is not f for (o, n, _), f in zip(meta_iteration.TIMED, originals))
     assert [getattr(owner, name) for owner, name, _ in meta_iteration.TIMED] == originals
+
+
+def test_score_matrix_orders_numbers_as_numbers():
+    # iterations and task ids come from CSV as strings: "10" must follow "9", not "1"
+    rows = [{"seed": s, "task_id": str(t), "x": 10 * s + t} for s in (0, 1) for t in (10, 2, 1, 9)]
+    assert _matrix(rows, "x").tolist() == [[1, 2, 9, 10], [11, 12, 19, 20]]
