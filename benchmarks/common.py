@@ -10,9 +10,7 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,18 +89,6 @@ def speedups(runs: list[dict[str, Any]]) -> None:
 def target(name: str, measured: float, met: bool | None) -> dict[str, Any]:
     """One row of a script's table of targets."""
     return {"target": name, "measured": measured, "met": met}
-
-
-def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median and minimum wall seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    seconds = []
-    for _ in range(positive("repeats", repeats)):
-        t0 = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "repeats": repeats}
 
 
 def _cell(value: Any) -> str:
