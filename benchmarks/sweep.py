@@ -152,11 +152,15 @@ def load_spec(path: str | Path) -> Spec:
         raise ValueError(f"{where}: envs must be a non-empty list of env names, got {envs!r}")
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"{where}: jobs must be an integer >= 1, got {jobs!r}")
-    runs_dir = ROOT / raw.get("runs_dir", "runs/sweeps")  # an absolute runs_dir stays as it is
+    nice, runs_dir = raw.get("nice", 10), raw.get("runs_dir", "runs/sweeps")
+    if not isinstance(nice, int) or not 0 <= nice <= 19:
+        raise ValueError(f"{where}: nice must be an integer from 0 to 19, got {nice!r}")
+    if not isinstance(runs_dir, str):
+        raise ValueError(f"{where}: runs_dir must be a folder name, got {runs_dir!r}")
     return Spec(
         name=path.stem, path=path, program=program, envs=list(envs), seeds=list(seeds), methods=methods,
         base=raw.get("base", {}), meta_test=raw.get("meta_test", {}), retest_from=retest.get("from"),
-        jobs=jobs, nice=int(raw.get("nice", 10)), runs_dir=runs_dir, output=raw.get("output", {}),
+        jobs=jobs, nice=nice, runs_dir=ROOT / runs_dir, output=raw.get("output", {}),  # absolute: as it is
     )  # fmt: skip
 
 
@@ -283,8 +287,9 @@ def run_sweep(spec: Spec, jobs: int | None = None, poll_s: float = 30.0) -> int:
 
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     niceness = lambda: os.setpriority(os.PRIO_PROCESS, 0, max(spec.nice, os.nice(0)))
+    before = len(runs) - len(todo)
     print(
-        f"{spec.name}: {len(runs)} runs, {len(runs) - len(todo)} finished before, {jobs} at a time, in {sweep}"
+        f"{spec.name}: {len(runs)} runs, {before} finished before, {jobs} at a time, in {sweep}", flush=True
     )
     last_line = 0.0
     try:

@@ -125,6 +125,10 @@ def test_spec_errors_name_the_value(tmp_path):
         load_spec(bad)
     with pytest.raises(ValueError, match="not a file"):
         load_spec(tmp_path / "missing.toml")
+    with pytest.raises(ValueError, match="nice must be an integer from 0 to 19, got 'low'"):
+        load_spec(_spec(tmp_path, "bad", TINY_META.replace("jobs = 2", 'jobs = 2\nnice = "low"')))
+    with pytest.raises(ValueError, match="jobs must be an integer >= 1, got 0"):
+        load_spec(_spec(tmp_path, "bad", TINY_META.replace("jobs = 2", "jobs = 0")))
 
 
 def test_committed_specs_load():
