@@ -48,7 +48,7 @@ def steps_per_s(
                 env.reset()
     seconds = time.perf_counter() - t0
     env.close()
-    return steps / seconds, steps, getattr(env, "horizon", None)
+    return steps / seconds, steps, env.horizon if vector else None
 
 
 def reset_s(name: str, count: int, fast_reset: bool) -> float:
