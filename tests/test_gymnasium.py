@@ -11,7 +11,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import rl.envs
-from rl.envs.base import next_observations
+from rl.envs.base import EpisodeVecEnv, SingleEnv, SplitMix64Streams, next_observations
 from rl.envs.registration import GYMNASIUM_IDS
 
 SAFETY_IDS = {i for i, (entry, _) in GYMNASIUM_IDS.items() if "safety_gym" in entry}
@@ -116,3 +116,90 @@ def test_bad_seeds_are_refused():
         env.reset(seed="7")
     with pytest.raises(ValueError, match="seed must be >= 0"):
         env.reset(seed=-1)
+
+
+# ------------------------------------------------------------------ the shared bookkeeping
+class _Line(EpisodeVecEnv):
+    """A toy family on EpisodeVecEnv: a point on a line moved by ``action[0]``; reward is the
+    move, channel ``"far"`` costs 1 beyond |x| > 1, channel ``"push"`` 1 while ``action[1] > 0``;
+    the goal is x > 2; episodes start at a uniform draw of the sub-environment's stream."""
+
+    def __init__(self, num_envs=2, seed=0, horizon=3):
+        low, high = -10 * np.ones(1), 10 * np.ones(1)
+        act = np.ones(2)
+        super().__init__(None, num_envs, seed, horizon, low, high, -act, act, ("far", "push"), "line")
+        self.x = np.zeros(self.num_envs)
+
+    def _reset_envs(self, idx):
+        self.x[idx] = self._streams.uniform(idx, 1)[:, 0]
+
+    def _observe(self, idx=None):
+        return self.x[slice(None) if idx is None else idx, None].copy()
+
+    def _simulate(self, a):
+        self.x = self.x + a[:, 0]
+        costs = {"far": (np.abs(self.x) > 1).astype(float), "push": (a[:, 1] > 0).astype(float)}
+        return a[:, 0].copy(), costs, self.x > 2
+
+
+class _LineEnv(SingleEnv):
+    def __init__(self, seed=None):
+        self._wrap(_Line(num_envs=1, seed=self.random_seed() if seed is None else seed, horizon=3))
+
+
+def test_episode_bookkeeping_of_the_shared_base():
+    env = _Line(num_envs=2, seed=7, horizon=3)
+    with pytest.raises(RuntimeError, match=r"call reset\(\) before step\(\)"):
+        env.step(np.zeros((2, 2)))
+    obs, info = env.reset()
+    start = SplitMix64Streams(2, 7).uniform(np.arange(2), 1)  # sub-env i seeded 7 + i
+    np.testing.assert_array_equal(obs, start)
+    assert info == {} and env.obs_dim == 1 and env.act_dim == 2 and env.cost_channels == ("far", "push")
+    # actions are clipped to [-1, 1]: sub-env 0 moves +1 (asked 5), sub-env 1 moves -0.5
+    obs, reward, terminated, truncated, info = env.step(np.array([[5.0, 1.0], [-0.5, -1.0]]))
+    np.testing.assert_array_equal(reward, [1.0, -0.5])
+    np.testing.assert_array_equal(obs[:, 0], start[:, 0] + [1.0, -0.5])
+    np.testing.assert_array_equal(info["costs"]["push"], [1.0, 0.0])
+    np.testing.assert_array_equal(info["costs"]["far"], [1.0, 0.0])  # x0 = start + 1 > 1
+    np.testing.assert_array_equal(info["cost"], [2.0, 0.0])
+    assert not truncated.any() and not terminated.any() and "final_observation" not in info
+    assert env.episode_steps.tolist() == [1, 1]
+    env.step(np.array([[1.0, 0.0], [0.0, 0.0]]))
+    before = env._observe()
+    obs, reward, terminated, truncated, info = env.step(np.array([[1.0, 0.0], [0.0, 1.0]]))
+    # the third step ends both episodes: the final observation is the last state, obs the new start
+    assert truncated.tolist() == [True, True] and not terminated.any()
+    final = next_observations(obs, info)
+    np.testing.assert_array_equal(final, before + [[1.0], [0.0]])
+    np.testing.assert_array_equal(obs, SplitMix64Streams(2, 7).uniform(np.arange(2), 2)[:, 1:])
+    assert info["final_info"][0] == {"cost": 1.0, "goal_reached": True, "costs": {"far": 1.0, "push": 0.0}}
+    assert info["final_info"][1] == {"cost": 1.0, "goal_reached": False, "costs": {"far": 0.0, "push": 1.0}}
+    assert env.episode_steps.tolist() == [0, 0]
+    # reset(seed=s) reseeds sub-env i with s + i
+    np.testing.assert_array_equal(env.reset(seed=3)[0], SplitMix64Streams(2, 3).uniform(np.arange(2), 1))
+    with pytest.raises(ValueError, match=r"actions must have shape \(2, 2\), got \(2,\)"):
+        env.step(np.zeros(2))
+    with pytest.raises(ValueError, match="actions must be finite"):
+        env.step(np.array([[np.nan, 0.0], [0.0, 0.0]]))
+    with pytest.raises(ValueError, match="num_envs must be an int >= 1, got 0"):
+        _Line(num_envs=0)
+    with pytest.raises(ValueError, match="horizon must be an int >= 1, got 0"):
+        _Line(horizon=0)
+    with pytest.raises(TypeError, match="seed must be an int, got '1'"):
+        _Line(seed="1")
+
+
+def test_single_env_adapter_reports_scalars_and_the_final_observation():
+    env = _LineEnv(seed=4)
+    obs, info = env.reset(seed=4)
+    np.testing.assert_array_equal(obs, SplitMix64Streams(1, 4).uniform(np.arange(1), 1)[0])
+    for t in range(3):
+        out, reward, terminated, truncated, info = env.step(np.array([0.5, 1.0]))
+        assert reward == 0.5 and isinstance(reward, float)
+        assert info == {"cost": info["costs"]["far"] + 1.0, "goal_reached": False, "costs": info["costs"]}
+        assert isinstance(info["cost"], float) and isinstance(info["goal_reached"], bool)
+        assert truncated == (t == 2) and terminated is False
+    np.testing.assert_array_equal(out, obs + 1.5)  # the episode's last observation, not a new start
+    with pytest.raises(ValueError, match=r"action must have shape \(2,\), got \(3,\)"):
+        env.step(np.zeros(3))
+    assert not np.array_equal(_LineEnv().reset()[0], _LineEnv().reset()[0])  # unseeded ones differ

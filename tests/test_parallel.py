@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,11 @@ def test_processes_results_equal_serial_and_survive_a_killed_worker(tmp_path):
         # an exception raised by a job is not a death: no retry, the caller sees it
         with pytest.raises(ValueError, match="bad job 3"):
             pool.map(_raise, [(3,), (4,)])
+        # arguments that cannot be sent fail their job (no worker lost), not the pool
+        restarts = pool.restarts
+        with pytest.raises(TypeError, match="cannot pickle '_thread.lock' object"):
+            pool.map(_job, [(threading.Lock(), 3)])
+        assert torch.equal(pool.map(_job, JOBS[:1])[0], serial[0]) and pool.restarts == restarts
 
 
 def test_processes_give_up_after_max_retries(tmp_path):
@@ -201,6 +207,9 @@ def test_ray_results_equal_serial_and_survive_a_dead_worker(ray_pool, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(out, serial, strict=True))
     with pytest.raises(ValueError, match="bad job 7"):
         ray_pool.map(_raise, [(7,)])
+    with pytest.raises(TypeError, match="_thread.lock"):  # arguments Ray cannot serialize
+        ray_pool.map(_job, [(threading.Lock(), 3)])
+    assert torch.equal(ray_pool.map(_job, JOBS[:1])[0], serial[0])
     # a second pool on the instance: its actors would wait for CPUs the first one holds
     with pytest.raises(ValueError, match=r"2 Ray actors of 1 CPU each, but .* 0 of 2 CPUs free"):
         TaskPool("ray", workers=2).start()

@@ -390,6 +390,38 @@ def test_dispatcher_routes_to_safenav():
     assert default.task == sn.task_distribution("safenav-goal").sample(1, "train", seed=3)[0]
 
 
+#: The names ``rl.envs.safenav`` offered when it was one module (tests, benchmarks, docs, pickles).
+MODULE_NAMES = (
+    "DAMPING DEFAULT_HORIZON DT FAMILIES GOAL_BONUS LIDAR_BINS LIDAR_RANGE MAX_TURN_RATE OBS_DIM "
+    "OBS_LAYOUT PROGRESS_SCALE ROBOT_RADIUS SPLITS THRUST VELOCITY_BOUND SafeNavDistribution "
+    "SafeNavGymEnv SafeNavTask SafeNavVecEnv SplitRanges corridor_task goal_seeking_actions make "
+    "observation_bounds task_distribution register_gymnasium_envs"
+).split()
+
+
+def test_the_package_keeps_every_name_of_the_former_module(monkeypatch):
+    import importlib
+    import pickle
+
+    from rl.envs.safenav import distribution, env, simulator, task
+
+    assert set(MODULE_NAMES) <= set(sn.__all__)
+    for name in MODULE_NAMES:
+        assert getattr(importlib.import_module("rl.envs.safenav"), name) is getattr(sn, name)
+    # each object is the one its module defines, not a copy
+    assert sn.SafeNavTask is task.SafeNavTask and sn.corridor_task is task.corridor_task
+    assert sn.SafeNavDistribution is distribution.SafeNavDistribution
+    assert sn.SafeNavVecEnv is env.SafeNavVecEnv and sn.SafeNavGymEnv is env.SafeNavGymEnv
+    assert sn.observation_bounds is simulator.observation_bounds
+    assert (sn.OBS_DIM, sn.DEFAULT_HORIZON, sn.FAMILIES) == (37, 200, ("safenav-goal", "safenav-button"))
+    # a task pickled when the class lived in rl.envs.safenav itself still loads
+    monkeypatch.setattr(sn.SafeNavTask, "__module__", "rl.envs.safenav")
+    old = pickle.dumps(button_task())
+    assert b"rl.envs.safenav\n" in old or b"rl.envs.safenav\x94" in old
+    monkeypatch.undo()
+    assert pickle.loads(old) == button_task()
+
+
 @settings(max_examples=20, deadline=None)
 @given(family=st.sampled_from(sn.FAMILIES), seed=st.integers(0, 10**6))
 def test_to_dict_from_dict_round_trip(family, seed):
