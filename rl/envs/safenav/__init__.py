@@ -81,44 +81,14 @@ from __future__ import annotations
 from rl.envs.base import SingleEnv
 from rl.envs.base import SplitMix64Streams as _Streams
 from rl.envs.registration import register_gymnasium_envs
-from rl.envs.safenav.constants import (
-    DAMPING,
-    DEFAULT_HORIZON,
-    DT,
-    FAMILIES,
-    GOAL_BONUS,
-    LIDAR_BINS,
-    LIDAR_RANGE,
-    MAX_TURN_RATE,
-    OBS_DIM,
-    OBS_LAYOUT,
-    PROGRESS_SCALE,
-    ROBOT_RADIUS,
-    SPLITS,
-    THRUST,
-    VELOCITY_BOUND,
-)
+from rl.envs.safenav import constants as _constants
+from rl.envs.safenav.constants import *  # noqa: F403 - the numbers, listed in constants.__all__
 from rl.envs.safenav.distribution import SafeNavDistribution, SplitRanges, task_distribution
 from rl.envs.safenav.env import SafeNavGymEnv, SafeNavVecEnv, make
 from rl.envs.safenav.simulator import SafeNavSimulator, goal_seeking_actions, observation_bounds
 from rl.envs.safenav.task import SafeNavTask, _finite_float, _points, _positive, corridor_task
 
 __all__ = [
-    "DAMPING",
-    "DEFAULT_HORIZON",
-    "DT",
-    "FAMILIES",
-    "GOAL_BONUS",
-    "LIDAR_BINS",
-    "LIDAR_RANGE",
-    "MAX_TURN_RATE",
-    "OBS_DIM",
-    "OBS_LAYOUT",
-    "PROGRESS_SCALE",
-    "ROBOT_RADIUS",
-    "SPLITS",
-    "THRUST",
-    "VELOCITY_BOUND",
     "SafeNavDistribution",
     "SafeNavGymEnv",
     "SafeNavSimulator",
@@ -132,6 +102,7 @@ __all__ = [
     "register_gymnasium_envs",
     "task_distribution",
 ]
+__all__ += _constants.__all__
 
 # kept importable from here for the modules that used them before the split
 _random_seed = SingleEnv.random_seed

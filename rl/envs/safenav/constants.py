@@ -3,6 +3,24 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "DAMPING",
+    "DEFAULT_HORIZON",
+    "DT",
+    "FAMILIES",
+    "GOAL_BONUS",
+    "LIDAR_BINS",
+    "LIDAR_RANGE",
+    "MAX_TURN_RATE",
+    "OBS_DIM",
+    "OBS_LAYOUT",
+    "PROGRESS_SCALE",
+    "ROBOT_RADIUS",
+    "SPLITS",
+    "THRUST",
+    "VELOCITY_BOUND",
+]
+
 FAMILIES = ("safenav-goal", "safenav-button")
 SPLITS = ("train", "test")
 DEFAULT_HORIZON = 200
