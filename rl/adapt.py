@@ -21,7 +21,6 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rl.meta_cpo import MetaCPOTrainer, adapt, derive_seed
+from rl.meta_cpo import MetaCPOTrainer
+from rl.meta_test import adapt
+from rl.runtime import CSVLogger
+from rl.seeds import Seed, derive_seed
 
 __all__ = ["adapt_to_task", "load_run", "load_task_file", "main", "render_gif"]
 
@@ -55,12 +57,17 @@ def adapt_to_task(
     steps = trainer.cfg.adapt_steps if steps is None else int(steps)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    setup = trainer.setup
-    if batch_steps is not None:
-        if int(batch_steps) < 1:
-            raise ValueError(f"batch_steps must be >= 1, got {batch_steps}")
-        setup = replace(setup, cfg=replace(setup.cfg, adapt_batch_steps=int(batch_steps)))
-    return adapt(setup, trainer.theta, task, steps, derive_seed(seed, 0, 0, 8), trainer.cfg.constrained)
+    if batch_steps is not None and int(batch_steps) < 1:
+        raise ValueError(f"batch_steps must be >= 1, got {batch_steps}")
+    return adapt(
+        trainer.setup,
+        trainer.theta,
+        task,
+        steps,
+        derive_seed(seed, 0, 0, Seed.ADAPT_TO_TASK),
+        trainer.cfg.constrained,
+        batch_steps=None if batch_steps is None else int(batch_steps),
+    )
 
 
 def render_gif(
@@ -180,15 +187,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (FileNotFoundError, ValueError) as err:  # not a run folder, an edited one, a bad task file
         parser.error(str(err))
     if task is None:
-        seed = derive_seed(trainer.cfg.seed, 0, 0, 6) if args.task_seed is None else args.task_seed
+        seed = (
+            derive_seed(trainer.cfg.seed, 0, 0, Seed.TEST_TASKS) if args.task_seed is None else args.task_seed
+        )
         task = trainer.dist.sample(args.task_index + 1, split=args.split, seed=seed)[args.task_index]
     rows, params = adapt_to_task(trainer, task, args.steps, args.seed, args.batch_steps)
     print("adapt_step  ep_ret  ep_cost")
     for r in rows:
         print(f"{r['adapt_step']:>10d}  {r['ep_ret']:6.2f}  {r['ep_cost']:7.2f}")
     if args.out:
-        from rl.runtime import CSVLogger
-
         with CSVLogger(args.out) as log:
             for r in rows:
                 log.log(r)

@@ -661,3 +661,22 @@ def test_cpo_learns_corridor_within_cost_limit(tmp_path):
     assert cost[:15].max() > 2 * limit  # the reward-greedy path is costly
     assert ret[-5:].mean() > ret[:3].mean() + 5.0
     assert cost[-10:].mean() <= limit
+
+
+def test_direction_debias_takes_k_from_the_uncorrected_steps_result():
+    """The optimism correction works on difftrust's reduced problem of the plain step
+    (StepResult.K and .w): the same offsets as from the halves' mean rows, and the step is the
+    plain CPO step with those offsets."""
+    from rl.cpo_step import direction
+
+    pi, params, batch = _two_env_batch(n_cost=2)
+    step = TrustRegionStep(delta=DELTA, cg_iters=200, cg_tol=1e-14)
+    d = direction(pi, params, batch, [25.0, 24.0], step, damping=DAMPING, debias=True)
+    b_eff, optimism = debiased_offsets(pi, params, batch, [25.0, 24.0], step, damping=DAMPING)
+    assert float(optimism.abs().max()) > 0
+    torch.testing.assert_close(d.b, b_eff, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(d.optimism, optimism, rtol=1e-9, atol=1e-12)
+    x, _ = cpo_direction(pi, params, batch, [25.0, 24.0], step, damping=DAMPING, offsets=d.b)
+    torch.testing.assert_close(d.x, x, rtol=1e-10, atol=1e-14)
+    plain = direction(pi, params, batch, [25.0, 24.0], step, damping=DAMPING)
+    assert plain.optimism.tolist() == [0.0, 0.0] and plain.b.tolist() == [0.0, 1.0] != d.b.tolist()

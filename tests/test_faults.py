@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import rl.meta_cpo as meta_cpo
+import rl.meta_update as meta_update
 from rl.meta_cpo import MetaCPOConfig, MetaCPOTrainer
 from rl.runtime import list_checkpoints, load_latest_checkpoint
 from rl.runtime.checkpoint import SettingsMismatchError
@@ -249,7 +250,7 @@ def _poison(monkeypatch, field: str, value: float, call: int) -> None:
         return collect
 
     for name in ("collect", "collect_sharded"):
-        monkeypatch.setattr(meta_cpo, name, poisoned(getattr(meta_cpo, name)))
+        monkeypatch.setattr(meta_update, name, poisoned(getattr(meta_update, name)))
 
 
 def _tensors(obj, where="state"):
@@ -275,7 +276,7 @@ def _assert_same_state(a, b, where="state") -> None:
             _assert_same_state(x, y, f"{where}[{i}]")
 
 
-# Every batch is checked as it is sampled (rl.meta_cpo._checked_sampler): the task stops at the
+# Every batch is checked as it is sampled (rl.meta_update._checked_sampler): the task stops at the
 # poisoned batch and its contribution is skipped with the cause named.
 
 
@@ -375,7 +376,7 @@ CLI_PROBES = [
     ("rl.cpo", ["--seed", "-1"], "seed must be in [0, 4294967295], got -1"),
     ("rl.cpo", ["--config", "missing.yaml"], "config file not found: missing.yaml"),
     ("rl.cpo", ["--env", "nosuch"], "--env nosuch: unknown environment 'nosuch'"),
-    ("rl.cpo", ["--cost-limit", "5", "5", "5"], "cost_limit has 3 values, expected 1 or 1"),
+    ("rl.cpo", ["--cost-limit", "5", "5", "5"], "cost_limit has 3 values but there is 1 constraint"),
     ("rl.cpo", ["--resume", "no/run"], "--resume no/run: no config.json there; expected a run folder of rl.cpo"),
     ("rl.meta_cpo", ["--damping", "nan"], "damping must be finite, got nan"),
     ("rl.meta_cpo", ["--cg-tol", "nan"], "cg_tol must be finite, got nan"),
