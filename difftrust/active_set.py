@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -481,31 +482,38 @@ def active_set_vjp_numpy(sol: dict[str, np.ndarray], wbar: np.ndarray) -> tuple[
 # problem, the common case in RL, costs tens of microseconds instead of a hundred numpy calls)
 
 
-def _chol_solve_py(M: list[list[float]], rhs: list[list[float]]) -> tuple[float, list[list[float]]] | None:
-    """Cholesky solve of a small SPD system; returns (smallest pivot, solutions) or None."""
+def _dot(a: list[float], b: list[float]) -> float:
+    return sum(map(operator.mul, a, b))
+
+
+def _chol_py(M: list[list[float]]) -> tuple[float, list[list[float]]] | None:
+    """Cholesky factor of a small SPD matrix and its smallest pivot (None if not positive)."""
     k = len(M)
-    Lm = [[0.0] * k for _ in range(k)]
+    Lm: list[list[float]] = []
     piv = math.inf
     for i in range(k):
-        for j in range(i + 1):
-            acc = M[i][j] - sum(Lm[i][t] * Lm[j][t] for t in range(j))
-            if i == j:
-                if not acc > 0:
-                    return None
-                piv = min(piv, acc)
-                Lm[i][i] = math.sqrt(acc)
-            else:
-                Lm[i][j] = acc / Lm[j][j]
-    out = []
-    for r in rhs:
-        y = [0.0] * k
-        for i in range(k):
-            y[i] = (r[i] - sum(Lm[i][t] * y[t] for t in range(i))) / Lm[i][i]
-        z = [0.0] * k
-        for i in reversed(range(k)):
-            z[i] = (y[i] - sum(Lm[t][i] * z[t] for t in range(i + 1, k))) / Lm[i][i]
-        out.append(z)
-    return piv, out
+        row = []
+        for j in range(i):
+            row.append((M[i][j] - _dot(row, Lm[j][:j])) / Lm[j][j])
+        acc = M[i][i] - _dot(row, row)
+        if not acc > 0:
+            return None
+        piv = min(piv, acc)
+        row.append(math.sqrt(acc))
+        Lm.append(row)
+    return piv, Lm
+
+
+def _chol_solve_py(Lm: list[list[float]], r: list[float]) -> list[float]:
+    """Solve ``L L' z = r`` with the factor of :func:`_chol_py`."""
+    k = len(Lm)
+    y: list[float] = []
+    for i in range(k):
+        y.append((r[i] - _dot(Lm[i], y)) / Lm[i][i])
+    z = [0.0] * k
+    for i in reversed(range(k)):
+        z[i] = (y[i] - sum(Lm[t][i] * z[t] for t in range(i + 1, k))) / Lm[i][i]
+    return z
 
 
 def solve_active_set_python(K: list[list[float]], b: list[float], delta: float) -> dict:
@@ -526,13 +534,10 @@ def solve_active_set_python(K: list[list[float]], b: list[float], delta: float) 
     omega = [d[j + 1] / dmax for j in range(m)]
     bscale = [max(abs(x), 1.0) for x in beta]
 
-    def kv(v: list[float]) -> list[float]:
-        return [sum(Kn[i][j] * v[j] for j in range(m1)) for i in range(m1)]
-
     def check(v: list[float], mult: list[float], S: tuple[int, ...], t: float) -> float:
-        Kv = kv(v)
-        mscale = max([abs(x) for x in mult] + [1.0])
-        worst = abs(sum(a * c for a, c in zip(v, Kv)) - 1.0)
+        Kv = [_dot(row, v) for row in Kn]
+        mscale = max(max(map(abs, mult), default=0.0), 1.0)
+        worst = abs(_dot(v, Kv) - 1.0)
         for j in range(m):
             row = (beta[j] + Kv[j + 1] - t * omega[j]) / bscale[j]
             if j in S:
@@ -541,39 +546,41 @@ def solve_active_set_python(K: list[list[float]], b: list[float], delta: float) 
                 worst = max(worst, row)
         return worst
 
+    # (P) candidates by size of S; a candidate certified far below the tolerance is the optimum (a
+    # KKT point of a convex problem), so the enumeration stops there
     cands = []  # (violation, kind, v, lam_n, mult, S, t)
     solved = {}
-    for size in range(m + 1):
-        for S in itertools.combinations(range(m), size):
-            if size:
-                res = _chol_solve_py(
-                    [[Kn[1 + i][1 + j] for j in S] for i in S],
-                    [[Kn[1 + i][0] for i in S], [beta[i] for i in S], [omega[i] for i in S]],
-                )
-                if res is None or res[0] < PIVOT_TOL:
-                    continue
-                alpha, gamma, eta = res[1]
-            else:
-                alpha = gamma = eta = []
-            solved[S] = (alpha, gamma, eta)
-            Aq = Kn[0][0] - sum(Kn[1 + i][0] * a for i, a in zip(S, alpha))
-            Bq = sum(beta[i] * c for i, c in zip(S, gamma))
-            if Aq > AQ_TOL and 1.0 - Bq > BQ_TOL:
-                lam = math.sqrt(Aq / (1.0 - Bq))
-                nu = [0.0] * m
-                for i, a, c in zip(S, alpha, gamma):
-                    nu[i] = a + lam * c
-                v = [1.0 / lam] + [-x / lam for x in nu]
-                cands.append((check(v, nu, S, 0.0), CONSTRAINED if S else TRUST_REGION, v, lam, nu, S, 0.0))
+    for S in (S for size in range(m + 1) for S in itertools.combinations(range(m), size)):
+        if S:
+            fac = _chol_py([[Kn[1 + i][1 + j] for j in S] for i in S])
+            if fac is None or fac[0] < PIVOT_TOL:
+                continue
+            alpha = _chol_solve_py(fac[1], [Kn[1 + i][0] for i in S])
+            gamma = _chol_solve_py(fac[1], [beta[i] for i in S])
+        else:
+            fac, alpha, gamma = None, [], []
+        solved[S] = (fac, gamma)
+        Aq = Kn[0][0] - _dot([Kn[1 + i][0] for i in S], alpha)
+        Bq = _dot([beta[i] for i in S], gamma)
+        if Aq > AQ_TOL and 1.0 - Bq > BQ_TOL:
+            lam = math.sqrt(Aq / (1.0 - Bq))
+            nu = [0.0] * m
+            for i, a, c in zip(S, alpha, gamma):
+                nu[i] = a + lam * c
+            v = [1.0 / lam] + [-x / lam for x in nu]
+            cands.append((check(v, nu, S, 0.0), CONSTRAINED if S else TRUST_REGION, v, lam, nu, S, 0.0))
+            if cands[-1][0] <= 1e-3 * KKT_TOL:
+                break
     best = min(cands, key=lambda c: c[0]) if cands else None
     if best is None or not best[0] <= KKT_TOL:
         rcands = []
-        for S, (_, gamma, eta) in solved.items():
+        for S, (fac, gamma) in solved.items():
             if not S:
                 continue
-            p = sum(omega[i] * c for i, c in zip(S, gamma))
-            r = sum(omega[i] * c for i, c in zip(S, eta))
-            Bq = sum(beta[i] * c for i, c in zip(S, gamma))
+            eta = _chol_solve_py(fac[1], [omega[i] for i in S])
+            p = _dot([omega[i] for i in S], gamma)
+            r = _dot([omega[i] for i in S], eta)
+            Bq = _dot([beta[i] for i in S], gamma)
             disc = p * p - r * (Bq - 1.0)
             if not (r > 0 and disc > 0):
                 continue
@@ -601,7 +608,7 @@ def solve_active_set_python(K: list[list[float]], b: list[float], delta: float) 
     else:
         lam = lam_n / (s * d[0])
         nu = [x * d[j + 1] / d[0] for j, x in enumerate(mult)]
-    Kw = [sum(K[1 + j][i] * w[i] for i in range(m1)) for j in range(m)]
+    Kw = [_dot(K[1 + j], w) for j in range(m)]
     # the KKT Jacobian is formed and solved by the backward pass, when one is needed (with K_SS's
     # pivot, Aq > 0 and the recovery discriminant checked above, it is non-singular)
     return dict(

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from difftrust import lean
 from difftrust.cg import CGNotConvergedWarning, conjugate_gradient
 from difftrust.metrics import DenseMetric, FisherMetric, Metric
 from difftrust.reduced import SOLVERS, ReducedBatch, Solver, check_solver, reduced_forward, reduced_vjp
@@ -111,6 +112,7 @@ class _Record:
     cg_residuals: Tensor | None = None
     #: (B, 2) or, dense metrics, (B, 3): powers of two applied to g, to (A, b), and to (H, delta)
     scales: Tensor | None = None
+    lean: bool = False  # one float64 CPU problem, dense or identity metric: difftrust.lean's numpy path
 
 
 def _pow2_scale(amax: Tensor) -> Tensor:
@@ -271,6 +273,16 @@ class _TrustRegionFunction(torch.autograd.Function):
         Bsz, n = g.shape
         m = A.shape[1]
         dense = rec.kind == "dense"
+        if (
+            lean.ENABLED
+            and Bsz == 1
+            and rec.kind != "operator"
+            and g.dtype == torch.float64
+            and not g.is_cuda
+        ):
+            rec.lean = True
+            H = tensors[0] if dense else None
+            return lean.lean_forward(rec, g, A, b, delta, H, _probe(n, g.dtype, g.device), _raise_for)
         # largest magnitudes per problem (NaN and inf propagate: the finiteness checks)
         gmax = g.abs().amax(1)
         amax = A.abs().amax((1, 2)) if m else torch.zeros_like(gmax)
@@ -319,7 +331,11 @@ class _TrustRegionFunction(torch.autograd.Function):
     def backward(ctx: Any, xbar: Tensor) -> tuple:
         twice = torch.is_grad_enabled()
         with torch.no_grad():
-            grads = _TrustRegionFunction._vjp(ctx, xbar.detach())
+            if ctx.rec.lean:
+                *grads, Hbar = lean.lean_backward(ctx.rec, xbar, ctx.needs_input_grad)
+                grads = (*grads, None, *((Hbar,) if ctx.metric_tensors else ()))
+            else:
+                grads = _TrustRegionFunction._vjp(ctx, xbar.detach())
         if twice:
             anchor = torch.zeros((), dtype=xbar.dtype, device=xbar.device, requires_grad=True)
             grads = tuple(None if t is None else _NoDoubleBackward.apply(t, anchor) for t in grads)
@@ -493,7 +509,16 @@ def _check_delta(delta: Any, like: Tensor) -> Tensor:
         raise TypeError(f"delta must be a positive float or scalar tensor, got {type(delta).__name__}")
     if not (math.isfinite(delta) and delta > 0):
         raise ValueError(f"delta must be a finite scalar > 0, got {delta!r}")
-    return torch.tensor(float(delta), dtype=like.dtype, device=like.device)
+    key = (float(delta), like.dtype, like.device)
+    if key not in _DELTAS:  # a module's delta is the same float call after call
+        if len(_DELTAS) > 64:
+            _DELTAS.clear()
+        _DELTAS[key] = torch.tensor(key[0], dtype=like.dtype, device=like.device)
+    return _DELTAS[key]
+
+
+#: Scalar tensors of float deltas (never handed to the caller, never written to).
+_DELTAS: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}
 
 
 def _raise_for(summary: list[float], H: Tensor | None) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -111,7 +112,7 @@ def reduced_forward(K: Tensor, b: Tensor, delta: Tensor, solver: str, need_grad:
         sol = solve_active_set_python(K.tolist()[0], b.tolist()[0], delta.tolist()[0])
         code = sol["code"][0]
         todo = [0] if code == NOT_CERTIFIED else []
-        wln = torch.tensor([sol["w"][0] + sol["lam"] + sol["nu"][0]], dtype=K.dtype)
+        wln = torch.from_numpy(np.array([sol["w"][0] + sol["lam"] + sol["nu"][0]])).to(K.dtype)
         w, lam, nu = wln[:, :m1], wln[:, m1], wln[:, m1 + 1 :]
         cases, solvers = [CASE_NAMES.get(code, "")], ["active-set"]
     elif use_enum and backend == "numpy":
@@ -160,7 +161,7 @@ def reduced_vjp(state: ReducedBatch, wbar: Tensor) -> tuple[Tensor, Tensor, Tens
             bbar, dbar = wbar.new_zeros(B, m1 - 1), wbar.new_zeros(B)
         else:
             Kb, bb, db = active_set_vjp_python(sol, wbar.tolist()[0])
-            flat = torch.tensor([[v for row in Kb for v in row] + bb + [db]], dtype=wbar.dtype)
+            flat = torch.from_numpy(np.array([[v for row in Kb for v in row] + bb + [db]])).to(wbar.dtype)
             Kbar, bbar, dbar = flat[:, : m1 * m1].view(B, m1, m1), flat[:, m1 * m1 : -1], flat[:, -1]
     elif isinstance(sol, dict) and sol["jinv"] is not None:
         out = active_set_vjp_numpy(state.active, wbar.detach().double().cpu().numpy())

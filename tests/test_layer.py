@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -440,3 +441,49 @@ def test_stepresult_exposes_the_reduced_problem():
     assert torch.allclose(torch.linalg.solve(torch.tensor(H), G) @ res.w, res.x, atol=1e-14)
     sol = solve_reduced(res.K, torch.tensor(b), delta)
     assert torch.allclose(sol.w, res.w, rtol=1e-10) and sol.case == res.case
+
+
+@given(seed=st.integers(0, 10_000), m=st.integers(0, 3), regime=st.sampled_from(REGIMES), dense=st.booleans())
+@settings(max_examples=30, deadline=None)
+def test_numpy_path_matches_the_torch_path(seed, m, regime, dense):
+    """One float64 CPU problem takes difftrust.lean's numpy path; the torch path (batches, GPUs)
+    must give the same step and gradients for g, A, b, delta and H."""
+    from difftrust import lean
+
+    g, A, b, H, delta = random_problem(seed, 6, m, regime)
+    v = torch.as_tensor(np.random.default_rng(seed).normal(size=6))
+    out = []
+    for enabled in (True, False):
+        leaves = [*t64(g, A, b, H), torch.tensor(delta, dtype=torch.float64)]
+        for t in leaves:
+            t.requires_grad_(True)
+        with mock.patch.object(lean, "ENABLED", enabled):
+            res = TrustRegionStep(delta=leaves[4]).solve(*leaves[:3], leaves[3] if dense else None)
+            (v @ res.x).backward()
+        out.append([res.x, res.lam, res.nu, res.w, res.K] + [t.grad for t in leaves[: 4 if dense else 3]])
+        out[-1].append(leaves[4].grad)
+        assert res.case in ("trust-region", "constrained", "recovery")
+    for a, c in zip(*out, strict=True):
+        assert torch.allclose(a, c, rtol=1e-9, atol=1e-12, equal_nan=True), (a, c)
+
+
+def test_numpy_path_raises_the_named_errors(monkeypatch):
+    from difftrust import lean
+
+    g, a, H = (
+        torch.ones(3, dtype=torch.float64),
+        torch.ones(3, dtype=torch.float64),
+        torch.eye(3, dtype=torch.float64),
+    )
+    for enabled in (True, False):
+        monkeypatch.setattr(lean, "ENABLED", enabled)
+        with pytest.raises(ValueError, match="g contains NaN"):
+            TrustRegionStep()(torch.tensor([1.0, float("nan"), 0.0], dtype=torch.float64), a, -1.0, H)
+        with pytest.raises(ValueError, match="metric contains NaN or inf"):
+            TrustRegionStep()(g, a, -1.0, torch.full((3, 3), float("inf"), dtype=torch.float64))
+        with pytest.raises(ValueError, match="metric must be symmetric"):
+            TrustRegionStep()(g, a, -1.0, torch.triu(torch.ones(3, 3, dtype=torch.float64)) + torch.eye(3))
+        with pytest.raises(ValueError, match="not positive definite"):
+            TrustRegionStep()(g, a, -1.0, -torch.eye(3, dtype=torch.float64))
+        with pytest.raises(ValueError, match="too ill-conditioned"):
+            TrustRegionStep()(g, a, -1.0, torch.diag(torch.tensor([1.0, 1.0, 1e-14], dtype=torch.float64)))

@@ -1,0 +1,100 @@
+"""The layer's forward and backward for one float64 CPU problem with a dense or identity metric, in numpy.
+
+The same steps as :class:`difftrust.layer._TrustRegionFunction` (the module docstring of
+:mod:`difftrust.layer` derives them), on the arrays behind the tensors: at ``n`` of tens a numpy
+operation costs a fraction of an eager torch operation's fixed overhead, and the whole call is a
+few dozen of them. Cholesky factorisation and solves are LAPACK's ``dpotrf``/``dpotrs`` without
+scipy's input checks (the inputs were checked before: finiteness and symmetry from the same
+maxima, positive definiteness from ``dpotrf``'s ``info``, conditioning from the same two bounds).
+Batches, float32, other devices and operator metrics take the torch path.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.linalg.lapack import dpotrf, dpotrs
+from torch import Tensor
+
+from difftrust.reduced import reduced_forward, reduced_vjp
+
+__all__ = ["lean_backward", "lean_forward"]
+
+#: Use this path where it applies (tests turn it off to compare with the torch path).
+ENABLED = True
+
+
+def _pow2(v: float) -> float:
+    """``2^-e`` with ``v 2^-e`` in ``[0.5, 1)`` (1 for 0 and non-finite ``v``), exactly."""
+    return math.ldexp(1.0, -math.frexp(v)[1]) if math.isfinite(v) else 1.0
+
+
+def lean_forward(
+    rec: Any, g: Tensor, A: Tensor, b: Tensor, delta: Tensor, H: Tensor | None, probe: Tensor, raise_for: Any
+) -> Tensor:
+    """``x`` (1, n) for ``g (1, n)``, ``A (1, m, n)``, ``b (1, m)``, ``H (1, n, n)`` or None (identity).
+
+    Fills ``rec`` as the torch path does (``scales``, ``K``, ``state``; ``P``, ``L``, ``x`` as arrays).
+    """
+    with np.errstate(all="ignore"):  # NaN and inf are reported by raise_for, by name
+        gn, An, bn = g.detach().numpy()[0], A.detach().numpy()[0], b.detach().numpy()[0]
+        m = An.shape[0]
+        gmax = float(np.abs(gn).max())
+        amax = float(np.abs(An).max()) if m else 0.0
+        summary = [gmax, amax, float(np.abs(bn).max()) if m else gmax]
+        c0, cA = _pow2(gmax), _pow2(amax)
+        Gs = np.concatenate([gn[None] * c0, An * cA])  # (m+1, n), rows g, a_j
+        bs = bn * cA
+        if H is None:
+            raise_for(summary, None)
+            hs, P, L = 1.0, Gs.T, None
+        else:
+            Hn = H.detach().numpy()[0]
+            hmax = float(np.abs(np.diagonal(Hn)).max())
+            hs = _pow2(hmax)
+            L, info = dpotrf(Hn * hs, lower=1, clean=1)
+            summary.append(float(np.abs(Hn - Hn.T).max()) / hmax if hmax > 0 else math.nan)
+            summary.append(float(info))
+            cond = math.nan
+            if info == 0:
+                Pr, _ = dpotrs(L, np.concatenate([Gs.T, probe.numpy()], 1), lower=1)
+                P = Pr[:, :-1]
+                ld = np.diagonal(L)
+                cond = max((ld.max() / ld.min()) ** 2, hmax * hs * float(np.linalg.norm(Pr[:, -1])))
+            summary.append(cond)
+            raise_for(summary, H)
+    K = Gs @ P
+    ds = delta.detach().reshape(1) * hs
+    state = reduced_forward(
+        torch.from_numpy(K)[None], torch.from_numpy(bs)[None], ds, rec.solver, rec.need_grad
+    )
+    w = state.w.numpy()[0]
+    x = P @ w
+    rec.scales = torch.from_numpy(np.array([[c0, cA, hs]]))
+    rec.P, rec.L, rec.x, rec.K, rec.state = P, L, x, torch.from_numpy(K)[None], state
+    return torch.from_numpy(x)[None]
+
+
+def lean_backward(rec: Any, xbar: Tensor, need: tuple[bool, ...]) -> tuple:
+    """``(gbar, Abar, bbar, deltabar, Hbar)`` of :func:`lean_forward` at ``xbar (1, n)`` (None where
+    not needed), by the formulas of :meth:`difftrust.layer._TrustRegionFunction._vjp`."""
+    P, L, state = rec.P, rec.L, rec.state
+    c0, cA, hs = rec.scales.numpy()[0].tolist()
+    xb = xbar.detach().numpy()[0]
+    Kbar, bbar, dbar = (t.numpy()[0] for t in reduced_vjp(state, torch.from_numpy(xb @ P)[None]))
+    u = xb if L is None else dpotrs(L, xb, lower=1)[0]
+    uw = np.outer(u, state.w.numpy()[0])
+    gbar = Abar = deltabar = Hbar = None
+    if need[0] or need[1]:
+        Gbar = uw + P @ (Kbar + Kbar.T)
+        gbar = torch.from_numpy(Gbar[:, 0] * c0)[None] if need[0] else None
+        Abar = torch.from_numpy(Gbar[:, 1:].T * cA)[None] if need[1] else None
+    if need[3]:
+        deltabar = torch.from_numpy(np.asarray(dbar * hs))
+    if L is not None and need[5]:
+        cZ = (uw + P @ Kbar) * (-0.5 * hs)
+        Hbar = torch.from_numpy(cZ @ P.T + P @ cZ.T)[None]
+    return gbar, Abar, torch.from_numpy(bbar * cA)[None] if need[2] else None, deltabar, Hbar
