@@ -69,21 +69,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import gymnasium
 import numpy as np
 
-from rl.envs.base import TaskRecord, all_true, check_seed, with_final
-from rl.envs.safenav import (
-    DAMPING,
-    DT,
-    THRUST,
-    SafeNavGymEnv,
-    _finite_float,
-    _points,
-    _positive,
-    _random_seed,
-    _Streams,
-)
+from rl.envs.base import EpisodeVecEnv, TaskRecord, TopDownCanvas
+from rl.envs.safenav import DAMPING, DT, THRUST, SafeNavGymEnv
+from rl.envs.safenav.task import _finite_float, _points, _positive
 
 __all__ = [
     "DEFAULT_HORIZON",
@@ -350,11 +340,12 @@ def task_distribution(name: str = FAMILY) -> HiddenNavDistribution:
 # ------------------------------------------------------------------ the VecEnv
 
 
-class HiddenNavVecEnv(gymnasium.vector.VectorEnv):
+class HiddenNavVecEnv(EpisodeVecEnv):
     """``num_envs`` copies of one :class:`HiddenNavTask`, stepped together.
 
     A :class:`gymnasium.vector.VectorEnv` following :mod:`rl.envs.base` (see the module
-    docstring). Build it with :func:`make`.
+    docstring), its episode bookkeeping :class:`rl.envs.base.EpisodeVecEnv`'s. Build it with
+    :func:`make`.
 
     Attributes:
         num_envs, obs_dim, act_dim, horizon, cost_channels, task, action_low, action_high:
@@ -367,86 +358,28 @@ class HiddenNavVecEnv(gymnasium.vector.VectorEnv):
     ) -> None:
         if not isinstance(task, HiddenNavTask):
             raise TypeError(f"task must be a HiddenNavTask, got {type(task).__name__}")
-        if not isinstance(num_envs, int | np.integer) or isinstance(num_envs, bool) or num_envs < 1:
-            raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
-        if not isinstance(horizon, int | np.integer) or isinstance(horizon, bool) or horizon < 1:
-            raise ValueError(f"horizon must be an int >= 1, got {horizon!r}")
-        if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
-            raise TypeError(f"seed must be an int, got {seed!r}")
         half = task.arena_half_size
         low = np.array([-half, -half, -VELOCITY_BOUND, -VELOCITY_BOUND, 0.0])
         high = np.array([half, half, VELOCITY_BOUND, VELOCITY_BOUND, 1.0])
         super().__init__(
-            int(num_envs),
-            gymnasium.spaces.Box(low, high, (OBS_DIM,), np.float64),
-            gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float64),
+            task, num_envs, seed, horizon, low, high, -np.ones(2), np.ones(2), ("hazards",), task.family
         )
-        self.task = task
-        self.name = task.family
-        self.horizon = int(horizon)
-        self.obs_dim = OBS_DIM
-        self.act_dim = 2
-        self.action_low = -np.ones(2)
-        self.action_high = np.ones(2)
-        self.cost_channels = ("hazards",)
         self._goal = np.asarray(task.goal, dtype=np.float64)
         self._hazards = np.asarray(task.hazard_positions, dtype=np.float64).reshape(-1, 2)
         self._decay = math.exp(-DAMPING * DT)
         self._limit = task.arena_half_size
         n = self.num_envs
-        self._streams = _Streams(n, int(seed))
         self._pos = np.zeros((n, 2))
         self._vel = np.zeros((n, 2))
         self._last_dist = np.zeros(n)
-        self._t = np.zeros(n, dtype=np.int64)
-        self._needs_reset = True
-        self._all_true = all_true(n)
 
     @property
     def robot_positions(self) -> np.ndarray:
         """World-frame robot centres, ``(N, 2)`` (a copy)."""
         return self._pos.copy()
 
-    def reset(
-        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[np.ndarray, dict]:
-        """Reset every sub-environment (sub-env ``i`` reseeded with ``seed + i``).
-
-        Args:
-            seed: ``None`` continues the streams seeded at construction; a list gives one seed
-                per sub-environment.
-            options: Unused (Gymnasium's signature).
-
-        Returns:
-            ``(obs, info)``: obs float64 ``(num_envs, obs_dim)``; info is empty.
-        """
-        seeds = check_seed(seed, self.num_envs)
-        if seeds is not None:
-            self._streams.seed_each(seeds)
-        self._reset_envs(np.arange(self.num_envs))
-        self._needs_reset = False
-        return self._observe(), {}
-
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
-        """Advance every sub-environment by one step (see :mod:`rl.envs.base`).
-
-        Args:
-            actions: ``(num_envs, 2)`` world-frame thrusts; clipped to ``[-1, 1]``.
-
-        Returns:
-            ``(obs, reward, terminated, truncated, info)`` with ``info["cost"]``,
-            ``info["costs"]`` (``{"hazards": (N,)}``), ``info["goal_reached"]`` (bool ``(N,)``:
-            inside the goal disc) and, where episodes ended, ``info["final_observation"]``.
-        """
-        if self._needs_reset:
-            raise RuntimeError("call reset() before step()")
-        a = np.asarray(actions, dtype=np.float64)
-        if a.shape != (self.num_envs, 2):
-            raise ValueError(f"actions must have shape ({self.num_envs}, 2), got {a.shape}")
-        if not np.isfinite(a).all():
-            raise ValueError("actions must be finite, got NaN or inf")
-        a = np.clip(a, -1.0, 1.0)
-
+    def _simulate(self, a: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        """One step of world-frame thrusts ``a`` (clipped): reward, ``{"hazards": cost}``, at the goal."""
         vel = self._vel * self._decay + (DT * THRUST) * a
         pos = self._pos + DT * vel
         at_wall = np.abs(pos) > self._limit
@@ -465,26 +398,7 @@ class HiddenNavVecEnv(gymnasium.vector.VectorEnv):
         at_goal = dist <= self.task.goal_radius
         reward = PROGRESS_SCALE * (self._last_dist - dist) + GOAL_REWARD * at_goal
         self._last_dist = dist
-
-        self._t += 1
-        truncated = self._t >= self.horizon
-        terminated = np.zeros(self.num_envs, dtype=bool)
-        obs = self._observe()
-        mask = self._all_true
-        info = {
-            "cost": hazard_cost.copy(),
-            "_cost": mask,
-            "costs": {"hazards": hazard_cost},
-            "_costs": mask,
-            "goal_reached": at_goal,
-            "_goal_reached": mask,
-        }
-        if truncated.any():
-            done = np.flatnonzero(truncated)
-            with_final(info, done, obs[done].copy(), self.num_envs)
-            self._reset_envs(done)
-            obs[done] = self._observe(done)
-        return obs, reward, terminated, truncated, info
+        return reward, {"hazards": hazard_cost}, at_goal
 
     def render(self, index: int = 0, size: int = 256) -> np.ndarray:
         """A top-down RGB picture of sub-environment ``index`` (what the robot cannot see):
@@ -497,29 +411,13 @@ class HiddenNavVecEnv(gymnasium.vector.VectorEnv):
         Returns:
             uint8 array of shape ``(size, size, 3)``.
         """
-        if not isinstance(index, int | np.integer) or not 0 <= index < self.num_envs:
-            raise ValueError(f"index must be an int in [0, {self.num_envs}), got {index!r}")
-        if not isinstance(size, int | np.integer) or size < 16:
-            raise ValueError(f"size must be an int >= 16, got {size!r}")
-        half = self.task.arena_half_size
-        extent = 1.05 * half
-        coords = (np.arange(size) + 0.5) / size * 2 * extent - extent
-        x, y = coords[None, :], -coords[:, None]
-        img = np.empty((size, size, 3))
-        img[:] = (40, 40, 48)
-        img[(np.abs(x) <= half) & (np.abs(y) <= half)] = (235, 235, 228)
-
-        def disc(cx: float, cy: float, r: float, color: tuple[int, int, int]) -> None:
-            img[(x - cx) ** 2 + (y - cy) ** 2 <= r * r] = color
-
+        self._check_render_args(index, size)
+        canvas = TopDownCanvas(self.task.arena_half_size, size)
         for hx, hy in self._hazards:
-            disc(hx, hy, self.task.hazard_radius, (70, 110, 230))
-        disc(self._goal[0], self._goal[1], self.task.goal_radius, (40, 190, 70))
-        disc(self._pos[index, 0], self._pos[index, 1], 0.08, (215, 40, 40))
-        return np.clip(img, 0, 255).astype(np.uint8)
-
-    def close_extras(self, **kwargs: Any) -> None:
-        """Nothing to release (``close()`` comes from :class:`gymnasium.vector.VectorEnv`)."""
+            canvas.disc(hx, hy, self.task.hazard_radius, (70, 110, 230))
+        canvas.disc(self._goal[0], self._goal[1], self.task.goal_radius, (40, 190, 70))
+        canvas.disc(self._pos[index, 0], self._pos[index, 1], 0.08, (215, 40, 40))
+        return canvas.image()
 
     def _reset_envs(self, idx: np.ndarray) -> None:
         u = self._streams.uniform(idx, 2)
@@ -527,7 +425,6 @@ class HiddenNavVecEnv(gymnasium.vector.VectorEnv):
         angle = 2 * np.pi * u[:, 1]
         self._pos[idx] = np.stack([r * np.cos(angle), r * np.sin(angle)], axis=1)
         self._vel[idx] = 0.0
-        self._t[idx] = 0
         self._last_dist[idx] = np.hypot(self._goal[0] - self._pos[idx, 0], self._goal[1] - self._pos[idx, 1])
 
     def _observe(self, idx: np.ndarray | None = None) -> np.ndarray:
@@ -611,10 +508,5 @@ class HiddenNavGymEnv(SafeNavGymEnv):
         if task is None:
             task = task_distribution(_check_family(family)).sample(1, split="train", seed=task_seed)[0]
         self.render_mode = render_mode
-        self.vec_env = make(
-            family, task=task, num_envs=1, seed=_random_seed() if seed is None else seed, horizon=horizon
-        )
-        self.observation_space = self.vec_env.single_observation_space
-        self.action_space = self.vec_env.single_action_space
-        self.cost_channels = self.vec_env.cost_channels
-        self.horizon = self.vec_env.horizon
+        seed = self.random_seed() if seed is None else seed
+        self._wrap(make(family, task=task, num_envs=1, seed=seed, horizon=horizon))
