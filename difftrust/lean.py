@@ -19,7 +19,8 @@ import torch
 from scipy.linalg.lapack import dpotrf, dpotrs
 from torch import Tensor
 
-from difftrust.reduced import reduced_forward, reduced_vjp
+from difftrust import reduced
+from difftrust.active_set import NOT_CERTIFIED, active_set_vjp_python
 
 __all__ = ["lean_backward", "lean_forward"]
 
@@ -67,10 +68,18 @@ def lean_forward(
             summary.append(cond)
             raise_for(summary, H)
     K = Gs @ P
-    ds = delta.detach().reshape(1) * hs
-    state = reduced_forward(
-        torch.from_numpy(K)[None], torch.from_numpy(bs)[None], ds, rec.solver, rec.need_grad
-    )
+    ds = float(delta) * hs
+    state = None
+    if rec.solver in ("auto", "active-set") and reduced.ENUMERATION_BACKEND != "torch":
+        if rec.solver == "active-set" or K.shape[0] - 1 <= reduced.MAX_ACTIVE_SET_M:
+            state = reduced.solve_one(K.tolist(), bs.tolist(), ds, torch.float64)
+    if state is None or state.active["code"][0] == NOT_CERTIFIED:  # the other solvers, the fallbacks
+        Kt, bt, dt = (
+            torch.from_numpy(K)[None],
+            torch.from_numpy(bs)[None],
+            torch.tensor([ds], dtype=torch.float64),
+        )
+        state = reduced.reduced_forward(Kt, bt, dt, rec.solver, rec.need_grad)
     w = state.w.numpy()[0]
     x = P @ w
     rec.scales = torch.from_numpy(np.array([[c0, cA, hs]]))
@@ -84,7 +93,11 @@ def lean_backward(rec: Any, xbar: Tensor, need: tuple[bool, ...]) -> tuple:
     P, L, state = rec.P, rec.L, rec.state
     c0, cA, hs = rec.scales.numpy()[0].tolist()
     xb = xbar.detach().numpy()[0]
-    Kbar, bbar, dbar = (t.numpy()[0] for t in reduced_vjp(state, torch.from_numpy(xb @ P)[None]))
+    wbar = xb @ P
+    if isinstance(state.active, dict) and "jacobian_args" in state.active and not state.fallback:
+        Kbar, bbar, dbar = (np.array(t) for t in active_set_vjp_python(state.active, wbar.tolist()))
+    else:
+        Kbar, bbar, dbar = (t.numpy()[0] for t in reduced.reduced_vjp(state, torch.from_numpy(wbar)[None]))
     u = xb if L is None else dpotrs(L, xb, lower=1)[0]
     uw = np.outer(u, state.w.numpy()[0])
     gbar = Abar = deltabar = Hbar = None

@@ -94,6 +94,14 @@ def _single(K: Tensor, b: Tensor, delta: Tensor, solver: str) -> ReducedSolution
     return ReducedSolution(sol.w, sol.lam, sol.nu, sol.case)
 
 
+def solve_one(K: list[list[float]], b: list[float], delta: float, dtype: torch.dtype) -> ReducedBatch:
+    """One problem on the CPU by the enumeration in Python floats, as a batch of one (``w`` meaningless
+    where ``active["code"]`` is ``NOT_CERTIFIED``: :func:`reduced_forward` then falls back)."""
+    sol = solve_active_set_python(K, b, delta)
+    w, lam, nu = (torch.from_numpy(np.array(sol[k])).to(dtype) for k in ("w", "lam", "nu"))
+    return ReducedBatch(w, lam, nu, [CASE_NAMES.get(sol["code"][0], "")], ["active-set"], sol)
+
+
 def reduced_forward(K: Tensor, b: Tensor, delta: Tensor, solver: str, need_grad: bool) -> ReducedBatch:
     """Solve ``B`` reduced problems ``K (B, m+1, m+1), b (B, m), delta (B,)`` (no graph returned).
 
@@ -109,12 +117,10 @@ def reduced_forward(K: Tensor, b: Tensor, delta: Tensor, solver: str, need_grad:
     if backend == "auto":
         backend = "numpy" if K.device.type == "cpu" else "torch"
     if use_enum and backend == "numpy" and B == 1:  # one problem: Python floats, no array overhead
-        sol = solve_active_set_python(K.tolist()[0], b.tolist()[0], delta.tolist()[0])
-        code = sol["code"][0]
-        todo = [0] if code == NOT_CERTIFIED else []
-        wln = torch.from_numpy(np.array([sol["w"][0] + sol["lam"] + sol["nu"][0]])).to(K.dtype)
-        w, lam, nu = wln[:, :m1], wln[:, m1], wln[:, m1 + 1 :]
-        cases, solvers = [CASE_NAMES.get(code, "")], ["active-set"]
+        one = solve_one(K.tolist()[0], b.tolist()[0], delta.tolist()[0], K.dtype)
+        sol, w, lam, nu = one.active, one.w, one.lam, one.nu
+        todo = [0] if sol["code"][0] == NOT_CERTIFIED else []
+        cases, solvers = one.cases, one.solvers
     elif use_enum and backend == "numpy":
         sol = solve_active_set_numpy(
             *(t.detach().double().numpy() for t in (K, b, delta)), with_jacobian=need_grad
