@@ -45,8 +45,10 @@ Solver = Literal["auto", "active-set", "analytic", "conic"]
 SOLVERS = ("auto", "active-set", "analytic", "conic")
 
 #: Largest m for which "auto" enumerates active sets (2^m candidates). Measured (solve_reduced,
-#: forward + backward, benchmarks/trust_region.py): faster than the conic backend up to m = 6
-#: (1.4x there), slower from m = 7.
+#: forward + backward, benchmarks/trust_region.py) when every subset was evaluated: faster than the
+#: conic backend up to m = 6 (1.4x there), slower from m = 7. One problem on the CPU now stops at a
+#: certified candidate (faster up to m = 8 on the benchmark's problems), but an infeasible problem
+#: or one with many active rows, and every batch, still evaluates all 2^m.
 MAX_ACTIVE_SET_M = 6
 
 #: Where the enumeration runs: ``"auto"`` (numpy for CPU tensors, torch on other devices, no host
