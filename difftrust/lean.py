@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.linalg.lapack import dpotrf, dpotrs
 from torch import Tensor
 
 from difftrust import reduced
@@ -53,6 +52,8 @@ def lean_forward(
             raise_for(summary, None)
             hs, P, L = 1.0, Gs.T, None
         else:
+            from scipy.linalg.lapack import dpotrf, dpotrs  # here: importing scipy.linalg takes ~0.2 s
+
             Hn = H.detach().numpy()[0]
             hmax = float(np.abs(np.diagonal(Hn)).max())
             hs = _pow2(hmax)
@@ -98,7 +99,12 @@ def lean_backward(rec: Any, xbar: Tensor, need: tuple[bool, ...]) -> tuple:
         Kbar, bbar, dbar = (np.array(t) for t in active_set_vjp_python(state.active, wbar.tolist()))
     else:
         Kbar, bbar, dbar = (t.numpy()[0] for t in reduced.reduced_vjp(state, torch.from_numpy(wbar)[None]))
-    u = xb if L is None else dpotrs(L, xb, lower=1)[0]
+    if L is None:
+        u = xb
+    else:
+        from scipy.linalg.lapack import dpotrs
+
+        u = dpotrs(L, xb, lower=1)[0]
     uw = np.outer(u, state.w.numpy()[0])
     gbar = Abar = deltabar = Hbar = None
     if need[0] or need[1]:
