@@ -205,32 +205,17 @@ def _check_unit_interval(name: str, value: float) -> float:
 
 
 def _check_collect_args(
-    env: VecEnv,
-    policy: GaussianPolicy,
-    num_steps: int,
-    num_envs: int,
-    reward_critic: Critic,
-    cost_critic: Critic,
-    gammas: tuple[float, float, float, float],
-    generator: torch.Generator,
-) -> tuple[float, float, float, float]:
+    env: VecEnv, policy: GaussianPolicy, num_steps: int, num_envs: int, generator: torch.Generator
+) -> None:
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < num_envs:
         raise ValueError(f"num_steps must be an int >= num_envs = {num_envs}, got {num_steps!r}")
-    if env.obs_dim != policy.obs_dim or env.act_dim != policy.act_dim:
+    if env is not None and (env.obs_dim != policy.obs_dim or env.act_dim != policy.act_dim):
         raise ValueError(
             f"policy has obs_dim={policy.obs_dim}, act_dim={policy.act_dim} but the environment has "
             f"obs_dim={env.obs_dim}, act_dim={env.act_dim}"
         )
-    channels = tuple(env.cost_channels)
-    if cost_critic.out_dim != len(channels) or reward_critic.out_dim != 1:
-        raise ValueError(
-            f"reward_critic must have out_dim 1 and cost_critic out_dim {len(channels)} (channels {channels}); "
-            f"got {reward_critic.out_dim} and {cost_critic.out_dim}"
-        )
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    names = ("gamma", "lam", "cost_gamma", "cost_lam")
-    return tuple(_check_unit_interval(n, v) for n, v in zip(names, gammas, strict=True))  # type: ignore[return-value]
 
 
 @dataclass
@@ -337,6 +322,15 @@ def assemble(
     merged. See :func:`collect`."""
     first = segments[0]
     channels = first.cost_channels
+    if cost_critic.out_dim != len(channels) or reward_critic.out_dim != 1:
+        raise ValueError(
+            f"reward_critic must have out_dim 1 and cost_critic out_dim {len(channels)} (channels {channels}); "
+            f"got {reward_critic.out_dim} and {cost_critic.out_dim}"
+        )
+    names = ("gamma", "lam", "cost_gamma", "cost_lam")
+    gamma, lam, cost_gamma, cost_lam = (
+        _check_unit_interval(n, v) for n, v in zip(names, (gamma, lam, cost_gamma, cost_lam), strict=True)
+    )
     dtype = first.act.dtype
 
     def cat(name: str) -> np.ndarray:
@@ -478,28 +472,12 @@ def collect(
         A :class:`Batch` (tensors in the policy's dtype).
     """
     n_envs = int(env.num_envs)
-    gammas = _check_collect_args(
-        env,
-        policy,
-        num_steps,
-        n_envs,
-        reward_critic,
-        cost_critic,
-        (gamma, lam, cost_gamma, cost_lam),
-        generator,
-    )
+    _check_collect_args(env, policy, num_steps, n_envs, generator)
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     segment = run_segment(env, policy, params, num_steps // n_envs, normalizer, generator, seed)
+    gae = dict(gamma=gamma, lam=lam, cost_gamma=cost_gamma, cost_lam=cost_lam)
     return assemble(
-        [segment],
-        normalizer,
-        reward_critic,
-        cost_critic,
-        gamma=gammas[0],
-        lam=gammas[1],
-        cost_gamma=gammas[2],
-        cost_lam=gammas[3],
-        update_normalizer=update_normalizer,
+        [segment], normalizer, reward_critic, cost_critic, **gae, update_normalizer=update_normalizer
     )
 
 
@@ -643,16 +621,12 @@ def collect_sharded(
         shards: Blocks of sub-environments (at most ``spec.num_envs``).
         Others: as in :func:`collect`.
     """
+    started = submit_sharded(
+        pool, spec, policy, params, num_steps, normalizer, shards=shards, generator=generator
+    )
+    gae = dict(gamma=gamma, lam=lam, cost_gamma=cost_gamma, cost_lam=cost_lam)
     return gather_sharded(
-        submit_sharded(pool, spec, policy, params, num_steps, normalizer, shards=shards, generator=generator),
-        normalizer,
-        reward_critic,
-        cost_critic,
-        gamma=gamma,
-        lam=lam,
-        cost_gamma=cost_gamma,
-        cost_lam=cost_lam,
-        update_normalizer=update_normalizer,
+        started, normalizer, reward_critic, cost_critic, **gae, update_normalizer=update_normalizer
     )
 
 
@@ -671,10 +645,7 @@ def submit_sharded(
     for :func:`gather_sharded`. Sampling needs only the policy and the normaliser: the caller may
     update the critics while the shards run."""
     n_envs = int(spec.num_envs)
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < n_envs:
-        raise ValueError(f"num_steps must be an int >= num_envs = {n_envs}, got {num_steps!r}")
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    _check_collect_args(None, policy, num_steps, n_envs, generator)
     reset_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     noise_base = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     steps = num_steps // n_envs
@@ -713,26 +684,7 @@ def gather_sharded(
 ) -> Batch:
     """Wait for the shards started by :func:`submit_sharded` and assemble their batch."""
     segments = [s if isinstance(s, Segment) else s.result() for s in started]
-    n_cost = len(segments[0].cost_channels)
-    if cost_critic.out_dim != n_cost or reward_critic.out_dim != 1:
-        raise ValueError(
-            f"reward_critic must have out_dim 1 and cost_critic out_dim {n_cost} "
-            f"(channels {segments[0].cost_channels}); got {reward_critic.out_dim} and {cost_critic.out_dim}"
-        )
-    gammas = [
-        _check_unit_interval(n, v)
-        for n, v in zip(
-            ("gamma", "lam", "cost_gamma", "cost_lam"), (gamma, lam, cost_gamma, cost_lam), strict=True
-        )
-    ]
+    gae = dict(gamma=gamma, lam=lam, cost_gamma=cost_gamma, cost_lam=cost_lam)
     return assemble(
-        segments,
-        normalizer,
-        reward_critic,
-        cost_critic,
-        gamma=gammas[0],
-        lam=gammas[1],
-        cost_gamma=gammas[2],
-        cost_lam=gammas[3],
-        update_normalizer=update_normalizer,
+        segments, normalizer, reward_critic, cost_critic, **gae, update_normalizer=update_normalizer
     )
