@@ -26,44 +26,44 @@ from typing import Any
 import torch
 
 import rl.meta_cpo as meta_cpo
-import rl.rollout as rollout
+import rl.meta_update as meta_step
 from benchmarks import common
 from rl.meta_cpo import MetaCPOConfig, MetaCPOTrainer
+from rl.meta_update import Setup
+from rl.rollout import EnvSpec
 from rl.runtime.parallel import TaskPool
 
 #: Targets from the project's issues (this 2-core machine, idle), and the published code's time here.
 TARGET_SERIAL_S, TARGET_SPEEDUP, MAX_REVERSE = 15.0, 1.7, 3.0
 PUBLISHED_S = (84.0, 116.0)
-#: (owner, attribute, timer) wrapped by :func:`timed_building_blocks`; timers starting with _ nest.
-TIMED = [
-    (meta_cpo.Setup, "collect_sharded", "_sampling"),
-    (rollout.EnvSpec, "make", "env_setup"),
-    (meta_cpo, "inner_direction", "inner_steps"),
-    (meta_cpo, "meta_objectives", "_meta_objectives"),
-    (meta_cpo, "task_meta_gradient", "_task_meta_gradient"),
-    (meta_cpo, "meta_update", "meta_update"),
-    (MetaCPOTrainer, "_fit_critics_and_normalizer", "critics"),
-]
+#: Timers of one meta-iteration's building blocks (a timer starting with _ holds others): functions,
+#: wrapped in each module of ``MODULES`` that binds them, and methods, wrapped on their class.
+FUNCTIONS = {"inner_direction": "inner_steps", "meta_objectives": "_meta_objectives"}
+FUNCTIONS |= {"task_meta_gradient": "_task_meta_gradient", "meta_update": "meta_update"}
+METHODS = [(Setup, "collect_sharded", "_sampling"), (EnvSpec, "make", "env_setup")]
+METHODS += [(MetaCPOTrainer, "_fit_critics_and_normalizer", "critics")]
+MODULES = (meta_cpo, meta_step)
 
 
 def make_config(
     quick: bool, backend: str = "serial", workers: int = 1, debias: bool = False, shards: int = 5
 ):
     """The configuration timed (``debias=False``: the published algorithm has no optimism correction)."""
-    common = dict(iterations=100, seed=0, backend=backend, workers=workers, progress=False, tensorboard=False)
-    common |= dict(threads=1, shards=shards, debias=debias)
+    shared = dict(iterations=100, seed=0, backend=backend, workers=workers, progress=False, tensorboard=False)
+    shared |= dict(threads=1, shards=shards, debias=debias)
     if quick:
         small = dict(meta_batch=2, inner_steps=1, batch_steps=1000, num_envs=4, hidden=(16,))
-        return MetaCPOConfig(env="safenav-button", critic_hidden=(32, 32), critic_epochs=1, **small, **common)
+        return MetaCPOConfig(env="safenav-button", critic_hidden=(32, 32), critic_epochs=1, **small, **shared)
     published = dict(meta_batch=3, inner_steps=3, batch_steps=4000, num_envs=10, hidden=(32, 32))
     return MetaCPOConfig(
-        env="safety-circle", critic_hidden=(128, 128), critic_epochs=5, **published, **common
+        env="safety-circle", critic_hidden=(128, 128), critic_epochs=5, **published, **shared
     )
 
 
 @contextlib.contextmanager
 def timed_building_blocks(seconds: dict[str, float]) -> Iterator[None]:
-    """Add the wall time of every :data:`TIMED` building block to ``seconds`` (this process only)."""
+    """Add the wall time of every building block (``FUNCTIONS``, ``METHODS``) to ``seconds`` (this
+    process only: with a parallel backend the workers run unwrapped code)."""
 
     def wrap(fn: Callable[..., Any], key: str) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -75,9 +75,17 @@ def timed_building_blocks(seconds: dict[str, float]) -> Iterator[None]:
 
         return timed
 
-    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in TIMED]
+    patches = list(METHODS)
+    for name, key in FUNCTIONS.items():
+        fn = next((getattr(m, name) for m in MODULES if hasattr(m, name)), None)
+        if fn is None:
+            raise AttributeError(
+                f"no module of {[m.__name__ for m in MODULES]} defines {name}: update FUNCTIONS"
+            )
+        patches += [(m, name, key) for m in MODULES if getattr(m, name, None) is fn]
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     try:
-        for owner, name, key in TIMED:
+        for owner, name, key in patches:
             setattr(owner, name, wrap(getattr(owner, name), key))
         yield
     finally:

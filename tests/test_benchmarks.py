@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -251,7 +252,7 @@ def test_measurement_tables_and_backend_settings(tmp_path):
 
 def test_meta_iteration_phases_and_amdahl_prediction():
     from benchmarks import meta_iteration
-    from rl.meta_cpo import MetaCPOConfig
+    from rl.meta_cpo import MetaCPOConfig, MetaCPOTrainer
 
     raw = {"_sampling": 8.0, "env_setup": 1.0, "inner_steps": 0.5, "_meta_objectives": 9.0}
     raw |= {"_task_meta_gradient": 10.5, "meta_update": 0.25, "critics": 2.0}
@@ -262,11 +263,28 @@ def test_meta_iteration_phases_and_amdahl_prediction():
     cfg = MetaCPOConfig(meta_batch=3, inner_steps=1, shards=2)
     expected = 13.0 / (4.0 + 8.0 / 4 + 0.01 * 12 / 4)
     assert meta_iteration.predicted_speedup(phases, cfg, 0.01, 4) == pytest.approx(expected)
-    seconds: dict[str, float] = defaultdict(float)
-    originals = [getattr(owner, name) for owner, name, _ in meta_iteration.TIMED]
-    with meta_iteration.timed_building_blocks(seconds):  # every timed building block still exists
-        assert all(getattr(o, n) is not f for (o, n, _), f in zip(meta_iteration.TIMED, originals))
-    assert [getattr(owner, name) for owner, name, _ in meta_iteration.TIMED] == originals
+    # every building block is timed in one real meta-iteration, and unwrapped afterwards
+    cfg = replace(
+        meta_iteration.make_config(quick=True, shards=1), batch_steps=200, num_envs=1, fisher_states=100
+    )
+    raw: dict[str, float] = defaultdict(float)
+    trainer = MetaCPOTrainer(cfg)
+    try:
+        with meta_iteration.timed_building_blocks(raw):
+            t0 = time.perf_counter()
+            trainer.step()
+            total = time.perf_counter() - t0
+    finally:
+        trainer.close()
+    timers = {*meta_iteration.FUNCTIONS.values()} | {key for *_, key in meta_iteration.METHODS}
+    assert {k for k, v in raw.items() if v > 0} == timers
+    phases = meta_iteration.split(raw, total)
+    assert all(v > 0 for k, v in phases.items() if k != "other") and abs(phases["other"]) < 0.5 * total
+    wrapped = [
+        getattr(m, n) for m in meta_iteration.MODULES for n in meta_iteration.FUNCTIONS if hasattr(m, n)
+    ]
+    wrapped += [getattr(owner, name) for owner, name, _ in meta_iteration.METHODS]
+    assert [f.__name__ for f in wrapped if f.__name__ == "timed"] == []  # the originals are back
 
 
 def test_score_matrix_orders_numbers_as_numbers():
