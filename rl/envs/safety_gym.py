@@ -70,7 +70,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 
-from rl.envs.base import all_true, check_seed, next_observations, with_final
+from rl.envs.base import SingleEnv, all_true, check_seed, with_final
 from rl.envs.safety_gym_import import import_safety_gymnasium
 from rl.envs.safety_gym_tasks import (
     GOAL_KEEPOUT,
@@ -753,7 +753,7 @@ def make(
 UNBOUNDED_SENSOR_LIMIT = float(np.finfo(np.float64).max)
 
 
-class SafetyGymEnv(gymnasium.Env):
+class SafetyGymEnv(SingleEnv):
     """One environment of a Safety-Gymnasium task family behind the gymnasium API.
 
     For Gymnasium wrappers, Stable-Baselines3, OmniSafe-style loops: ``step`` returns
@@ -793,37 +793,10 @@ class SafetyGymEnv(gymnasium.Env):
             raise ValueError(f"family must be one of {list(TASK_FAMILIES)}, got {family!r}")
         if task is None:
             task = _task_distribution(family).sample(1, split="train", seed=task_seed)[0]
-        if seed is None:
+        if seed is None:  # the package's generators take seeds below 2**32
             seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
-        self.vec_env = make(family, task=task, num_envs=1, seed=seed, horizon=horizon, fast_reset=fast_reset)
-        space = self.vec_env.single_observation_space
+        vec_env = make(family, task=task, num_envs=1, seed=seed, horizon=horizon, fast_reset=fast_reset)
+        space = vec_env.single_observation_space
         low = np.where(np.isfinite(space.low), space.low, -UNBOUNDED_SENSOR_LIMIT)
         high = np.where(np.isfinite(space.high), space.high, UNBOUNDED_SENSOR_LIMIT)
-        self.observation_space = gymnasium.spaces.Box(low, high, space.shape, np.float64)
-        self.action_space = self.vec_env.single_action_space
-        self.cost_channels = self.vec_env.cost_channels
-        self.horizon = self.vec_env.horizon
-
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        super().reset(seed=seed)
-        obs, _ = self.vec_env.reset(seed=seed)
-        return obs[0].copy(), {}
-
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        a = np.asarray(action, dtype=np.float64)
-        if a.shape != self.action_space.shape:
-            raise ValueError(f"action must have shape {self.action_space.shape}, got {a.shape}")
-        obs, reward, terminated, truncated, info = self.vec_env.step(a[None])
-        out = next_observations(obs, info)[0]
-        step_info = {
-            "cost": float(info["cost"][0]),
-            "costs": {k: float(v[0]) for k, v in info["costs"].items()},
-            "goal_reached": bool(info["goal_reached"][0]),
-            "package_cost": float(info["package_cost"][0]),
-        }
-        return out.copy(), float(reward[0]), bool(terminated[0]), bool(truncated[0]), step_info
-
-    def close(self) -> None:
-        self.vec_env.close()
+        self._wrap(vec_env, gymnasium.spaces.Box(low, high, space.shape, np.float64))
