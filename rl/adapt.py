@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rl.envs import safenav
 from rl.meta_cpo import MetaCPOTrainer
 from rl.meta_test import adapt
 from rl.runtime import CSVLogger
@@ -80,7 +81,7 @@ def render_gif(
     fps: int = 20,
 ) -> Path:
     """Roll out the policy's mean action on ``task`` (built-in family) and write a GIF."""
-    import imageio.v2 as imageio
+    import imageio.v2 as imageio  # here: with Pillow about 0.7 s of import (measured), only GIFs need it
 
     env = trainer.setup.make_env(task, seed)
     if type(env).render is gymnasium.Env.render:  # the vector env draws no pictures
@@ -125,8 +126,6 @@ def load_task_file(path: str | Path, env: str) -> Any:
         )
     if not env.startswith("safenav"):
         return data
-    from rl.envs import safenav
-
     try:
         return safenav.SafeNavTask.from_dict(data)
     except (TypeError, ValueError) as err:

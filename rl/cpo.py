@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rl import envs
 from rl.cpo_step import (
     confidence_z,
     cost_offsets,
@@ -53,9 +54,23 @@ from rl.cpo_step import (
 )
 from rl.critics import adam as _adam
 from rl.critics import fit_critics, fit_critics_on_pool
+from rl.envs.safenav import corridor_task
 from rl.policy import Critic, GaussianPolicy, ObsNormalizer
 from rl.rollout import Batch, EnvSpec, gather_sharded, submit_sharded
-from rl.runtime.config import ConfigError
+from rl.runtime import (
+    RunLogger,
+    config_to_dict,
+    make_run_dir,
+    parallel,
+    progress_bar,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from rl.runtime.checkpoint import checkpoint_step, restore_latest_checkpoint, settings_record
+from rl.runtime.config import ConfigError, parse_config_or_resume, run_settings, usage_error
+from rl.runtime.plots import plot_or_warn, plot_training
+from rl.runtime.validation import validate_settings
 from rl.seeds import CPOSeed
 from rl.settings import (
     AdvantageSettings,
@@ -155,8 +170,6 @@ class CPOConfig(
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad value: the ranges shared with ``rl.meta_cpo``
         (:func:`rl.runtime.validation.validate_settings`), then CPO's own rules."""
-        from rl.runtime.validation import validate_settings
-
         validate_settings(self)
         if self.steps_per_iter % self.num_envs:
             raise ConfigError(
@@ -205,8 +218,6 @@ _NOT_RUN_DEFINING = (*_RESUME_OVERRIDABLE, "out")
 def _restore_checkpoint(run_dir: Path, st: _State, settings: dict[str, Any]) -> tuple[Path, dict] | None:
     """Restore ``st`` from the newest checkpoint of ``run_dir`` that loads, fits and was made with
     ``settings`` (:func:`rl.runtime.checkpoint.restore_latest_checkpoint`); ``None``: none did."""
-    from rl.runtime.checkpoint import checkpoint_step, restore_latest_checkpoint
-    from rl.runtime.config import run_settings
 
     def restore(path: Path, state: dict[str, Any]) -> None:
         if int(state["iteration"]) != checkpoint_step(path) + 1:
@@ -227,8 +238,6 @@ def _restore_checkpoint(run_dir: Path, st: _State, settings: dict[str, Any]) -> 
 def _new_run_dir(cfg: CPOConfig) -> Path:
     """A fresh run folder (``cfg.out`` or a dated one under ``runs/``); a taken ``--out`` is a
     ``ConfigError``."""
-    from rl.runtime import make_run_dir
-
     try:
         return make_run_dir("runs", [cfg.env, "cpo", f"seed{cfg.seed}"], out=cfg.out)
     except (FileExistsError, NotADirectoryError) as err:
@@ -237,16 +246,12 @@ def _new_run_dir(cfg: CPOConfig) -> Path:
 
 def _is_safety_gym(env: str) -> bool:
     """Whether ``env`` names a Safety-Gymnasium environment (a family or a raw id)."""
-    from rl.envs import BUILTIN_FAMILIES
-
-    return env not in BUILTIN_FAMILIES
+    return env not in envs.BUILTIN_FAMILIES
 
 
 # --------------------------------------------------------------------------------- training
 def make_env(cfg: CPOConfig) -> Any:
     """The vectorised environment of ``cfg`` (task per ``cfg.task``)."""
-    from rl.envs import make
-
     kwargs: dict[str, Any] = {}
     if cfg.horizon is not None:
         kwargs["horizon"] = cfg.horizon
@@ -254,10 +259,8 @@ def make_env(cfg: CPOConfig) -> Any:
         kwargs["num_workers"] = cfg.num_workers
     task = None
     if cfg.task == "corridor":
-        from rl.envs.safenav import corridor_task
-
         task = corridor_task()
-    return make(cfg.env, task=task, num_envs=cfg.num_envs, seed=cfg.seed, **kwargs)
+    return envs.make(cfg.env, task=task, num_envs=cfg.num_envs, seed=cfg.seed, **kwargs)
 
 
 def make_pool(cfg: CPOConfig) -> Any:
@@ -265,12 +268,10 @@ def make_pool(cfg: CPOConfig) -> Any:
     (``--num-workers N > 1``, deprecated, is ``--backend processes --workers N``). ``auto`` with
     batches under :data:`PARALLEL_MIN_STEPS` steps is ``serial``: starting workers would cost more
     than they save."""
-    from rl.runtime.parallel import TaskPool
-
     if cfg.num_workers > 1:
-        return TaskPool("processes", cfg.num_workers, max_retries=cfg.max_retries)
+        return parallel.TaskPool("processes", cfg.num_workers, max_retries=cfg.max_retries)
     backend = "serial" if cfg.backend == "auto" and cfg.steps_per_iter < PARALLEL_MIN_STEPS else cfg.backend
-    return TaskPool(backend, cfg.workers, cfg.ray_address, cfg.max_retries).start()
+    return parallel.TaskPool(backend, cfg.workers, cfg.ray_address, cfg.max_retries).start()
 
 
 #: ``--backend auto`` samples batches smaller than this in the driver process.
@@ -308,8 +309,6 @@ class _State:
     seconds: float = 0.0
 
     def state_dict(self) -> dict[str, Any]:
-        from rl.runtime import rng_state
-
         return {
             "iteration": self.iteration,
             "env_steps": self.env_steps,
@@ -324,8 +323,6 @@ class _State:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        from rl.runtime import set_rng_state
-
         params = state["params"]
         if params.shape != self.params.shape:
             raise ValueError(
@@ -403,10 +400,6 @@ def _row(it: int, st: _State, batch: Batch, info: dict[str, Any], extra: dict[st
 
 def train(cfg: CPOConfig) -> Path:
     """Run CPO as configured; returns the run folder (see :class:`CPOConfig`)."""
-    from rl.runtime import RunLogger, config_to_dict, progress_bar
-    from rl.runtime.checkpoint import settings_record
-    from rl.runtime.config import run_settings
-
     cfg.validate()
     device = cfg.torch_device()  # --device cuda without a GPU: a ConfigError before any work
     torch.set_num_threads(cfg.threads)
@@ -449,8 +442,6 @@ def train(cfg: CPOConfig) -> Path:
         )
         log.write_config(config_to_dict(cfg))
     record = settings_record(settings)  # in every checkpoint: --resume checks config.json against it
-
-    from rl.runtime import save_checkpoint
 
     total = cfg.iterations
     bar = progress_bar(total, initial=st.iteration, desc=f"cpo {cfg.env}") if cfg.progress else None
@@ -552,8 +543,6 @@ def _plot(
     run_dir: Path, channels: tuple[str, ...], constraint_names: tuple[str, ...], limits: list[float] | None
 ) -> None:
     """``training.png``: return and cost per episode against env steps, limits dashed."""
-    from rl.runtime.plots import plot_or_warn, plot_training
-
     if constraint_names == ("total",) or len(channels) == 1:
         cost_panel: tuple[str, list[str], Any] = ("cost", ["ep_cost"], limits)
     else:
@@ -571,15 +560,11 @@ def parse_args(argv: Sequence[str] | None = None) -> CPOConfig:
     """Config from the command line; with ``--resume DIR`` from ``DIR/config.json`` plus the few
     options allowed to change (from the command line or ``--config FILE``). Errors are usage
     errors (exit status 2)."""
-    from rl.runtime.config import parse_config_or_resume
-
     return parse_config_or_resume(CPOConfig, argv, _RESUME_OVERRIDABLE, "rl.cpo")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m rl.cpo`` (``--help`` lists every option)."""
-    from rl.runtime.config import usage_error
-
     cfg = parse_args(argv)
     try:
         run_dir = train(cfg)

@@ -51,6 +51,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
+import yaml
+
 __all__ = [
     "ConfigError",
     "ConfigTypeError",
@@ -302,17 +304,11 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         if suffix == ".json":
             data = json.loads(text)
         elif suffix in (".yaml", ".yml"):
-            import yaml
-
             data = yaml.safe_load(text)
         else:
             raise ConfigError(f"config file {path} has suffix {suffix!r}; expected .yaml, .yml or .json")
-    except (json.JSONDecodeError, ImportError) as err:
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise ConfigError(f"cannot parse config file {path}: {err}") from err
-    except Exception as err:  # yaml.YAMLError, without importing yaml at module level
-        if type(err).__module__.startswith("yaml"):
-            raise ConfigError(f"cannot parse config file {path}: {err}") from err
-        raise
     if data is None:
         return {}
     if not isinstance(data, dict):
