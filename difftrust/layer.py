@@ -278,7 +278,7 @@ class _TrustRegionFunction(torch.autograd.Function):
             and Bsz == 1
             and rec.kind != "operator"
             and g.dtype == torch.float64
-            and not g.is_cuda
+            and g.device.type == "cpu"
         ):
             rec.lean = True
             H = tensors[0] if dense else None
