@@ -78,15 +78,13 @@ dataclass), :mod:`~rl.envs.safenav.distribution` (train/test splits, sampling),
 
 from __future__ import annotations
 
-from rl.envs.base import SingleEnv
-from rl.envs.base import SplitMix64Streams as _Streams
 from rl.envs.registration import register_gymnasium_envs
 from rl.envs.safenav import constants as _constants
 from rl.envs.safenav.constants import *  # noqa: F403 - the numbers, listed in constants.__all__
 from rl.envs.safenav.distribution import SafeNavDistribution, SplitRanges, task_distribution
 from rl.envs.safenav.env import SafeNavGymEnv, SafeNavVecEnv, make
 from rl.envs.safenav.simulator import SafeNavSimulator, goal_seeking_actions, observation_bounds
-from rl.envs.safenav.task import SafeNavTask, _finite_float, _points, _positive, corridor_task
+from rl.envs.safenav.task import SafeNavTask, corridor_task
 
 __all__ = [
     "SafeNavDistribution",
@@ -103,10 +101,6 @@ __all__ = [
     "task_distribution",
 ]
 __all__ += _constants.__all__
-
-# kept importable from here for the modules that used them before the split
-_random_seed = SingleEnv.random_seed
-_SHARED_PRIVATE = (_Streams, _finite_float, _points, _positive, _random_seed)
 
 # The ids are registered through the package's gymnasium.envs entry point; importing this
 # package registers them too (for a source tree that is not installed).
