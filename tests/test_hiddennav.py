@@ -256,7 +256,9 @@ def test_hazard_variant_hides_the_task_and_refuses_mismatches():
         cost_differs |= not np.array_equal(ia["costs"]["hazards"], ib["costs"]["hazards"])
     assert cost_differs
     assert HiddenNavTask.from_dict(a.to_dict()) == a and a.family == HAZARD
-    with pytest.raises(ValueError, match="of family 'hiddennav-hazard', not of the requested 'hiddennav'"):
+    with pytest.raises(
+        ValueError, match="of family 'hiddennav-hazard', which does not match the requested 'hiddennav'"
+    ):
         make("hiddennav", task=a)
     with pytest.raises(ValueError, match="unknown hiddennav family 'hiddennav-wall'"):
         hiddennav.task_distribution("hiddennav-wall")

@@ -309,6 +309,29 @@ class SplitMix64Streams:
 # ------------------------------------------------------------------ episode bookkeeping
 
 
+def resolve_task(
+    name: str, task: Any, seed: int, task_cls: type, distribution: Callable[[str], Any], options: Mapping
+) -> Any:
+    """The task a family's ``make(name, task=..., seed=..., **options)`` means: ``None`` is the first
+    training task of ``distribution(name)`` drawn with ``seed``, a dict goes through
+    ``task_cls.from_dict``; the task must be of family ``name``, and no other options are taken."""
+    if options:
+        raise TypeError(
+            f"unknown options {sorted(options)} for {name!r}; valid: task, num_envs, seed, horizon"
+        )
+    if task is None:
+        return distribution(name).sample(1, split="train", seed=seed)[0]
+    if isinstance(task, Mapping):
+        task = task_cls.from_dict(task)
+    elif not isinstance(task, task_cls):
+        raise TypeError(f"task must be a {task_cls.__name__}, a dict or None, got {type(task).__name__}")
+    if task.family != name:
+        raise ValueError(
+            f"the task is of family {task.family!r}, which does not match the requested {name!r}"
+        )
+    return task
+
+
 def _check_count(name: str, value: Any) -> int:
     if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")

@@ -71,8 +71,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from rl.envs.base import EpisodeVecEnv, TaskRecord, TopDownCanvas
+from rl.envs.base import EpisodeVecEnv, TaskRecord, TopDownCanvas, resolve_task
 from rl.envs.safenav import DAMPING, DT, THRUST, SafeNavGymEnv
+from rl.envs.safenav.env import Family
 from rl.envs.safenav.task import _finite_float, _points, _positive
 
 __all__ = [
@@ -462,19 +463,7 @@ def make(
         ValueError: Unknown family, a task of another family or bad sizes.
         TypeError: Unknown keyword arguments or a task of the wrong type.
     """
-    _check_family(name)
-    if kwargs:
-        raise TypeError(
-            f"unknown options {sorted(kwargs)} for {name!r}; valid: task, num_envs, seed, horizon"
-        )
-    if task is None:
-        task = task_distribution(name).sample(1, split="train", seed=seed)[0]
-    elif isinstance(task, Mapping):
-        task = HiddenNavTask.from_dict(task)
-    elif not isinstance(task, HiddenNavTask):
-        raise TypeError(f"task must be a HiddenNavTask, a dict or None, got {type(task).__name__}")
-    if task.family != name:
-        raise ValueError(f"the task is of family {task.family!r}, not of the requested {name!r}")
+    task = resolve_task(_check_family(name), task, seed, HiddenNavTask, task_distribution, kwargs)
     return HiddenNavVecEnv(task, num_envs=num_envs, seed=seed, horizon=horizon)
 
 
@@ -494,6 +483,8 @@ class HiddenNavGymEnv(SafeNavGymEnv):
         task_seed: Seed of the default task.
     """
 
+    _family = Family(_check_family, task_distribution, make)
+
     def __init__(
         self,
         family: str = HAZARD_FAMILY,
@@ -503,10 +494,4 @@ class HiddenNavGymEnv(SafeNavGymEnv):
         render_mode: str | None = None,
         task_seed: int = 0,
     ) -> None:
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        if task is None:
-            task = task_distribution(_check_family(family)).sample(1, split="train", seed=task_seed)[0]
-        self.render_mode = render_mode
-        seed = self.random_seed() if seed is None else seed
-        self._wrap(make(family, task=task, num_envs=1, seed=seed, horizon=horizon))
+        super().__init__(family, task, seed, horizon, render_mode, task_seed)

@@ -17,6 +17,7 @@ __all__ = ["GYMNASIUM_IDS", "register_gymnasium_envs"]
 GYMNASIUM_IDS: dict[str, tuple[str, dict[str, Any]]] = {
     "SafeNavGoal-v0": ("rl.envs.safenav:SafeNavGymEnv", {"family": "safenav-goal"}),
     "SafeNavButton-v0": ("rl.envs.safenav:SafeNavGymEnv", {"family": "safenav-button"}),
+    "HiddenNav-v0": ("rl.envs.hiddennav:HiddenNavGymEnv", {"family": "hiddennav"}),
     "HiddenNavHazard-v0": ("rl.envs.hiddennav:HiddenNavGymEnv", {"family": "hiddennav-hazard"}),
     # The Meta-CPO task families over Safety-Gymnasium (needs python -m rl.envs.install_safety).
     "MetaCPOSafetyButton-v0": ("rl.envs.safety_gym:SafetyGymEnv", {"family": "safety-button"}),

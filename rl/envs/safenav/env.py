@@ -6,18 +6,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from rl.envs.base import EpisodeVecEnv, SingleEnv
+from rl.envs.base import EpisodeVecEnv, SingleEnv, resolve_task
 from rl.envs.safenav.constants import DEFAULT_HORIZON
 from rl.envs.safenav.distribution import _check_family, task_distribution
 from rl.envs.safenav.simulator import SafeNavSimulator, observation_bounds
 from rl.envs.safenav.task import SafeNavTask
 
 __all__ = ["SafeNavGymEnv", "SafeNavVecEnv", "make"]
+
+
+class Family(NamedTuple):
+    """A task family's entry points: name check, task distribution, vectorised ``make``."""
+
+    check: Callable[[Any], str]
+    distribution: Callable[[str], Any]
+    make: Callable[..., Any]
 
 
 class SafeNavVecEnv(EpisodeVecEnv):
@@ -147,18 +155,7 @@ def make(
         TypeError: Unknown keyword arguments or a task of the wrong type.
     """
     name = _check_family(name)
-    if kwargs:
-        raise TypeError(
-            f"unknown options {sorted(kwargs)} for {name!r}; valid: task, num_envs, seed, horizon"
-        )
-    if task is None:
-        task = task_distribution(name).sample(1, split="train", seed=seed)[0]
-    elif isinstance(task, Mapping):
-        task = SafeNavTask.from_dict(task)
-    elif not isinstance(task, SafeNavTask):
-        raise TypeError(f"task must be a SafeNavTask, a dict or None, got {type(task).__name__}")
-    if task.family != name:
-        raise ValueError(f"task family {task.family!r} does not match environment {name!r}")
+    task = resolve_task(name, task, seed, SafeNavTask, task_distribution, kwargs)
     return SafeNavVecEnv(task, num_envs=num_envs, seed=seed, horizon=horizon)
 
 
@@ -187,6 +184,8 @@ class SafeNavGymEnv(SingleEnv):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    #: How the family is checked, sampled and built (a subclass names its own module's functions).
+    _family: ClassVar[Family] = Family(_check_family, task_distribution, make)
 
     def __init__(
         self,
@@ -199,12 +198,13 @@ class SafeNavGymEnv(SingleEnv):
     ) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        family = _check_family(family)
+        build = type(self)._family
+        family = build.check(family)
         if task is None:
-            task = task_distribution(family).sample(1, split="train", seed=task_seed)[0]
+            task = build.distribution(family).sample(1, split="train", seed=task_seed)[0]
         self.render_mode = render_mode
         seed = self.random_seed() if seed is None else seed
-        self._wrap(make(family, task=task, num_envs=1, seed=seed, horizon=horizon))
+        self._wrap(build.make(family, task=task, num_envs=1, seed=seed, horizon=horizon))
 
     def render(self) -> np.ndarray | None:
         if self.render_mode == "rgb_array":
