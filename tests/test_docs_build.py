@@ -36,6 +36,7 @@ DOCTEST_MODULES = (
     "rl.envs.safety_gym_tasks",
     "rl.envs.safety_gym_import",
     "rl.envs.safety_gym",
+    "rl.envs.safety_gym_build",
     "rl.policy",
     "rl.rollout",
     "rl.meta_cpo",
@@ -45,7 +46,7 @@ DOCTEST_MODULES = (
     "rl.runtime.logging",
     "rl.runtime.parallel",
 )
-NEEDS_SAFETY_GYMNASIUM = {"rl.envs.safety_gym_import", "rl.envs.safety_gym"}
+NEEDS_SAFETY_GYMNASIUM = {"rl.envs.safety_gym_import", "rl.envs.safety_gym", "rl.envs.safety_gym_build"}
 
 
 def test_mkdocs_build_strict(tmp_path):
