@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/trust_region.py
+	$(BIN)/python -m benchmarks.trust_region
 
 clean:
 	rm -rf $(VENV)
