@@ -4,7 +4,7 @@ Command line::
 
     python -m rl.adapt RUN_DIR                       # first held-out test task, K_test steps
     python -m rl.adapt RUN_DIR --split train --task-index 3 --steps 5 --gif adapted.gif
-    python -m rl.adapt RUN_DIR --task-file my_task.json   # a task dict (SafeNavTask.to_dict())
+    python -m rl.adapt RUN_DIR --task-file my_task.json   # a task dict (task.to_dict())
 
 From Python::
 
@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from rl.envs import safenav
+from rl.envs.hiddennav import HiddenNavTask
 from rl.meta_cpo import MetaCPOTrainer
 from rl.meta_test import adapt
 from rl.runtime import CSVLogger
@@ -105,7 +106,8 @@ def render_gif(
 
 
 def load_task_file(path: str | Path, env: str) -> Any:
-    """The task in a JSON file: a task dict (``SafeNavTask.to_dict()`` for the built-in families).
+    """The task in a JSON file: a task dict (``to_dict()`` of a ``SafeNavTask`` or ``HiddenNavTask`` for
+    the built-in families, read back as that class; other families get the dict).
 
     Raises:
         ValueError: the file cannot be read, is not JSON, does not hold a JSON object, or not a
@@ -124,10 +126,11 @@ def load_task_file(path: str | Path, env: str) -> Any:
         raise ValueError(
             f"task file {path} holds a JSON {type(data).__name__}; expected an object (a task dict)"
         )
-    if not env.startswith("safenav"):
+    task_cls = {"safenav": safenav.SafeNavTask, "hiddennav": HiddenNavTask}.get(env.split("-")[0])
+    if task_cls is None:
         return data
     try:
-        return safenav.SafeNavTask.from_dict(data)
+        return task_cls.from_dict(data)
     except (TypeError, ValueError) as err:
         raise ValueError(f"task file {path} is not a task of {env!r}: {err}") from err
 
@@ -152,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--task-file",
         default=None,
-        help="JSON file with a task dict, SafeNavTask.to_dict(), used instead of --split and "
+        help="JSON file with a task dict (a task's to_dict()), used instead of --split and "
         "--task-index (default: none)",
     )
     parser.add_argument(

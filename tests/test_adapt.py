@@ -176,3 +176,19 @@ def test_help_shows_every_default(capsys):
     for option in ("--split", "--task-index", "--task-seed", "--task-file", "--steps", "--batch-steps",
                    "--seed", "--gif", "--out"):  # fmt: skip
         assert "(default:" in blocks[option], blocks[option]
+
+
+def test_hiddennav_task_file_reads_back_the_task_or_names_the_file(tmp_path):
+    from rl.adapt import load_task_file
+    from rl.envs.hiddennav import HiddenNavTask, task_distribution
+
+    task = task_distribution("hiddennav-hazard").sample(1, split="test", seed=3)[0]
+    task_file = tmp_path / "task.json"
+    task_file.write_text(json.dumps(task.to_dict()))
+    loaded = load_task_file(task_file, "hiddennav-hazard")
+    assert isinstance(loaded, HiddenNavTask) and loaded == task
+    task_file.write_text(json.dumps({**task.to_dict(), "colour": 1}))
+    with pytest.raises(
+        ValueError, match=rf"task file {task_file} is not a task of 'hiddennav-hazard': .*'colour'"
+    ):
+        load_task_file(task_file, "hiddennav-hazard")

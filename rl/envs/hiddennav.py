@@ -487,7 +487,7 @@ class HiddenNavGymEnv(SafeNavGymEnv):
 
     def __init__(
         self,
-        family: str = HAZARD_FAMILY,
+        family: str = FAMILY,
         task: HiddenNavTask | Mapping[str, Any] | None = None,
         seed: int | None = None,
         horizon: int = DEFAULT_HORIZON,
