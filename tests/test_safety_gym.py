@@ -423,3 +423,45 @@ def test_bad_names_and_parameters_raise_value_error():
     finally:
         env.close()
     assert "SafetyCarCircle1-v0" in safety_gym.raw_env_ids()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_step_outputs_are_fresh_arrays_and_masks_stay_read_only(workers):
+    """The step fills new arrays in place: nothing a caller holds is reused by a later step, each
+    cost channel is its own array, the shared ``_key`` masks cannot be made writeable, and the
+    action clip is np.clip's."""
+    task = task_distribution("safety-button").sample(1, "train", seed=0)[0]
+    envs = [make("safety-button", task=task, num_envs=2, seed=1, horizon=60, num_workers=workers)]
+    envs.append(make("safety-button", task=task, num_envs=2, seed=1, horizon=60))
+    try:
+        actions = 3.0 * np.stack([_forward_actions(s, 70) for s in (4, 5)], axis=1)
+        for env in envs:
+            env.reset(seed=1)
+        held, kept = [], []
+        for a in actions:
+            out = envs[0].step(a)  # out of bounds: clipped inside
+            clipped = envs[1].step(np.clip(a, envs[1].action_low, envs[1].action_high))
+            for x, y in zip(out[:4], clipped[:4], strict=True):
+                np.testing.assert_array_equal(x, y)
+            obs, reward, term, trunc, info = out
+            costs = info["costs"]
+            assert set(costs) == {"buttons", "hazards"}
+            np.testing.assert_array_equal(info["cost"], costs["buttons"] + costs["hazards"])
+            np.testing.assert_array_equal(costs["hazards"], clipped[4]["costs"]["hazards"])
+            for key in ("_cost", "_costs", "_goal_reached", "_package_cost"):
+                assert info[key].tolist() == [True, True] and not info[key].flags.writeable
+                with pytest.raises(ValueError, match="WRITEABLE"):
+                    info[key].flags.writeable = True
+            arrays = [obs, reward, term, trunc, info["cost"], costs["buttons"], costs["hazards"]]
+            held.append(arrays)
+            kept.append([x.copy() for x in arrays])
+            costs["buttons"][:] = -7.0  # the caller's to change: touches no other array
+            assert not (costs["hazards"] == -7.0).any() and not (info["cost"] == -7.0).any()
+        assert sum(k[6].sum() for k in kept) == 16  # hazard steps of the two robots
+        assert sum(k[3].sum() for k in kept) == 2  # one truncation per sub-environment
+        for arrays, copies in zip(held, kept, strict=True):
+            for x, y in zip(arrays[:5] + arrays[6:], copies[:5] + copies[6:], strict=True):
+                np.testing.assert_array_equal(x, y)  # later steps wrote nothing into them
+    finally:
+        for env in envs:
+            env.close()

@@ -132,40 +132,28 @@ class _SubEnv:
         obs, _ = self.env.reset(seed=seed)
         return np.asarray(obs, dtype=np.float64)
 
-    def step(self, action: np.ndarray) -> tuple:
+    def step_into(self, action: np.ndarray, row: int, out: tuple) -> np.ndarray | None:
+        """Step, writing row ``row`` of the group's output arrays ``out`` (see
+        :meth:`_LocalGroup.step`); returns the episode's last observation (a copy) when it ended
+        (``out``'s observation row then holds the next episode's first one), else ``None``."""
         obs, reward, cost, terminated, truncated, info = self.env.step(action)
-        obs = np.asarray(obs, dtype=np.float64)
-        costs = np.array([float(info.get(k, 0.0)) for k in self.cost_keys], dtype=np.float64)
-        final = obs
+        out_obs, out_reward, out_costs, out_package_cost, out_term, out_trunc, out_goal = out
+        costs = out_costs[row]
+        for j, key in enumerate(self.cost_keys):
+            costs[j] = float(info.get(key, 0.0))
+        out_reward[row] = float(reward)
+        out_package_cost[row] = float(cost)
+        out_term[row] = terminated = bool(terminated)
+        out_trunc[row] = truncated = bool(truncated)
+        out_goal[row] = bool(info.get("goal_met", False))
         if terminated or truncated:
-            obs = self.reset()
-        return (
-            obs,
-            final,
-            float(reward),
-            costs,
-            float(cost),
-            bool(terminated),
-            bool(truncated),
-            bool(info.get("goal_met", False)),
-        )
+            out_obs[row] = self.reset()
+            return np.array(obs, dtype=np.float64)
+        out_obs[row] = obs
+        return None
 
     def close(self) -> None:
         self.env.close()
-
-
-def _stack_steps(results: list[tuple]) -> tuple:
-    obs, final, reward, costs, package_cost, term, trunc, goal = zip(*results, strict=True)
-    return (
-        np.stack(obs),
-        np.stack(final),
-        np.array(reward, dtype=np.float64),
-        np.stack(costs),
-        np.array(package_cost, dtype=np.float64),
-        np.array(term, dtype=bool),
-        np.array(trunc, dtype=bool),
-        np.array(goal, dtype=bool),
-    )
 
 
 class _LocalGroup:
@@ -173,6 +161,8 @@ class _LocalGroup:
 
     def __init__(self, spec: _EnvSpec, seeds: list[int]) -> None:
         self.envs = [_SubEnv(spec, s) for s in seeds]
+        self.obs_dim = self.envs[0].obs_dim
+        self.num_costs = len(self.envs[0].cost_keys)
 
     def meta(self) -> dict:
         env = self.envs[0]
@@ -189,7 +179,26 @@ class _LocalGroup:
         return np.stack([e.reset(s) for e, s in zip(self.envs, seeds, strict=True)])
 
     def step(self, actions: np.ndarray) -> tuple:
-        return _stack_steps([e.step(a) for e, a in zip(self.envs, actions, strict=True)])
+        """One step of every sub-environment: ``(obs, reward, costs, package_cost, terminated,
+        truncated, goal, finals)``, fresh arrays of length ``n`` (``costs`` is ``(n, C)``), filled
+        in place row by row; ``finals`` lists ``(row, last observation)`` of the episodes that
+        ended, in row order (empty on most steps)."""
+        n = len(self.envs)
+        out = (
+            np.empty((n, self.obs_dim)),
+            np.empty(n),
+            np.empty((n, self.num_costs)),
+            np.empty(n),
+            np.empty(n, dtype=bool),
+            np.empty(n, dtype=bool),
+            np.empty(n, dtype=bool),
+        )
+        finals = []
+        for row, env in enumerate(self.envs):
+            final = env.step_into(actions[row], row, out)
+            if final is not None:
+                finals.append((row, final))
+        return (*out, finals)
 
     def close(self) -> None:
         for env in self.envs:
@@ -327,6 +336,11 @@ class SafetyGymVecEnv(gymnasium.vector.VectorEnv):
         self.act_dim = int(self.action_low.shape[0])
         self.cost_channels = tuple(k.removeprefix("cost_") for k in meta["cost_keys"])
         self._sizes = [len(b) for b in np.array_split(np.arange(num_envs), len(self._groups))]
+        # stepped directly (no dispatch) when the sub-environments live in this process
+        self._local = self._groups[0] if isinstance(self._groups[0], _LocalGroup) else None
+        # Gymnasium's ``_key`` masks, shared by every step: a view of a read-only block, so no
+        # caller can make it writeable and change a later step's mask
+        self._mask = all_true(num_envs)[:]
 
     # ----------------------------------------------------------------- dispatch
     def _call(self, command: str, payloads: list[Any]) -> list[Any]:
@@ -363,25 +377,37 @@ class SafetyGymVecEnv(gymnasium.vector.VectorEnv):
                 f"actions must have shape (num_envs, act_dim) = ({self.num_envs}, "
                 f"{self.act_dim}), got {actions.shape}"
             )
-        actions = np.ascontiguousarray(np.clip(actions, self.action_low, self.action_high))
-        parts = self._call("step", self._split(actions))
-        obs, final, reward, costs, package_cost, term, trunc, goal = (
-            np.concatenate(x) for x in zip(*parts, strict=True)
-        )
-        mask = all_true(self.num_envs)
+        # np.clip's values (NaN included) without its Python wrappers; a fresh C-ordered array
+        clipped = np.maximum(actions, self.action_low, order="C")
+        actions = np.minimum(clipped, self.action_high, out=clipped)
+        if self._local is not None:
+            if self._closed:
+                raise RuntimeError("this SafetyGymVecEnv is closed")
+            obs, reward, costs, package_cost, term, trunc, goal, finals = self._local.step(actions)
+        else:
+            parts = self._call("step", self._split(actions))
+            obs, reward, costs, package_cost, term, trunc, goal = (
+                np.concatenate(x) for x in zip(*(part[:7] for part in parts), strict=True)
+            )
+            finals, start = [], 0
+            for part, size in zip(parts, self._sizes, strict=True):
+                finals.extend((start + row, final) for row, final in part[7])
+                start += size
+        mask = self._mask
+        by_channel = costs.T.copy()  # each channel's (N,) array a row of one fresh block
         info = {
-            "cost": costs.sum(axis=1),
+            "cost": np.add.reduce(costs, axis=1),
             "_cost": mask,
-            "costs": {c: costs[:, j].copy() for j, c in enumerate(self.cost_channels)},
+            "costs": dict(zip(self.cost_channels, by_channel, strict=True)),
             "_costs": mask,
             "goal_reached": goal,
             "_goal_reached": mask,
             "package_cost": package_cost,
             "_package_cost": mask,
         }
-        done = np.flatnonzero(term | trunc)
-        if done.size:
-            with_final(info, done, final[done], self.num_envs)
+        if finals:
+            done = np.array([row for row, _ in finals], dtype=np.intp)
+            with_final(info, done, np.stack([final for _, final in finals]), self.num_envs)
         return obs, reward, term, trunc, info
 
     def close(self, **kwargs: Any) -> None:
