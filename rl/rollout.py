@@ -47,7 +47,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from rl.envs.base import VecEnv, next_observations
@@ -265,7 +264,6 @@ def run_segment(
     raw_obs = np.empty((steps, n_envs, obs_dim))
     raw_next = np.empty((steps, n_envs, obs_dim))
     acts = torch.empty(steps, n_envs, act_dim, dtype=dtype)
-    logps = torch.empty(steps, n_envs, dtype=dtype)
     rewards = np.empty((steps, n_envs))
     costs = np.empty((steps, n_envs, len(channels)))
     terminated = np.empty((steps, n_envs), dtype=bool)
@@ -275,22 +273,36 @@ def run_segment(
     mean, scale, clip = normalizer.mean, torch.sqrt(normalizer.var + normalizer.eps), normalizer.clip
     # what GaussianPolicy.mean_log_std computes, its checks and slicing done once for the batch
     policy.mean_log_std(params, torch.zeros(1, obs_dim, dtype=dtype))
-    layers = [(params[w].view(shape), params[b]) for w, shape, b in policy._layers]
+    # the layers as F.linear runs them on a 2-D input (addmm with the transposed weight), each
+    # writing into its own buffer: the same operations, no tensor allocated per vector step
+    layers = [(params[b], params[w].view(shape).t()) for w, shape, b in policy._layers]
+    outs = [torch.empty(n_envs, shape[0], dtype=dtype) for _, shape, _ in policy._layers]
+    hidden = list(zip(layers[:-1], outs[:-1], strict=True))
+    (last_b, last_wt), mu = layers[-1], outs[-1]
     log_std = params[policy._log_std]
     std, log_std_sum = torch.exp(log_std), log_std.sum()
+    centred = torch.empty(n_envs, obs_dim, dtype=torch.float64)
+    h0 = centred if dtype == torch.float64 else torch.empty(n_envs, obs_dim, dtype=dtype)
+    noises = torch.empty(steps, n_envs, act_dim, dtype=dtype)
+    spread = torch.empty(n_envs, act_dim, dtype=dtype)
+    # per-step views made once (rows of raw_obs, which they share memory with, noises, acts)
+    rows = zip(torch.from_numpy(raw_obs).unbind(0), noises.unbind(0), acts.unbind(0), strict=True)
 
     obs, _ = env.reset(seed=reset_seed)
-    for t in range(steps):
+    for t, (obs_row, noise, act) in enumerate(rows):
         raw_obs[t] = obs
-        h = ((torch.from_numpy(raw_obs[t]) - mean) / scale).clamp(-clip, clip).to(dtype)
-        for i, (w, b) in enumerate(layers):
-            h = F.linear(h, w, b)
-            if i < len(layers) - 1:
-                h = torch.tanh(h)
-        noise = torch.randn(h.shape, generator=generator, dtype=dtype)
-        act = h + std * noise
-        acts[t] = act
-        logps[t] = -0.5 * (noise * noise).sum(-1) - log_std_sum - log_norm
+        torch.sub(obs_row, mean, out=centred)
+        torch.div(centred, scale, out=centred)
+        centred.clamp_(-clip, clip)
+        if h0 is not centred:
+            h0.copy_(centred)
+        h = h0
+        for (b, wt), out in hidden:
+            torch.tanh(torch.addmm(b, h, wt, out=out), out=out)
+            h = out
+        torch.addmm(last_b, h, last_wt, out=mu)
+        noise.normal_(generator=generator)  # what torch.randn draws
+        torch.add(mu, torch.mul(std, noise, out=spread), out=act)
         obs, reward, term, trunc, info = env.step(act.numpy().astype(np.float64))
         info_costs = info["costs"]
         for j, ch in enumerate(channels):
@@ -298,7 +310,8 @@ def run_segment(
         raw_next[t] = next_observations(obs, info)
         rewards[t] = reward
         terminated[t] = term
-        done[t] = np.logical_or(term, trunc)
+        np.logical_or(term, trunc, out=done[t])
+    logps = -0.5 * (noises * noises).sum(-1) - log_std_sum - log_norm
     return Segment(
         raw_obs, raw_next, acts, logps, rewards, costs, terminated, done, int(env.horizon), channels
     )

@@ -282,3 +282,55 @@ def test_shard_slices():
     assert shard_slices(2, 5) == [(0, 1), (1, 1)]
     with pytest.raises(ValueError, match="shards must be a positive int, got 0"):
         shard_slices(4, 0)
+
+
+def _reference_segment(env, pi, params, steps, norm, gen, reset_seed):
+    """run_segment written plainly with the policy's public methods: one normalize, one
+    mean_log_std, one torch.randn per vector step (the per-step code run_segment replaces)."""
+    from rl.envs.base import next_observations
+
+    channels = env.cost_channels
+    obs, _ = env.reset(seed=reset_seed)
+    out = {k: [] for k in ("obs", "next_obs", "act", "logp", "reward", "cost", "terminated", "done")}
+    for _ in range(steps):
+        out["obs"].append(obs.copy())
+        mean, log_std = pi.mean_log_std(params, norm.normalize(obs, dtype=params.dtype))
+        noise = torch.randn(mean.shape, generator=gen, dtype=params.dtype)
+        act = mean + torch.exp(log_std) * noise
+        logp = -0.5 * (noise * noise).sum(-1) - log_std.sum() - 0.5 * pi.act_dim * np.log(2 * np.pi)
+        out["act"].append(act)
+        out["logp"].append(logp)
+        obs, reward, term, trunc, info = env.step(act.numpy().astype(np.float64))
+        out["cost"].append(np.stack([info["costs"][c] for c in channels], axis=-1))
+        out["next_obs"].append(next_observations(obs, info))
+        out["reward"].append(reward)
+        out["terminated"].append(term)
+        out["done"].append(term | trunc)
+    return {k: torch.stack(v) if k in ("act", "logp") else np.stack(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize(
+    ("hidden", "dtype", "num_envs"),
+    [((16, 16), torch.float64, 3), ((8,), torch.float32, 2), ((), torch.float64, 2)],
+)
+def test_run_segment_matches_the_plain_per_step_loop_bit_for_bit(hidden, dtype, num_envs):
+    from rl.envs import make
+    from rl.rollout import run_segment
+
+    env = make("safenav-goal", num_envs=num_envs, seed=0)
+    pi = GaussianPolicy(env.obs_dim, env.act_dim, hidden=hidden)
+    params = pi.init_params(torch.Generator().manual_seed(2)).to(dtype)
+    params[-env.act_dim :] = torch.linspace(-0.7, 0.2, env.act_dim, dtype=dtype)  # log-std
+    norm = ObsNormalizer(env.obs_dim, clip=1.5)  # clipping is active for some observations
+    norm.update(np.random.default_rng(0).normal(size=(64, env.obs_dim)) * 0.5 + 0.3)
+    steps = 230  # safenav episodes last 200 steps: one episode end inside the segment
+    seg = run_segment(env, pi, params, steps, norm, torch.Generator().manual_seed(9), 5)
+    ref = _reference_segment(env, pi, params, steps, norm, torch.Generator().manual_seed(9), 5)
+    assert seg.done.sum() == num_envs and seg.done[199].all()
+    assert seg.act.dtype == seg.logp.dtype == dtype
+    for name in ("act", "logp"):
+        assert torch.equal(getattr(seg, name), ref[name]), name
+    for name in ("obs", "next_obs", "reward", "cost", "terminated", "done"):
+        np.testing.assert_array_equal(getattr(seg, name), ref[name], err_msg=name)
+    # the successor of the last step of an episode is its final observation, not the next reset
+    assert not np.array_equal(seg.next_obs[199], seg.obs[200])
