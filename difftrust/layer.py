@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from difftrust import lean
 from difftrust.cg import CGNotConvergedWarning, conjugate_gradient
-from difftrust.metrics import DenseMetric, FisherMetric, Metric
+from difftrust.metrics import CholeskyMetric, DenseMetric, FisherMetric, Metric
 from difftrust.reduced import SOLVERS, ReducedBatch, Solver, check_solver, reduced_forward, reduced_vjp
 
 __all__ = ["CGNotConvergedWarning", "StepResult", "TrustRegionStep", "trust_region_step"]
@@ -95,7 +95,7 @@ class StepResult:
 class _Record:
     """Per-call state shared between forward and backward (and returned as diagnostics)."""
 
-    kind: str  # "identity" | "dense" | "operator"
+    kind: str  # "identity" | "dense" | "factor" (a Cholesky factor L, H = L L') | "operator"
     solver: str
     metric: list[Metric] | None  # operator metrics: one per problem
     cg_iters: int
@@ -112,7 +112,12 @@ class _Record:
     cg_residuals: Tensor | None = None
     #: (B, 2) or, dense metrics, (B, 3): powers of two applied to g, to (A, b), and to (H, delta)
     scales: Tensor | None = None
-    lean: bool = False  # one float64 CPU problem, dense or identity metric: difftrust.lean's numpy path
+    lean: bool = False  # one float64 CPU problem, not an operator metric: difftrust.lean's numpy path
+    #: Cholesky-factor metrics: the lean path's L (a numpy array) or the torch path's scale sL, and
+    #: the first halves of the forward and backward solves (Y = L_s^-1 [G_s, r], Y_u = L_s^-1 xbar)
+    factor: Any = None
+    Y: Tensor | None = None
+    Y_u: Tensor | None = None
 
 
 def _pow2_scale(amax: Tensor) -> Tensor:
@@ -138,6 +143,28 @@ def _probe(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         r = torch.randn(n, 1, generator=gen, dtype=torch.float64)
         _PROBES[key] = (r / r.norm()).to(dtype=dtype, device=device)
     return _PROBES[key]
+
+
+_MASKS: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+
+
+def _strict_upper(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The 0/1 mask of the entries above the diagonal, ``(n, n)`` (cached per size, dtype and device)."""
+    key = (n, dtype, device)
+    if key not in _MASKS:
+        _MASKS[key] = torch.ones(n, n, dtype=dtype, device=device).triu(1)
+    return _MASKS[key]
+
+
+def _factor_solve(L: Tensor, sL: Tensor, R: Tensor) -> tuple[Tensor, Tensor]:
+    """``(Y, P)`` with ``Y = L_s^-1 R`` and ``P = L_s'^-1 Y = H_s^-1 R`` for ``L_s = sL L``, ``H_s = L_s L_s'``.
+
+    Two triangular solves with ``L`` itself (no scaled copy of it): the power-of-two ``1 / sL`` is
+    applied to the ``(B, n, k)`` results, after each solve, which keeps them in range.
+    """
+    inv = (1.0 / sL)[:, None, None]
+    Y = torch.linalg.solve_triangular(L, R, upper=False) * inv
+    return Y, torch.linalg.solve_triangular(L.transpose(1, 2), Y, upper=True) * inv
 
 
 def _checked_operator(metric: Metric, tensors: tuple[Tensor, ...], create_graph: bool = False) -> Any:
@@ -187,12 +214,15 @@ def _solve_H(rec: _Record, R: Tensor, tensors: tuple[Tensor, ...]) -> tuple[Tens
         return R, None
     if rec.kind == "dense":
         return torch.cholesky_solve(R, rec.L), None
+    if rec.kind == "factor":
+        rec.Y_u, P = _factor_solve(rec.L, rec.factor, R)
+        return P, None
     Bsz, n, k = R.shape
     if rec.operator is None:  # built once (first-order KL graph for a Fisher), reused by backward
         ops = []
         for met, ts in zip(rec.metric, _split(tensors, rec.counts), strict=True):
             op = _checked_operator(met, tuple(t.detach() for t in ts))
-            if not isinstance(met, (FisherMetric, DenseMetric)):
+            if not isinstance(met, (FisherMetric, DenseMetric, CholeskyMetric)):
                 _symmetry_probe(met, op, R, n)
             ops.append(op)
         rec.operator = ops
@@ -273,6 +303,7 @@ class _TrustRegionFunction(torch.autograd.Function):
         Bsz, n = g.shape
         m = A.shape[1]
         dense = rec.kind == "dense"
+        factor = rec.kind == "factor"
         if (
             lean.ENABLED
             and Bsz == 1
@@ -281,7 +312,7 @@ class _TrustRegionFunction(torch.autograd.Function):
             and g.device.type == "cpu"
         ):
             rec.lean = True
-            H = tensors[0] if dense else None
+            H = tensors[0] if dense or factor else None
             return lean.lean_forward(rec, g, A, b, delta, H, _probe(n, g.dtype, g.device), _raise_for)
         # largest magnitudes per problem (NaN and inf propagate: the finiteness checks)
         gmax = g.abs().amax(1)
@@ -291,33 +322,51 @@ class _TrustRegionFunction(torch.autograd.Function):
             H = tensors[0]
             hmax = H.diagonal(dim1=1, dim2=2).abs().amax(1)
             cols.append(hmax)
+        elif factor:
+            H = tensors[0]  # the factor L: diag(L L') from its squares, few passes over (B, n, n)
+            Lsq = H.square()
+            hmax = Lsq.sum(2).amax(1)
+            cols.append(hmax)
         # exact power-of-two scaling of g, of (A, b) (one factor for all rows: the recovery
         # problem's least worst violation depends on the rows' relative scales) and of (H, delta)
         sc = _pow2_scale(torch.stack(cols, 1))  # (B, 2 or 3)
+        if factor:  # H = L L' scaled by hs = sL^2 (an even power of two: L scaled by sL)
+            sL = torch.ldexp(torch.ones_like(hmax), torch.frexp(sc[:, 2])[1].div(2, rounding_mode="floor"))
+            sc = torch.cat([sc[:, :2], sL.square().unsqueeze(1)], 1)
         rec.scales = sc
         c0, cA = sc[:, 0:1], sc[:, 1:2]
         Gs = torch.cat([(g * c0).unsqueeze(1), A * cA.unsqueeze(2)], 1)  # (B, m+1, n), rows g, a_j
         bs = b * cA
-        if dense:
+        if dense or factor:
             hs = sc[:, 2]
-            L, info = torch.linalg.cholesky_ex(H * hs[:, None, None])
-            rec.L = L
             ds = delta * hs
             # one probe column r (unit norm) rides along with G: ||H_s^-1 r|| bounds 1 / lambda_min
             # from below, max diag(H_s) bounds lambda_max; the Cholesky diagonal ratio is a second bound
             r = _probe(n, g.dtype, g.device)
-            Pr = torch.cholesky_solve(torch.cat([Gs.transpose(1, 2), r.expand(Bsz, n, 1)], 2), L)
+            R = torch.cat([Gs.transpose(1, 2), r.expand(Bsz, n, 1)], 2)
+            if dense:
+                L, info = torch.linalg.cholesky_ex(H * hs[:, None, None])
+                rec.L = L
+                Pr = torch.cholesky_solve(R, L)
+            else:
+                rec.L, rec.factor = H, sL
+                rec.Y, Pr = _factor_solve(H, sL, R)
             P = Pr[:, :, :-1]
-            ld = L.diagonal(dim1=1, dim2=2)
+            ld = (rec.L if dense else H).diagonal(dim1=1, dim2=2)
             cond = torch.maximum((ld.amax(1) / ld.amin(1)).square(), hmax * hs * Pr[:, :, -1].norm(dim=1))
-            asym = torch.linalg.vector_norm(H - H.transpose(1, 2), math.inf, dim=(1, 2)) / hmax
+            if dense:
+                asym = (H - H.transpose(1, 2)).abs().amax((1, 2)) / hmax
+            else:  # exact zeros above the diagonal, a positive diagonal
+                usq = (Lsq * _strict_upper(n, H.dtype, H.device)).sum((1, 2))
+                asym = usq / torch.where(hmax > 0, hmax, 1.0)
+                info = (ld <= 0).sum(1)
             cols = [gmax, amax, b.abs().amax(1) if m else gmax, asym, info.to(g.dtype), cond]
         else:
             cols = [gmax, amax, b.abs().amax(1) if m else gmax]
             if rec.kind == "identity":
                 P, ds = Gs.transpose(1, 2), delta.expand(Bsz)
         summary = torch.stack(cols, 1).amax(0).tolist()
-        _raise_for(summary, H if dense else None)
+        _raise_for(summary, H if dense or factor else None, factor)
         if rec.kind == "operator":
             ds = delta.expand(Bsz)
             P, rec.cg_residuals = _solve_H(rec, Gs.transpose(1, 2), tensors)
@@ -362,12 +411,19 @@ class _TrustRegionFunction(torch.autograd.Function):
             Abar = Gbar[:, :, 1:].transpose(1, 2) * sc[:, 1:2, None] if need[1] else None
         bbar = bbar * sc[:, 1:2] if need[2] else None
         if need[3]:
-            deltabar = (dbar * sc[:, 2]).sum() if rec.kind == "dense" else dbar.sum()
+            deltabar = (dbar * sc[:, 2]).sum() if rec.kind in ("dense", "factor") else dbar.sum()
         tensor_grads: list[Tensor | None] = [None] * len(tensors)
         if rec.kind == "dense" and need[5]:
             # -h sym(Z P') = [c Z, P] [P, c Z]' with Z = u w' + P Kbar, c = -h/2: one product, symmetric
             cZ = (uw + P @ Kbar) * (-0.5 * sc[:, 2, None, None])
             tensor_grads[0] = torch.cat([cZ, P], 2) @ torch.cat([P, cZ], 2).transpose(1, 2)
+        elif rec.kind == "factor" and need[5]:
+            # H = L L': Lbar = 2 Hbar L = -h (Z P' + P Z') L with Z = u w' + P Kbar. In the scaled
+            # problem L'P = Y / sL and L'u = Y_u / sL (the forward and backward solves' first
+            # halves), so with h = sL^2: Lbar = -sL [Z, P] [Y, Y_u w' + Y Kbar]', one product.
+            Z = uw + P @ Kbar
+            right = torch.cat([rec.Y[:, :, :-1], rec.Y_u * state.w.unsqueeze(1) + rec.Y[:, :, :-1] @ Kbar], 2)
+            tensor_grads[0] = (torch.cat([Z, P], 2) @ right.transpose(1, 2)) * (-rec.factor[:, None, None])
         elif rec.kind == "operator" and any(need[5:]):
             # psibar = -d/dpsi [u'H x + sum_ij Kbar_ij p_i'H p_j], u, x, P held fixed; with x = P w
             # this is sum_j (u w_j + (P Kbar)[:, j])' H p_j: m+1 metric products.
@@ -462,6 +518,12 @@ def _normalise_metric(
     Bsz, n = g2.shape
     if metric is None:
         return "identity", None, ()
+    if isinstance(metric, CholeskyMetric):
+        L = _check_tensor("metric factor L", metric.L, g2)
+        expected = (Bsz, n, n) if batched else (n, n)
+        if tuple(L.shape) != expected:
+            raise ValueError(f"a Cholesky factor metric must have shape {expected}, got {tuple(L.shape)}")
+        return "factor", None, (L if batched else L.unsqueeze(0),)
     if isinstance(metric, DenseMetric):
         metric = metric.H
     if isinstance(metric, Tensor):
@@ -493,7 +555,7 @@ def _normalise_metric(
         return "operator", metrics, tensors
     raise TypeError(
         "metric must be None (identity), a dense (n, n) tensor, or a difftrust Metric "
-        f"(DenseMetric, FisherMetric, OperatorMetric); got {type(metric).__name__}"
+        f"(DenseMetric, CholeskyMetric, FisherMetric, OperatorMetric); got {type(metric).__name__}"
     )
 
 
@@ -521,17 +583,18 @@ def _check_delta(delta: Any, like: Tensor) -> Tensor:
 _DELTAS: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}
 
 
-def _raise_for(summary: list[float], H: Tensor | None) -> None:
+def _raise_for(summary: list[float], H: Tensor | None, factor: bool = False) -> None:
     """Raise a named error for what the forward pass's one transfer found wrong.
 
     ``summary``: the largest over the batch of ``|g|``, ``|A|``, ``|b|`` (NaN and inf propagate) and,
     for a dense metric, of ``max |H - H'| / max |diag H|``, the failed Cholesky minor and the
-    estimated condition number.
+    estimated condition number; for a Cholesky factor (``factor``, ``H`` is then ``L``), of
+    ``max |L_ij| (i < j) / max |L|``, the number of diagonal entries <= 0 and the condition number.
     """
     if all(math.isfinite(v) for v in summary[:3]) and (
         H is None
         or (
-            summary[3] <= 100 * torch.finfo(H.dtype).eps
+            (summary[3] == 0 if factor else summary[3] <= 100 * torch.finfo(H.dtype).eps)
             and summary[4] == 0
             and summary[5] <= COND_LIMIT[H.dtype]
         )
@@ -542,7 +605,21 @@ def _raise_for(summary: list[float], H: Tensor | None) -> None:
             raise ValueError(f"{name} contains NaN or inf entries; expected finite values")
     if H is None:
         return
-    if not summary[3] <= 100 * torch.finfo(H.dtype).eps:  # NaN, or a matrix with a small diagonal
+    if factor:
+        if not bool(torch.isfinite(H).all()):
+            raise ValueError("metric factor L contains NaN or inf entries; expected finite values")
+        if summary[3] != 0:
+            raise ValueError(
+                f"metric factor L must be lower triangular: max |L_ij| above the diagonal = "
+                f"{summary[3]:.3e} (relative to max |L|) != 0; expected the lower Cholesky factor (as "
+                "torch.linalg.cholesky returns it), or pass H = L L' as a dense metric"
+            )
+        if summary[4] > 0:
+            raise ValueError(
+                f"metric factor L has {int(summary[4])} diagonal entries <= 0; expected a Cholesky factor "
+                "with a positive diagonal (H = L L' positive definite)"
+            )
+    elif not summary[3] <= 100 * torch.finfo(H.dtype).eps:  # NaN, or a matrix with a small diagonal
         if not bool(torch.isfinite(H).all()):
             raise ValueError("metric contains NaN or inf entries; expected finite values")
         asym = float((H - H.transpose(1, 2)).abs().amax())
@@ -594,7 +671,7 @@ def trust_region_step(
     nu = state.nu * (col[:, 1:] / col[:, :1])
     w = state.w * col
     K = rec.K / (col.unsqueeze(2) * col.unsqueeze(1))
-    if rec.kind == "dense":
+    if rec.kind in ("dense", "factor"):
         h = sc[:, 2]
         lam, w, K = lam * h, w / h.unsqueeze(1), K * h[:, None, None]
     if batched:

@@ -1,4 +1,5 @@
-"""The layer's forward and backward for one float64 CPU problem with a dense or identity metric, in numpy.
+"""The layer's forward and backward for one float64 CPU problem with a dense, Cholesky-factor or
+identity metric, in numpy.
 
 The same steps as :class:`difftrust.layer._TrustRegionFunction` (the module docstring of
 :mod:`difftrust.layer` derives them), on the arrays behind the tensors: at ``n`` of tens a numpy
@@ -6,6 +7,8 @@ operation costs a fraction of an eager torch operation's fixed overhead, and the
 few dozen of them. Cholesky factorisation and solves are LAPACK's ``dpotrf``/``dpotrs`` without
 scipy's input checks (the inputs were checked before: finiteness and symmetry from the same
 maxima, positive definiteness from ``dpotrf``'s ``info``, conditioning from the same two bounds).
+A metric given by its Cholesky factor skips ``dpotrf`` and the symmetry check (the factor's upper
+triangle and diagonal are checked instead).
 Batches, float32, other devices and operator metrics take the torch path.
 """
 
@@ -32,10 +35,22 @@ def _pow2(v: float) -> float:
     return math.ldexp(1.0, -math.frexp(v)[1]) if math.isfinite(v) else 1.0
 
 
+_UPPER: dict[int, np.ndarray] = {}
+
+
+def _upper(n: int) -> np.ndarray:
+    """Flat indices of the entries above the diagonal of an ``(n, n)`` array (cached per n)."""
+    if n not in _UPPER:
+        i, j = np.triu_indices(n, 1)
+        _UPPER[n] = i * n + j
+    return _UPPER[n]
+
+
 def lean_forward(
     rec: Any, g: Tensor, A: Tensor, b: Tensor, delta: Tensor, H: Tensor | None, probe: Tensor, raise_for: Any
 ) -> Tensor:
-    """``x`` (1, n) for ``g (1, n)``, ``A (1, m, n)``, ``b (1, m)``, ``H (1, n, n)`` or None (identity).
+    """``x`` (1, n) for ``g (1, n)``, ``A (1, m, n)``, ``b (1, m)``, ``H (1, n, n)`` or None (identity);
+    ``H`` is the Cholesky factor ``L`` where ``rec.kind == "factor"``.
 
     Fills ``rec`` as the torch path does (``scales``, ``K``, ``state``; ``P``, ``L``, ``x`` as arrays).
     """
@@ -51,6 +66,27 @@ def lean_forward(
         if H is None:
             raise_for(summary, None)
             hs, P, L = 1.0, Gs.T, None
+        elif rec.kind == "factor":  # H = L L' given by L: no factorisation, no symmetry to check
+            from scipy.linalg.lapack import dpotrs
+
+            Ln = H.detach().numpy()[0]
+            n = Ln.shape[0]
+            hmax = float(np.einsum("ij,ij->i", Ln, Ln).max())  # max diag(L L'); NaN and inf propagate
+            sL = math.ldexp(1.0, math.frexp(_pow2(hmax))[1] // 2)  # H scaled by hs = sL^2, as the torch path
+            hs = sL * sL
+            ld = np.diagonal(Ln)
+            usq = float(np.square(Ln.ravel()[_upper(n)]).sum()) if n > 1 else 0.0
+            summary.append(usq / hmax if hmax > 0 else usq)
+            summary.append(float(np.count_nonzero(~(ld > 0))))
+            cond = math.nan
+            if summary[-1] == 0 and math.isfinite(hmax):
+                L = Ln * sL
+                Pr, _ = dpotrs(L, np.concatenate([Gs.T, probe.numpy()], 1), lower=1)
+                P = Pr[:, :-1]
+                cond = max((ld.max() / ld.min()) ** 2, hmax * hs * float(np.linalg.norm(Pr[:, -1])))
+            summary.append(cond)
+            raise_for(summary, H, True)
+            rec.factor = Ln
         else:
             from scipy.linalg.lapack import dpotrf, dpotrs  # here: importing scipy.linalg takes ~0.2 s
 
@@ -114,6 +150,11 @@ def lean_backward(rec: Any, xbar: Tensor, need: tuple[bool, ...]) -> tuple:
     if need[3]:
         deltabar = torch.from_numpy(np.asarray(dbar * hs))
     if L is not None and need[5]:
-        cZ = (uw + P @ Kbar) * (-0.5 * hs)
-        Hbar = torch.from_numpy(cZ @ P.T + P @ cZ.T)[None]
+        if rec.kind == "factor":  # Lbar = 2 Hbar L = 2 (c Z (P'L) + P (c Z)'L), c = -h/2
+            cZ = (uw + P @ Kbar) * (-hs)
+            Lf = rec.factor
+            Hbar = torch.from_numpy(cZ @ (P.T @ Lf) + P @ (cZ.T @ Lf))[None]
+        else:
+            cZ = (uw + P @ Kbar) * (-0.5 * hs)
+            Hbar = torch.from_numpy(cZ @ P.T + P @ cZ.T)[None]
     return gbar, Abar, torch.from_numpy(bbar * cA)[None] if need[2] else None, deltabar, Hbar

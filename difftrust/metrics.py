@@ -8,7 +8,8 @@ A metric is a small object with
   ``V`` of shape ``(n,)`` or ``(n, k)``. With ``create_graph=True`` the products must be
   differentiable functions of the given ``tensors``.
 
-:class:`DenseMetric` is special-cased by the layer (Cholesky factorisation, exact).
+:class:`DenseMetric` is special-cased by the layer (Cholesky factorisation, exact), and so is
+:class:`CholeskyMetric` (``H = L L'`` given by its lower-triangular factor: no factorisation).
 Operator metrics (:class:`FisherMetric`, :class:`OperatorMetric`) are solved with
 conjugate gradient; nothing of size ``n x n`` is formed.
 """
@@ -20,7 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["DenseMetric", "FisherMetric", "Metric", "OperatorMetric"]
+__all__ = ["CholeskyMetric", "DenseMetric", "FisherMetric", "Metric", "OperatorMetric"]
 
 MatVec = Callable[[Tensor], Tensor]
 
@@ -56,6 +57,30 @@ class DenseMetric(Metric):
 
     def operator(self, H: Tensor, create_graph: bool = False) -> MatVec:
         return lambda V: H @ V
+
+
+class CholeskyMetric(Metric):
+    """A dense metric ``H = L L'`` given by its Cholesky factor ``L``, ``(n, n)`` or ``(B, n, n)``.
+
+    ``L`` must be lower triangular (exact zeros above the diagonal, as
+    :func:`torch.linalg.cholesky` returns it) with a positive diagonal; the layer checks both and
+    solves with ``L`` directly (no ``L L'``, no factorisation). The step and its gradients equal
+    those of ``DenseMetric(L @ L.mT)``, the gradient to ``L`` included (every entry, as for
+    ``H = L L'`` with a full ``L``), within rounding.
+
+    Example:
+        >>> L = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+        >>> metric = CholeskyMetric(L)           # H = [[4, 2], [2, 2]]
+    """
+
+    def __init__(self, L: Tensor):
+        if not isinstance(L, Tensor):
+            raise TypeError(f"L must be a torch.Tensor, got {type(L).__name__}")
+        self.L = L
+        self.tensors = (L,)
+
+    def operator(self, L: Tensor, create_graph: bool = False) -> MatVec:
+        return lambda V: L @ (L.mT @ V)
 
 
 class OperatorMetric(Metric):
