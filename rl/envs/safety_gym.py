@@ -68,6 +68,7 @@ import numpy as np
 
 from rl.envs.base import SingleEnv, all_true, check_seed, with_final
 from rl.envs.safety_gym_build import FAMILY_ROBOTS, _cost_keys, _EnvSpec, raw_env_ids
+from rl.envs.safety_gym_fast import fast_step_or_none
 from rl.envs.safety_gym_import import import_safety_gymnasium
 from rl.envs.safety_gym_tasks import (
     TASK_FAMILIES,
@@ -116,6 +117,10 @@ class _SubEnv:
         self.env.task.obs_info.obs_space_dict.contains = _always_contains
         self.env.reset(seed=seed)  # compiles the world; lets us probe the cost keys
         self.cost_keys = _cost_keys(self.env.task)
+        # our vectorised step (bit-identical results) where the task is supported, else the package's
+        fast, self.fast_step_reason = fast_step_or_none(self.env) if spec.fast_step else (None, "off")
+        self.fast_step = fast is not None
+        self._step = fast.step if fast is not None else self.env.step
         self._pending_seed: int | None = seed  # the next reset(None) restarts this stream
         self.obs_dim = int(np.prod(self.env.observation_space.shape))
         self.obs_low = np.asarray(self.env.observation_space.low, dtype=np.float64).reshape(-1)
@@ -136,7 +141,7 @@ class _SubEnv:
         """Step, writing row ``row`` of the group's output arrays ``out`` (see
         :meth:`_LocalGroup.step`); returns the episode's last observation (a copy) when it ended
         (``out``'s observation row then holds the next episode's first one), else ``None``."""
-        obs, reward, cost, terminated, truncated, info = self.env.step(action)
+        obs, reward, cost, terminated, truncated, info = self._step(action)
         out_obs, out_reward, out_costs, out_package_cost, out_term, out_trunc, out_goal = out
         costs = out_costs[row]
         for j, key in enumerate(self.cost_keys):
@@ -173,6 +178,8 @@ class _LocalGroup:
             "cost_keys": env.cost_keys,
             "action_low": env.action_low,
             "action_high": env.action_high,
+            "fast_step": env.fast_step,
+            "fast_step_reason": env.fast_step_reason,
         }
 
     def reset(self, seeds: list[int | None]) -> np.ndarray:
@@ -335,6 +342,10 @@ class SafetyGymVecEnv(gymnasium.vector.VectorEnv):
         )
         self.act_dim = int(self.action_low.shape[0])
         self.cost_channels = tuple(k.removeprefix("cost_") for k in meta["cost_keys"])
+        #: whether the sub-environments step through :class:`rl.envs.safety_gym_fast.FastStep`;
+        #: ``fast_step_reason`` says why not ("off" when ``make(..., fast_step=False)``)
+        self.fast_step = bool(meta["fast_step"])
+        self.fast_step_reason = str(meta["fast_step_reason"])
         self._sizes = [len(b) for b in np.array_split(np.arange(num_envs), len(self._groups))]
         # stepped directly (no dispatch) when the sub-environments live in this process
         self._local = self._groups[0] if isinstance(self._groups[0], _LocalGroup) else None
@@ -467,6 +478,7 @@ def make(
     num_workers: int = 1,
     fast_reset: bool = True,
     start_method: str = "spawn",
+    fast_step: bool = True,
     **unknown: Any,
 ) -> SafetyGymVecEnv:
     """Build a :class:`SafetyGymVecEnv` for a task family or a raw registered id.
@@ -485,6 +497,9 @@ def make(
             observations); ``False`` runs the package's own slow reset.
         start_method: multiprocessing start method for the workers (``"spawn"`` is
             safe after torch/OpenMP are initialised; ``"fork"`` starts faster).
+        fast_step: step through our vectorised copy of the package's step
+            (:mod:`rl.envs.safety_gym_fast`; bit-identical results) where the task is
+            supported; ``False`` runs the package's own ``Builder.step``.
 
     Raises:
         ValueError: unknown name or keyword, task of the wrong family, or a parameter
@@ -493,7 +508,7 @@ def make(
     if unknown:
         raise ValueError(
             f"unknown parameters {sorted(unknown)} for Safety-Gymnasium environments; valid: "
-            "task, num_envs, seed, horizon, num_workers, fast_reset, start_method"
+            "task, num_envs, seed, horizon, num_workers, fast_reset, start_method, fast_step"
         )
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}: {name!r}")
@@ -505,6 +520,8 @@ def make(
         raise ValueError(f"seed must be >= 0 (numpy seeds), got {seed!r}")
     if not isinstance(fast_reset, bool):
         raise ValueError(f"fast_reset must be a bool, got {fast_reset!r}")
+    if not isinstance(fast_step, bool):
+        raise ValueError(f"fast_step must be a bool, got {fast_step!r}")
     if start_method not in mp.get_all_start_methods():
         raise ValueError(f"start_method must be one of {mp.get_all_start_methods()}, got {start_method!r}")
     if name in TASK_FAMILIES:
@@ -526,7 +543,7 @@ def make(
 
         default_horizon = gymnasium.spec(name).max_episode_steps or DEFAULT_HORIZON
     horizon = default_horizon if horizon is None else _positive_int("horizon", horizon)
-    spec = _EnvSpec(name=name, task=task, horizon=horizon, fast_reset=fast_reset)
+    spec = _EnvSpec(name=name, task=task, horizon=horizon, fast_reset=fast_reset, fast_step=fast_step)
     return SafetyGymVecEnv(
         spec, num_envs=num_envs, seed=int(seed), num_workers=num_workers, start_method=start_method
     )
@@ -560,7 +577,7 @@ class SafetyGymEnv(SingleEnv):
             from the operating system, so unseeded environments differ.
         horizon: Episode length (default 500).
         task_seed: Seed of the default task.
-        fast_reset: As for :func:`make`.
+        fast_reset, fast_step: As for :func:`make`.
     """
 
     metadata = {"render_modes": []}
@@ -573,6 +590,7 @@ class SafetyGymEnv(SingleEnv):
         horizon: int | None = None,
         task_seed: int = 0,
         fast_reset: bool = True,
+        fast_step: bool = True,
     ) -> None:
         if family not in TASK_FAMILIES:
             raise ValueError(f"family must be one of {list(TASK_FAMILIES)}, got {family!r}")
@@ -580,7 +598,15 @@ class SafetyGymEnv(SingleEnv):
             task = _task_distribution(family).sample(1, split="train", seed=task_seed)[0]
         if seed is None:  # the package's generators take seeds below 2**32
             seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
-        vec_env = make(family, task=task, num_envs=1, seed=seed, horizon=horizon, fast_reset=fast_reset)
+        vec_env = make(
+            family,
+            task=task,
+            num_envs=1,
+            seed=seed,
+            horizon=horizon,
+            fast_reset=fast_reset,
+            fast_step=fast_step,
+        )
         space = vec_env.single_observation_space
         low = np.where(np.isfinite(space.low), space.low, -UNBOUNDED_SENSOR_LIMIT)
         high = np.where(np.isfinite(space.high), space.high, UNBOUNDED_SENSOR_LIMIT)

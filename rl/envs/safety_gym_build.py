@@ -201,6 +201,7 @@ class _EnvSpec:
     task: Any
     horizon: int
     fast_reset: bool
+    fast_step: bool = True
 
     def build(self):
         """A fresh package ``Builder`` (its world is compiled at the first reset)."""

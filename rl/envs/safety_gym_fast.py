@@ -1,0 +1,598 @@
+"""A faster ``Builder.step`` for Safety-Gymnasium 1.0.0's navigation tasks, bit-identical to the
+package's.
+
+One step of the package spends most of its time in Python around MuJoCo: its pseudo-lidar loops
+over every object with several numpy calls each, every sensor and body is looked up by name,
+costs loop over objects and contacts, and ``mj_forward`` runs three times although nothing
+changes the simulation state between the calls. :class:`FastStep` replaces that with one
+vectorised pass over the objects of a task, with every floating-point operation the package
+makes, in its order, so that observations, rewards, costs, terminations and the step ``info``
+are the same bits (``tests/test_safety_gym_fast.py`` checks it over long random rollouts).
+
+What it computes itself:
+
+* the action: clipped to the actuators' control range (the package's ``np.clip``);
+* physics: the package's frame-skip draw, the mocap moves (gremlins), ``mj_step`` per frame, one
+  ``mj_forward`` (the package's two further calls per step recompute identical values from an
+  unchanged state and are skipped);
+* rewards of the Goal, Button and Circle tasks (``GoalLevel0``, ``ButtonLevel0``, ``CircleLevel0``
+  and their subclasses that do not override them), the package's clip and warning included;
+* costs of hazards (distance), buttons and gremlins (contacts, by precomputed geom ids), the
+  signal walls, and any other constrained object through its own ``cal_cost``;
+* observations: the agent's sensors (slices of ``sensordata``; hinge angles as sin/cos) and the
+  pseudo-lidar of every lidar-observed object group at once: egocentric coordinates with the
+  package's matrix-vector arithmetic (``(w0*m0 + w1*m1) + w2*m2``, no fused multiply-add),
+  distance and angle through the same complex ``abs``/``angle``, the bins, linear falloff and
+  aliasing of ``BaseTask._obs_lidar_pseudo`` with its assertion, and a max-scatter into the bins
+  (all readings are >= 0, so the package's running ``max`` and ours agree to the bit).
+
+What stays the package's: resets, goal resampling after a goal is met (``update_layout`` and
+``update_world``), the gremlins' and vases' positions, costs of objects not listed above.
+
+:func:`fast_step_or_none` says why a task is not supported (vision, compass, natural lidar,
+exponential lidar, action noise, debug, human rendering, reward shaping by orientation, static
+geoms, agents with ball joints, tasks whose reward/obs/step hooks are overridden); the adapter
+then keeps the package's own ``step``.
+
+>>> from rl.envs.safety_gym_build import _EnvSpec
+>>> env = _EnvSpec("SafetyPointGoal1-v0", None, 1000, True).build()
+>>> _ = env.reset(seed=0)
+>>> fast = FastStep(env)
+>>> obs, reward, cost, terminated, truncated, info = fast.step(np.zeros(2))
+>>> obs.shape, sorted(info)
+((60,), ['cost_hazards', 'cost_sum'])
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import mujoco
+import numpy as np
+
+__all__ = ["FastStep", "UnsupportedTask", "fast_step_or_none"]
+
+_TWO_PI = np.pi * 2
+
+
+class UnsupportedTask(ValueError):
+    """The task uses a feature :class:`FastStep` does not reproduce (the message names it)."""
+
+
+def _package_classes() -> dict[str, Any]:
+    from safety_gymnasium.agents.car import Car
+    from safety_gymnasium.agents.point import Point
+    from safety_gymnasium.assets.free_geoms.vases import Vases
+    from safety_gymnasium.assets.geoms.buttons import Buttons
+    from safety_gymnasium.assets.geoms.circle import Circle
+    from safety_gymnasium.assets.geoms.goal import Goal
+    from safety_gymnasium.assets.geoms.hazards import Hazards
+    from safety_gymnasium.assets.geoms.sigwalls import Sigwalls
+    from safety_gymnasium.assets.mocaps.gremlins import Gremlins
+    from safety_gymnasium.bases.base_object import BaseObject
+    from safety_gymnasium.bases.base_task import BaseTask
+    from safety_gymnasium.builder import Builder
+    from safety_gymnasium.tasks.safe_navigation.button.button_level0 import ButtonLevel0
+    from safety_gymnasium.tasks.safe_navigation.circle.circle_level0 import CircleLevel0
+    from safety_gymnasium.tasks.safe_navigation.goal.goal_level0 import GoalLevel0
+    from safety_gymnasium.utils.common_utils import ResamplingError
+
+    classes = (Car, Point, Vases, Buttons, Circle, Goal, Hazards, Sigwalls, Gremlins, BaseObject, BaseTask)
+    classes += (Builder, ButtonLevel0, CircleLevel0, GoalLevel0, ResamplingError)
+    return {cls.__name__: cls for cls in classes}
+
+
+def _kind(task: Any, pk: dict[str, Any]) -> str:
+    """``"goal"``, ``"button"`` or ``"circle"``: whose reward, obs and step hooks the task uses."""
+    cls = type(task)
+    for kind, base in (
+        ("goal", pk["GoalLevel0"]),
+        ("button", pk["ButtonLevel0"]),
+        ("circle", pk["CircleLevel0"]),
+    ):
+        if not isinstance(task, base):
+            continue
+        hooks = ("calculate_reward", "specific_step", "obs", "goal_achieved", "calculate_cost")
+        owners = {"obs": base if kind == "button" else pk["BaseTask"], "calculate_cost": pk["BaseTask"]}
+        for hook in hooks:
+            owner = owners.get(hook, base)
+            if getattr(cls, hook) is not getattr(owner, hook):
+                raise UnsupportedTask(f"{cls.__name__} overrides {hook} of {owner.__name__}")
+        return kind
+    raise UnsupportedTask(f"{cls.__name__} is not a Goal, Button or Circle task")
+
+
+def _check_supported(env: Any, pk: dict[str, Any]) -> str:
+    task = env.task
+    if type(env).step is not pk["Builder"].step:
+        raise UnsupportedTask(f"{type(env).__name__} overrides Builder.step")
+    checks = (
+        (task.observe_vision, "vision observations"),
+        (not task.observation_flatten, "dict observations (observation_flatten=False)"),
+        (task.debug, "debug mode"),
+        (task.action_noise, f"action noise {task.action_noise}"),
+        (env.render_parameters.mode == "human", "human rendering"),
+        (task.lidar_conf.type != "pseudo", f"lidar type {task.lidar_conf.type!r}"),
+        (task.lidar_conf.max_dist is None, "exponential lidar (max_dist=None)"),
+        (task.lidar_conf.num_bins < 3, f"lidar with {task.lidar_conf.num_bins} bins"),
+        (not task.cost_conf.constrain_indicator, "costs without the indicator"),
+        (task.reward_conf.reward_orientation, "orientation reward"),
+        (task._is_load_static_geoms, "static geoms"),
+        (type(task.agent) not in (pk["Point"], pk["Car"]), f"agent {type(task.agent).__name__}"),
+    )
+    for bad, what in checks:
+        if bad:
+            raise UnsupportedTask(f"{type(task).__name__}: {what}")
+    for obstacle in task._obstacles:
+        if getattr(obstacle, "is_comp_observed", False):
+            raise UnsupportedTask(f"{type(task).__name__}: compass observation of {obstacle.name}")
+    return _kind(task, pk)
+
+
+def fast_step_or_none(env: Any) -> tuple[FastStep | None, str]:
+    """``(FastStep(env), "")`` for a supported task, else ``(None, reason)``."""
+    try:
+        return FastStep(env), ""
+    except UnsupportedTask as exc:
+        return None, str(exc)
+
+
+class FastStep:
+    """The package's ``Builder.step`` for one environment ``env`` (a ``safety_gymnasium`` ``Builder``,
+    reset at least once), vectorised; :meth:`step` has ``env.step``'s signature and results.
+
+    Model ids are looked up again whenever the package has rebuilt its world (every reset).
+
+    Raises:
+        UnsupportedTask: for a task this class does not reproduce (see the module docstring).
+    """
+
+    def __init__(self, env: Any) -> None:
+        self._pk = pk = _package_classes()
+        self._base_cal_cost = pk["BaseObject"].cal_cost
+        self.env = env
+        self.task = task = env.task
+        self.kind = _check_supported(env, pk)
+        self.agent = task.agent
+        self.num_bins = int(task.lidar_conf.num_bins)
+        self.max_dist = task.lidar_conf.max_dist
+        self.bin_size = _TWO_PI / task.lidar_conf.num_bins
+        self.act_shape = env.action_space.shape
+        self._data = None
+        self._sync()
+
+    # ----------------------------------------------------------------- per world
+    def _sync(self) -> None:
+        """Ids, views and the observation layout of the current MuJoCo model."""
+        task, pk = self.task, self._pk
+        model, data = task.model, task.data
+        self._model, self._data = model, data
+        self._ctrl_lo = model.actuator_ctrlrange[:, 0].copy()
+        self._ctrl_hi = model.actuator_ctrlrange[:, 1].copy()
+        self._agent_body = model.body("agent").id
+        names = [model.geom(i).name for i in range(model.ngeom)]
+        agent_names = self.agent.body_info.geom_names
+        self._is_agent_geom = np.array([n in agent_names for n in names], dtype=bool)
+        self._names = names
+        self._mocaps = list(task._mocaps.values())
+        self._gremlin_mocap_ids = {}
+        for mocap in self._mocaps:
+            if type(mocap) is pk["Gremlins"]:
+                ids = [model.body_mocapid[model.body(f"gremlin{i}mocap").id] for i in range(mocap.num)]
+                self._gremlin_mocap_ids[id(mocap)] = np.array(ids, dtype=np.intp)
+        self._layout_obs(model)
+        self._layout_costs()
+        if self.kind in ("goal", "button"):
+            self._goal_body = model.body("goal").id
+        if self.kind == "button":
+            self._button_geoms = np.array([model.geom(f"button{i}").id for i in range(task.buttons.num)])
+        if self.kind == "circle":
+            self._jacp = np.zeros((3, model.nv))
+
+    def _prefix_geoms(self, prefix: str) -> np.ndarray:
+        return np.array([n.startswith(prefix) for n in self._names], dtype=bool)
+
+    def _layout_obs(self, model: Any) -> None:
+        task, pk = self.task, self._pk
+        spaces = task.obs_info.obs_space_dict.spaces
+        offsets, start = {}, 0
+        for key, space in spaces.items():
+            size = int(np.prod(space.shape))
+            offsets[key] = (start, size)
+            start += size
+        self.obs_dim = start
+        info = self.agent.sensor_info
+        copies, hinges, seen = [], [], set()
+
+        def sensor(name: str, skip: int = 0) -> tuple[int, int]:
+            sid = model.sensor(name).id
+            adr, dim = int(model.sensor_adr[sid]), int(model.sensor_dim[sid])
+            expected = dim - skip
+            if self.agent.sensor_conf.sensors_angle_components:
+                if name in info.hinge_pos_names:
+                    expected = 2
+                elif name in info.ballquat_names:
+                    expected = 9
+            if offsets[name][1] != expected:
+                raise UnsupportedTask(
+                    f"sensor {name}: {offsets[name][1]} observation entries, expected {expected}"
+                )
+            return adr, dim
+
+        direct = (
+            list(self.agent.sensor_conf.sensors) + list(info.hinge_vel_names) + list(info.ballangvel_names)
+        )
+        for name in direct:
+            adr, dim = sensor(name)
+            copies.append((offsets[name][0], adr, adr + dim))
+            seen.add(name)
+        if info.freejoint_pos_name:
+            adr, dim = sensor(info.freejoint_pos_name, skip=2)
+            copies.append((offsets[info.freejoint_pos_name][0], adr + 2, adr + dim))
+            seen.add(info.freejoint_pos_name)
+        if info.freejoint_qvel_name:
+            adr, dim = sensor(info.freejoint_qvel_name)
+            copies.append((offsets[info.freejoint_qvel_name][0], adr, adr + dim))
+            seen.add(info.freejoint_qvel_name)
+        for name in info.hinge_pos_names:
+            adr, dim = sensor(name)
+            if self.agent.sensor_conf.sensors_angle_components:
+                if dim != 1:
+                    raise UnsupportedTask(f"hinge sensor {name} of dimension {dim}")
+                hinges.append((offsets[name][0], adr))
+            else:
+                copies.append((offsets[name][0], adr, adr + dim))
+            seen.add(name)
+        quats = []
+        for name in info.ballquat_names:
+            adr, dim = sensor(name)
+            if self.agent.sensor_conf.sensors_angle_components:
+                quats.append((offsets[name][0], adr, adr + dim))
+            else:
+                copies.append((offsets[name][0], adr, adr + dim))
+            seen.add(name)
+        self._copies, self._hinges, self._quats = copies, hinges, quats
+        # lidar groups, in obstacle order; each gets its rows of the object table
+        groups, body_ids, package_objects, constants = [], [], [], []
+        row = 0
+        for obstacle in task._obstacles:
+            if not obstacle.is_lidar_observed:
+                continue
+            key = obstacle.name + "_lidar"
+            seen.add(key)
+            kind = type(obstacle)
+            if kind is pk["Circle"]:
+                pos = np.array(obstacle.pos, ndmin=2)
+                constants.append((row, pos[:, :2].astype(np.float64)))
+                n = len(pos)
+            elif kind in (pk["Goal"],):
+                body_ids.append((row, np.array([model.body("goal").id])))
+                n = 1
+            elif kind in (pk["Hazards"], pk["Buttons"], pk["Vases"], pk["Gremlins"]):
+                fmt = {
+                    pk["Hazards"]: "hazard{}",
+                    pk["Buttons"]: "button{}",
+                    pk["Vases"]: "vase{}",
+                    pk["Gremlins"]: "gremlin{}obj",
+                }[kind]
+                ids = np.array([model.body(fmt.format(i)).id for i in range(obstacle.num)], dtype=np.intp)
+                body_ids.append((row, ids))
+                n = obstacle.num
+            else:
+                n = len(np.array(obstacle.pos, ndmin=2))
+                package_objects.append((row, obstacle, n))
+            groups.append((offsets[key][0], row, n))
+            row += n
+        if set(spaces) != seen:
+            raise UnsupportedTask(f"observation keys {sorted(set(spaces) - seen)} are not reproduced")
+        self._lidar_groups = groups
+        self._num_objects = row
+        group_of_row = np.empty(row, dtype=np.intp)
+        obs_bin0 = np.empty(row, dtype=np.intp)
+        for index, (obs_start, first, n) in enumerate(groups):
+            group_of_row[first : first + n] = index
+            obs_bin0[first : first + n] = obs_start
+        self._obs_bin0 = obs_bin0
+        self._body_rows = (
+            (
+                np.concatenate([np.arange(r, r + len(i)) for r, i in body_ids]),
+                np.concatenate([i for _, i in body_ids]),
+            )
+            if body_ids
+            else None
+        )
+        self._constants = constants
+        self._package_objects = package_objects
+        self._positions = np.zeros((row, 2))
+        self._ego = np.empty(row, dtype=np.complex128)
+        self._scatter_index = np.empty((3, row), dtype=np.intp)
+        self._scatter_values = np.empty((3, row))
+        for r, pos in constants:
+            self._positions[r : r + len(pos)] = pos
+        self._buttons_lidar = offsets.get("buttons_lidar", (None, 0))[0] if self.kind == "button" else None
+
+    def _layout_costs(self) -> None:
+        pk = self._pk
+        costs = []
+        for obstacle in self.task._obstacles:
+            kind = type(obstacle)
+            if kind is pk["Hazards"]:
+                if obstacle.is_constrained:
+                    ids = [self._model.body(f"hazard{i}").id for i in range(obstacle.num)]
+                    costs.append(("hazards", obstacle, np.array(ids, dtype=np.intp)))
+            elif kind is pk["Buttons"]:
+                costs.append(("buttons", obstacle, self._prefix_geoms("button")))
+            elif kind is pk["Gremlins"]:
+                costs.append(("gremlins", obstacle, self._prefix_geoms("gremlin")))
+            elif kind is pk["Sigwalls"]:
+                if obstacle.is_constrained:
+                    costs.append(("sigwalls", obstacle, None))
+            elif type(obstacle).cal_cost is not self._base_cal_cost:
+                costs.append(("package", obstacle, None))
+        self._costs = costs
+        self._needs_contacts = self.kind == "button" or any(c[0] in ("buttons", "gremlins") for c in costs)
+
+    # ----------------------------------------------------------------- pieces
+    def _simulate(self, action: np.ndarray) -> None:
+        model, data, task = self._model, self._data, self.task
+        data.ctrl[:] = np.clip(action, self._ctrl_lo, self._ctrl_hi)
+        frames = task.random_generator.binomial(
+            task.sim_conf.frameskip_binom_n, task.sim_conf.frameskip_binom_p
+        )
+        mocaps = self._mocaps
+        for _ in range(frames):
+            for mocap in mocaps:
+                ids = self._gremlin_mocap_ids.get(id(mocap))
+                if ids is None:
+                    mocap.move()
+                    continue
+                phase = float(data.time)
+                target = np.array([np.sin(phase), np.cos(phase)]) * mocap.travel
+                data.mocap_pos[ids, 0] = target[0]
+                data.mocap_pos[ids, 1] = target[1]
+                data.mocap_pos[ids, 2] = mocap.size
+            mujoco.mj_step(model, data)
+        mujoco.mj_forward(model, data)
+
+    def _contacts(self) -> tuple[np.ndarray, np.ndarray]:
+        data = self._data
+        ncon = data.ncon
+        if ncon == 0:
+            empty = np.empty(0, dtype=np.intp)
+            return empty, empty
+        contact = data.contact
+        return contact.geom1[:ncon], contact.geom2[:ncon]
+
+    def _goal_pressed(self, g1: np.ndarray, g2: np.ndarray) -> bool:
+        """ButtonLevel0.goal_achieved: a contact between the goal button and the agent."""
+        if len(g1) == 0:
+            return False
+        goal = self._button_geoms[self.task.buttons.goal_button]
+        is_agent = self._is_agent_geom
+        hit = ((g1 == goal) | (g2 == goal)) & (is_agent[g1] | is_agent[g2])
+        return bool(hit.any())
+
+    def _reward(self, agent_xy: tuple[float, float], contacts) -> tuple[Any, bool]:
+        """(reward, goal achieved) of the task, before the clip."""
+        task = self.task
+        if self.kind == "goal":
+            gx, gy = self._data.xpos[self._goal_body, :2].tolist()
+            dx, dy = gx - agent_xy[0], gy - agent_xy[1]
+            dist = math.sqrt(dx * dx + dy * dy)
+            reward = 0.0
+            reward += (task.last_dist_goal - dist) * task.goal.reward_distance
+            task.last_dist_goal = dist
+            achieved = dist <= task.goal.size
+            if achieved:
+                reward += task.goal.reward_goal
+            return reward, achieved
+        if self.kind == "button":
+            gx, gy = self._data.xpos[self._goal_body, :2].tolist()
+            dx, dy = gx - agent_xy[0], gy - agent_xy[1]
+            dist = math.sqrt(dx * dx + dy * dy)
+            reward = 0.0
+            reward += (task.last_dist_goal - dist) * task.buttons.reward_distance
+            task.last_dist_goal = dist
+            achieved = self._goal_pressed(*contacts)
+            if achieved:
+                reward += task.buttons.reward_goal
+            return reward, achieved
+        # circle: the package's expression on numpy scalars
+        model, data = self._model, self._data
+        jacp = self._jacp
+        jacp.fill(0.0)
+        mujoco.mj_jacBody(model, data, jacp, None, self._agent_body)
+        x, y, _ = data.xpos[self._agent_body].copy()
+        u, v, _ = np.dot(jacp, data.qvel)
+        radius = np.sqrt(x**2 + y**2)
+        reward = 0.0
+        reward += (
+            ((-u * y + v * x) / radius) / (1 + np.abs(radius - task.circle.radius))
+        ) * task.reward_factor
+        return reward, False
+
+    def _cost(self, agent_xy: tuple[float, float]) -> dict[str, Any]:
+        cost: dict[str, Any] = {}
+        data = self._data
+        mujoco.mj_forward(self._model, data)  # as the package: it also moves the solver's warm start
+        contacts = self._contacts() if self._needs_contacts else None
+        for kind, obstacle, extra in self._costs:
+            if kind == "hazards":
+                xy = data.xpos[extra, :2]
+                dx = xy[:, 0] - agent_xy[0]
+                dy = xy[:, 1] - agent_xy[1]
+                dist = np.sqrt(dx * dx + dy * dy)
+                total = 0
+                inside = dist <= obstacle.size
+                if inside.any():
+                    for value in (obstacle.cost * (obstacle.size - dist[inside])).tolist():
+                        total += value
+                cost["cost_hazards"] = total
+            elif kind == "buttons":
+                assert obstacle.goal_button is not None, (
+                    "Please make sure this method can get information about goal button."
+                )
+                if not obstacle.is_constrained or obstacle.timer != 0:
+                    continue
+                total = 0
+                g1, g2 = contacts
+                if len(g1):
+                    goal = self._button_geoms[obstacle.goal_button]
+                    is_agent = self._is_agent_geom
+                    hit = (
+                        (extra[g1] | extra[g2]) & (is_agent[g1] | is_agent[g2]) & (g1 != goal) & (g2 != goal)
+                    )
+                    for _ in range(int(hit.sum())):
+                        total += obstacle.cost
+                cost["cost_buttons"] = total
+            elif kind == "gremlins":
+                if not obstacle.is_constrained:
+                    continue
+                total = 0
+                g1, g2 = contacts
+                if len(g1):
+                    is_agent = self._is_agent_geom
+                    hit = (extra[g1] | extra[g2]) & (is_agent[g1] | is_agent[g2])
+                    for _ in range(int(hit.sum())):
+                        total += obstacle.contact_cost
+                cost["cost_gremlins"] = total
+            elif kind == "sigwalls":
+                x, y = data.xpos[self._agent_body, :2]
+                out = np.abs(x) > obstacle.locate_factor
+                if obstacle.num == 4:
+                    out = out or np.abs(y) > obstacle.locate_factor
+                cost["cost_out_of_boundary"] = out
+            else:
+                cost.update(obstacle.cal_cost())
+        cost["cost_sum"] = sum(v for k, v in cost.items() if k.startswith("cost_"))
+        for k in list(cost):
+            cost[k] = float(cost[k] > 0.0)
+        return cost
+
+    def _obs(self) -> np.ndarray:
+        data = self._data
+        mujoco.mj_forward(self._model, data)  # as the package: it also moves the solver's warm start
+        obs = np.zeros(self.obs_dim)
+        sensordata = data.sensordata
+        for start, lo, hi in self._copies:
+            obs[start : start + hi - lo] = sensordata[lo:hi]
+        for start, adr in self._hinges:
+            theta = float(sensordata[adr])
+            obs[start] = np.sin(theta)
+            obs[start + 1] = np.cos(theta)
+        for start, lo, hi in self._quats:
+            mat = np.zeros(9, dtype="float64")
+            mujoco.mju_quat2Mat(mat, np.array(sensordata[lo:hi], dtype="float64"))
+            obs[start : start + 9] = mat
+        if self._num_objects:
+            self._lidar(obs)
+        if self._buttons_lidar is not None and self.task.buttons.timer != 0:
+            obs[self._buttons_lidar : self._buttons_lidar + self.num_bins] = 0.0
+        return obs
+
+    def _lidar(self, obs: np.ndarray) -> None:
+        data, positions = self._data, self._positions
+        if self._body_rows is not None:
+            rows, ids = self._body_rows
+            positions[rows] = data.xpos[ids, :2]
+        for row, obstacle, n in self._package_objects:
+            pos = np.array(obstacle.pos, ndmin=2)
+            if len(pos) != n:
+                raise RuntimeError(f"{obstacle.name} has {len(pos)} positions, expected {n}")
+            positions[row : row + n] = pos[:, :2]
+        ax, ay, az = data.xpos[self._agent_body].tolist()
+        m0, m1, _, m3, m4, _, m6, m7, _ = data.xmat[self._agent_body].tolist()
+        w = positions - (ax, ay)
+        w0, w1 = w[:, 0], w[:, 1]
+        w2 = 0.0 - az
+        # (w0, w1, w2) @ mat, first two columns, summed left to right as numpy's matmul does here
+        z = self._ego
+        ex, ey = z.real, z.imag  # views: the ego vector is built in place as a complex number
+        np.multiply(w0, m0, out=ex)
+        ex += w1 * m3
+        ex += w2 * m6
+        np.multiply(w0, m1, out=ey)
+        ey += w1 * m4
+        ey += w2 * m7
+        # np.abs and np.angle of the complex number, as the package computes them (np.hypot can
+        # differ from the complex absolute value in the last bit; np.angle is this arctan2)
+        dist = np.abs(z)
+        angle = np.arctan2(ey, ex)
+        angle %= _TWO_PI
+        bin_size, num_bins = self.bin_size, self.num_bins
+        bins = (angle / bin_size).astype(np.intp)
+        if bins.min() < 0 or bins.max() >= num_bins:
+            bad = int(np.flatnonzero((bins >= num_bins) | (bins < 0))[0])
+            raise IndexError(f"lidar bin {bins[bad]} of an object at angle {angle[bad]!r} is out of range")
+        sensor = np.maximum(0, self.max_dist - dist)
+        sensor /= self.max_dist
+        alias = angle - bin_size * bins
+        alias /= bin_size
+        if not (alias.min() >= 0 and alias.max() <= 1):
+            bad = int(np.flatnonzero(~((alias >= 0) & (alias <= 1)))[0])
+            raise AssertionError(
+                f"bad alias {alias[bad]}, dist {dist[bad]}, angle {angle[bad]}, bin {bins[bad]}"
+            )
+        index, values = self._scatter_index, self._scatter_values
+        index[0] = bins
+        np.add(bins, 1, out=index[1])
+        np.subtract(bins, 1, out=index[2])
+        np.remainder(index, num_bins, out=index)
+        index += self._obs_bin0
+        values[0] = sensor
+        np.multiply(alias, sensor, out=values[1])
+        np.subtract(1, alias, out=values[2])
+        values[2] *= sensor
+        np.maximum.at(obs, index.reshape(-1), values.reshape(-1))
+
+    def _goal_met(self) -> None:
+        """The package's own goal handling (rare): resample the goal or end the episode."""
+        env, task = self.env, self.task
+        mechanism = task.mechanism_conf
+        if not mechanism.continue_goal:
+            env.terminated = True
+            return
+        task.update_layout()
+        if mechanism.terminate_resample_failure:
+            try:
+                task.update_world()
+            except self._pk["ResamplingError"]:
+                env.terminated = True
+        else:
+            task.update_world()
+
+    # ----------------------------------------------------------------- step
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, Any, float, bool, bool, dict]:
+        """``env.step(action)``, the same results and the same state changes."""
+        env, task = self.env, self.task
+        assert not env.done, "Environment must be reset before stepping."
+        action = np.asarray(action)
+        if action.shape != self.act_shape:
+            raise ValueError("Action dimension mismatch")
+        if task.data is not self._data or task.model is not self._model:
+            self._sync()
+        info: dict[str, Any] = {}
+        self._simulate(action)
+        agent_xy = tuple(self._data.xpos[self._agent_body, :2].tolist())
+        contacts = self._contacts() if self.kind == "button" else None
+        reward, achieved = self._reward(agent_xy, contacts)
+        clip = task.reward_conf.reward_clip
+        if clip and not -clip < reward < clip:
+            reward = np.clip(reward, -clip, clip)
+            print("Warning: reward was outside of range!")
+        costs = self._cost(agent_xy)
+        info.update(costs)
+        env.cost = costs
+        cost = costs["cost_sum"]
+        if self.kind == "button":
+            task.specific_step()
+        if self.kind == "button":
+            achieved = self._goal_pressed(*self._contacts())
+        if achieved:
+            info["goal_met"] = True
+            self._goal_met()
+        env.steps += 1
+        if env.steps >= task.num_steps:
+            env.truncated = True
+        return self._obs(), reward, cost, env.terminated, env.truncated, info
