@@ -324,8 +324,7 @@ class _TrustRegionFunction(torch.autograd.Function):
             cols.append(hmax)
         elif factor:
             H = tensors[0]  # the factor L: diag(L L') from its squares, few passes over (B, n, n)
-            Lsq = H.square()
-            hmax = Lsq.sum(2).amax(1)
+            hmax = H.square().sum(2).amax(1)
             cols.append(hmax)
         # exact power-of-two scaling of g, of (A, b) (one factor for all rows: the recovery
         # problem's least worst violation depends on the rows' relative scales) and of (H, delta)
@@ -357,8 +356,7 @@ class _TrustRegionFunction(torch.autograd.Function):
             if dense:
                 asym = (H - H.transpose(1, 2)).abs().amax((1, 2)) / hmax
             else:  # exact zeros above the diagonal, a positive diagonal
-                usq = (Lsq * _strict_upper(n, H.dtype, H.device)).sum((1, 2))
-                asym = usq / torch.where(hmax > 0, hmax, 1.0)
+                asym = torch.count_nonzero(H * _strict_upper(n, H.dtype, H.device), dim=(1, 2))
                 info = (ld <= 0).sum(1)
             cols = [gmax, amax, b.abs().amax(1) if m else gmax, asym, info.to(g.dtype), cond]
         else:
@@ -588,8 +586,8 @@ def _raise_for(summary: list[float], H: Tensor | None, factor: bool = False) -> 
 
     ``summary``: the largest over the batch of ``|g|``, ``|A|``, ``|b|`` (NaN and inf propagate) and,
     for a dense metric, of ``max |H - H'| / max |diag H|``, the failed Cholesky minor and the
-    estimated condition number; for a Cholesky factor (``factor``, ``H`` is then ``L``), of
-    ``max |L_ij| (i < j) / max |L|``, the number of diagonal entries <= 0 and the condition number.
+    estimated condition number; for a Cholesky factor (``factor``, ``H`` is then ``L``), of the
+    number of nonzero entries above the diagonal, of diagonal entries <= 0, and the condition number.
     """
     if all(math.isfinite(v) for v in summary[:3]) and (
         H is None
@@ -610,9 +608,9 @@ def _raise_for(summary: list[float], H: Tensor | None, factor: bool = False) -> 
             raise ValueError("metric factor L contains NaN or inf entries; expected finite values")
         if summary[3] != 0:
             raise ValueError(
-                f"metric factor L must be lower triangular: max |L_ij| above the diagonal = "
-                f"{summary[3]:.3e} (relative to max |L|) != 0; expected the lower Cholesky factor (as "
-                "torch.linalg.cholesky returns it), or pass H = L L' as a dense metric"
+                f"metric factor L must be lower triangular: {int(summary[3])} nonzero entries above the "
+                "diagonal; expected the lower Cholesky factor (as torch.linalg.cholesky returns it), or "
+                "pass H = L L' as a dense metric"
             )
         if summary[4] > 0:
             raise ValueError(

@@ -75,8 +75,7 @@ def lean_forward(
             sL = math.ldexp(1.0, math.frexp(_pow2(hmax))[1] // 2)  # H scaled by hs = sL^2, as the torch path
             hs = sL * sL
             ld = np.diagonal(Ln)
-            usq = float(np.square(Ln.ravel()[_upper(n)]).sum()) if n > 1 else 0.0
-            summary.append(usq / hmax if hmax > 0 else usq)
+            summary.append(float(np.count_nonzero(Ln.ravel()[_upper(n)])) if n > 1 else 0.0)
             summary.append(float(np.count_nonzero(~(ld > 0))))
             cond = math.nan
             if summary[-1] == 0 and math.isfinite(hmax):
