@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -53,6 +54,7 @@ import torch
 from torch import Tensor
 
 from difftrust import (
+    CGNotConvergedWarning,
     FisherMetric,
     Metric,
     OperatorMetric,
@@ -67,6 +69,9 @@ from rl.runtime.parallel import worker_state
 
 __all__ = [
     "Direction",
+    "RepeatedProducts",
+    "TRUNCATED_CG_TOL",
+    "TruncatedCGStep",
     "backtrack",
     "confidence_z",
     "cost_offsets",
@@ -165,6 +170,44 @@ def sum_cost_channels(batch: Batch) -> Batch:
     )
 
 
+# ------------------------------------------------------------------------ truncated CG
+#: The residual at which :class:`TruncatedCGStep`'s conjugate gradient stops before its
+#: ``cg_iters`` iterations (the layer's default tolerance: with a Fisher metric and 10-15
+#: iterations it is practically never reached).
+TRUNCATED_CG_TOL = 1e-10
+
+
+class TruncatedCGStep(TrustRegionStep):
+    """:class:`difftrust.TrustRegionStep` whose conjugate gradient is truncated at ``cg_iters``
+    iterations, as TRPO and CPO define their step: a residual above the tolerance at the end is the
+    method, not a failure, so the layer's :class:`difftrust.CGNotConvergedWarning` is not shown
+    for its forward solves (each solve's residuals stay in :attr:`difftrust.StepResult.cg_residuals`;
+    :func:`cpo_update` reports the worst as ``cg_residual``, ``rl.cpo`` writes it to progress.csv).
+    It stops earlier only below :data:`TRUNCATED_CG_TOL`; otherwise it is the layer, unchanged.
+
+    A :class:`difftrust.TrustRegionStep` with a ``cg_tol`` of one's own still warns when it is
+    missed. difftrust warns once per metric type, ``cg_iters`` and ``cg_tol`` in a process, and
+    counts the solves of this class too: a plain step with ``cg_tol = TRUNCATED_CG_TOL`` and the
+    same ``cg_iters`` in the same process after one of these is not warned about.
+    """
+
+    def __init__(self, delta: float | Tensor = 0.01, solver: str = "auto", cg_iters: int = 10) -> None:
+        super().__init__(delta=delta, solver=solver, cg_iters=cg_iters, cg_tol=TRUNCATED_CG_TOL)
+
+    def solve(self, *args: Any, **kwargs: Any) -> StepResult:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CGNotConvergedWarning)
+            return super().solve(*args, **kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CGNotConvergedWarning)
+            return super().forward(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", truncated"
+
+
 # ---------------------------------------------------------------------------- the metric
 def fisher_states(obs: Tensor, limit: int) -> Tensor:
     """At most ``limit`` states, an even stride of ``obs`` (the Fisher metric's sample: the
@@ -190,7 +233,9 @@ def fisher_metric(
     same matrix, about twice as fast), its sum over the states taken in ``parts`` blocks of rows;
     with a parallel ``pool`` the blocks are computed by its workers, which keep their block's
     activations for every later product (each product then sends only ``v``), the same numbers as
-    here.
+    here. The closed form remembers its products (:class:`RepeatedProducts`): a later solve with
+    the same right-hand sides, such as :func:`cpo_update`'s step after the optimism correction,
+    which repeats the uncorrected step's conjugate gradient, looks them up instead of computing them.
     """
     if create_graph:
         return FisherMetric(lambda ref, p: policy.kl(ref, p, obs), params, damping)
@@ -201,7 +246,52 @@ def fisher_metric(
         product = policy.fisher_from_blocks(
             params, obs.shape[0], _remote_fisher_blocks(pool, policy, params, obs, parts)
         )
-    return OperatorMetric(lambda v: product(v), damping=damping)
+    return OperatorMetric(RepeatedProducts(product), damping=damping)
+
+
+class RepeatedProducts:
+    """``v -> product(v)`` that remembers its results: a ``v`` equal, bit for bit, to one seen
+    before gets the stored product (a copy) without calling ``product``, so the numbers are those
+    of calling it again.
+
+    Conjugate gradient on the same right-hand sides with the same operator runs the same products
+    in the same order: the second solve costs lookups. Inputs and products are kept up to
+    ``max_bytes`` in all (the oldest dropped first); tensors off the CPU are not remembered.
+
+    Attributes:
+        calls: Products computed. ``hits``: products looked up.
+    """
+
+    def __init__(self, product: Callable[[Tensor], Tensor], max_bytes: int = 64 * 2**20) -> None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise ValueError(f"max_bytes must be an int >= 0, got {max_bytes!r}")
+        self.product = product
+        self.max_bytes = max_bytes
+        self.calls = 0
+        self.hits = 0
+        self._seen: dict[tuple[torch.dtype, tuple[int, ...], bytes], Tensor] = {}
+        self._bytes = 0
+
+    def __call__(self, v: Tensor) -> Tensor:
+        key = None
+        if v.device.type == "cpu":
+            key = (v.dtype, tuple(v.shape), v.detach().contiguous().numpy().tobytes())
+            found = self._seen.get(key)
+            if found is not None:
+                self.hits += 1
+                return found.clone()
+        out = self.product(v)
+        self.calls += 1
+        if key is not None:
+            size = len(key[2]) + out.numel() * out.element_size()
+            while self._seen and self._bytes + size > self.max_bytes:
+                oldest = next(iter(self._seen))
+                dropped = self._seen.pop(oldest)
+                self._bytes -= len(oldest[2]) + dropped.numel() * dropped.element_size()
+            if size <= self.max_bytes:
+                self._seen[key] = out.detach().clone()
+                self._bytes += size
+        return out
 
 
 class FisherBlockMissing(LookupError):
@@ -366,6 +456,23 @@ def optimism_offsets(
     Returns:
         ``(b - o, -o)``, both ``(m,)`` and detached.
     """
+    b_eff, minus_o, _ = _optimism(rows_a, rows_b, n_a, n_b, b, metric, step, iterations, plain)
+    return b_eff, minus_o
+
+
+def _optimism(
+    rows_a: Tensor,
+    rows_b: Tensor,
+    n_a: float,
+    n_b: float,
+    b: Tensor,
+    metric: Metric | None,
+    step: TrustRegionStep,
+    iterations: int,
+    plain: StepResult | None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """:func:`optimism_offsets` and the relative residuals of its conjugate gradient (``None``:
+    no solve)."""
     _check_iterations(iterations)
     b = b.detach()
     n = n_a + n_b
@@ -373,17 +480,19 @@ def optimism_offsets(
     if plain is None:
         G = ((n_a * rows_a + n_b * rows_b) / n).detach()
         if not bool(G.any()):  # g = 0 and a = 0: no step, nothing to correct
-            return b, torch.zeros_like(b)
+            return b, torch.zeros_like(b), None
         plain = step.solve(G[0], G[1:], b, _constant(metric))
     K = plain.K
     if not float(K.diagonal().sum()) > 0:  # g = 0 and a = 0: no step, nothing to correct
-        return b, torch.zeros_like(b)
+        return b, torch.zeros_like(b), None
     rhs = D[1:].T  # H^-1 D_g is not needed: N[j, g] = (H^-1 D_j)'D_g
+    residuals = None
     if metric is None:
         sol = rhs
     else:
         operator = metric.operator(*[t.detach() for t in metric.tensors])
-        sol = conjugate_gradient(operator, rhs, max_iter=step.cg_iters, tol=step.cg_tol).x
+        cg = conjugate_gradient(operator, rhs, max_iter=step.cg_iters, tol=step.cg_tol)
+        sol, residuals = cg.x, cg.residuals
     N = D[1:] @ sol  # rows: constraints; N[:, 1:] = D_a' H^-1 D_a (symmetrised), N[:, 0] = D_a' H^-1 D_g
     N = torch.cat([(sol.T @ D[0]).unsqueeze(1), (N + N.T) / 2], 1)
     w = plain.w.to(b.dtype)  # the reduced solution at b' = b
@@ -393,7 +502,7 @@ def optimism_offsets(
             w = solve_reduced(K, b_eff, step.delta, solver=step.solver).w
         optimism = N @ w
         b_eff = b - optimism
-    return b_eff.detach(), (-optimism).detach()
+    return b_eff.detach(), (-optimism).detach(), residuals
 
 
 # ------------------------------------------------------------------------------- direction
@@ -409,12 +518,18 @@ class Direction:
             detached; ``None`` without constraint.
         optimism: The correction ``-o`` per constraint (zeros without ``debias``); ``None``
             without constraint.
+        g: The reward surrogate's gradient the step was solved with (``(n,)``, with a graph
+            under ``create_graph``).
+        optimism_residuals: The relative residuals of the optimism correction's conjugate
+            gradient (``None``: no such solve).
     """
 
     x: Tensor
     result: StepResult
     b: Tensor | None
     optimism: Tensor | None
+    g: Tensor | None = None
+    optimism_residuals: Tensor | None = None
 
 
 def direction(
@@ -484,11 +599,13 @@ def direction(
         obs = batch.obs if metric_states is None else metric_states
         metric = fisher_metric(policy, at, obs, damping, create_graph or autograd_metric)
     optimism = None if b is None else torch.zeros_like(b)
+    residuals = None
     if debias and b is not None:
         plain = step.solve(g.detach(), A.detach(), b, _constant(metric))
-        b, optimism = optimism_offsets(*half_gradients(policy, theta, batch), b, metric, step, plain=plain)
+        halves = half_gradients(policy, theta, batch)
+        b, optimism, residuals = _optimism(*halves, b, metric, step, 5, plain)
     result = step.solve(g, A, b, metric)
-    return Direction(result.x, result, b, optimism)
+    return Direction(result.x, result, b, optimism, g, residuals)
 
 
 def cpo_direction(*args: Any, **kwargs: Any) -> tuple[Tensor, StepResult]:
@@ -608,7 +725,8 @@ def cpo_update(
     Returns:
         ``(new_params, info)``; ``info`` holds ``case``, ``lam``, ``nu`` (list, one per
         constraint), ``b`` (list), ``expected_improve`` (``g'x``), ``step_norm``,
-        ``cg_residual`` (largest relative CG residual) and the line-search keys
+        ``cg_residual`` (the largest relative residual of the update's conjugate-gradient
+        solves: the step's and the optimism correction's; NaN without a solve) and the line-search keys
         ``accepted``, ``backtracks``, ``kl``, ``improve_r``, ``change_c``.
     """
     metric = fisher_metric(policy, params, batch.obs, damping, pool=pool, parts=fisher_parts)
@@ -628,9 +746,7 @@ def cpo_update(
         max_backtracks=max_backtracks,
         kl_tolerance=kl_tolerance,
     )
-    theta = params.detach().requires_grad_(True)
-    with torch.enable_grad():
-        (g,) = torch.autograd.grad(surrogates(policy, theta, batch)[0], theta)
+    g = d.g.detach()
     info = {
         "case": str(res.case),
         "lam": float(res.lam),
@@ -639,7 +755,13 @@ def cpo_update(
         "optimism": [] if d.optimism is None else d.optimism.tolist(),
         "expected_improve": float(g @ x),
         "step_norm": float(x.norm()),
-        "cg_residual": float("nan") if res.cg_residuals is None else float(res.cg_residuals.max()),
+        "cg_residual": _worst(res.cg_residuals, d.optimism_residuals),
         **ls,
     }
     return new, info
+
+
+def _worst(*residuals: Tensor | None) -> float:
+    """The largest of the relative residuals given (NaN when there are none)."""
+    values = [float(r.max()) for r in residuals if r is not None and r.numel()]
+    return max(values) if values else float("nan")

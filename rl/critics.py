@@ -3,12 +3,12 @@ worker on a pool, the same numbers either way."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from rl.policy import Critic
 
@@ -39,7 +39,10 @@ def fit_critics(
     minibatch), except that all critics see the same shuffled minibatches (one
     permutation per epoch from ``generator``) and share one forward/backward pass
     per minibatch: half the autograd and Python overhead for the reward and cost
-    critics of CPO, whose fitting is otherwise a large part of an update.
+    critics of CPO, whose fitting is otherwise a large part of an update. Each epoch's rows are
+    gathered in shuffled order once (minibatches are views), plain critics run their layers as
+    functions, and Adam optimizers with equal settings step as one: the same numbers as one
+    step per critic (tests/test_cpo.py compares them bit for bit).
 
     Args:
         critics: The critics (updated in place).
@@ -69,21 +72,108 @@ def fit_critics(
                 f"targets must have shape ({n},) or ({n}, {critic.out_dim}), got {tuple(y.shape)}"
             )
         ys.append(y)
-    pairs = list(zip(critics, ys, strict=True))
-    with torch.enable_grad():
-        for _ in range(epochs):
-            perm = torch.randperm(n, generator=generator)
-            for start in range(0, n, minibatch):
-                idx = perm[start : start + minibatch]
-                o = obs[idx]
-                loss = sum(F.mse_loss(critic(o), y[idx]) for critic, y in pairs)
-                for opt in optimizers:
-                    opt.zero_grad(set_to_none=True)
-                loss.backward()
-                for opt in optimizers:
-                    opt.step()
+    forwards = [_forward(critic) for critic in critics]
+    step, finish = _stepper(optimizers)
+    try:
+        with torch.enable_grad():
+            for _ in range(epochs):
+                perm = torch.randperm(n, generator=generator)
+                # the epoch's rows in shuffled order once: each minibatch is then a view
+                obs_e, ys_e = obs[perm], [y[perm] for y in ys]
+                for start in range(0, n, minibatch):
+                    stop = start + minibatch
+                    o = _aligned(obs_e[start:stop])
+                    loss = None
+                    for forward, y in zip(forwards, ys_e, strict=True):
+                        term = F.mse_loss(forward(o), _aligned(y[start:stop]))
+                        loss = term if loss is None else loss + term
+                    step(loss)
+    finally:
+        finish()
     with torch.no_grad():
-        return [float(F.mse_loss(critic(obs), y)) for critic, y in pairs]
+        return [float(F.mse_loss(critic(obs), y)) for critic, y in zip(critics, ys, strict=True)]
+
+
+def _aligned(t: Tensor) -> Tensor:
+    """``t``, copied where its data do not start on a 64-byte boundary: the matrix products of
+    a minibatch view then run as on the freshly allocated (aligned) rows of an index gather, with
+    the same rounding (BLAS kernels may round differently on unaligned data)."""
+    return t if t.data_ptr() % 64 == 0 else t.clone()
+
+
+def _forward(critic: Critic) -> Callable[[Tensor], Tensor]:
+    """``critic``'s forward pass: its layers called as functions (the same operations as the
+    module's call, without its per-module overhead) for a plain :class:`rl.policy.Critic`, else
+    the module itself."""
+    net = getattr(critic, "net", None)
+    plain = (
+        type(critic) is Critic
+        and isinstance(net, nn.Sequential)
+        and all(type(m) in (nn.Linear, nn.Tanh) for m in net)
+        and not any(m._forward_hooks or m._forward_pre_hooks for m in (critic, net, *net))
+    )
+    if not plain:
+        return critic
+    layers = [(m.weight, m.bias) if type(m) is nn.Linear else None for m in net]
+
+    def forward(h: Tensor) -> Tensor:
+        for layer in layers:
+            h = torch.tanh(h) if layer is None else F.linear(h, *layer)
+        return h
+
+    return forward
+
+
+def _stepper(optimizers: Sequence[Any]) -> tuple[Callable[[Tensor], None], Callable[[], None]]:
+    """``(step, finish)``: ``step(loss)`` clears the gradients, backpropagates ``loss`` and steps
+    every optimizer; ``finish()`` hands the state back. Adam optimizers with the same settings,
+    one parameter group each, are stepped as one Adam over all their parameters (its update is
+    per parameter: the same numbers, one call instead of one per critic); others one by one."""
+    one = _combined_adam(optimizers)
+    steppers = list(optimizers) if one is None else [one]
+
+    def step(loss: Tensor) -> None:
+        for opt in steppers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in steppers:
+            opt.step()
+
+    def finish() -> None:
+        if one is None:
+            return
+        for opt in optimizers:
+            for p in opt.param_groups[0]["params"]:
+                if p in one.state:
+                    opt.state[p] = one.state[p]
+
+    return step, finish
+
+
+def _combined_adam(optimizers: Sequence[Any]) -> torch.optim.Adam | None:
+    """One Adam over the parameters of ``optimizers`` carrying their state (the same state
+    objects), or ``None`` where they are not all plain Adam with one group and equal settings."""
+    if len(optimizers) < 2 or any(
+        type(o) is not torch.optim.Adam or len(o.param_groups) != 1 for o in optimizers
+    ):
+        return None
+    settings = [{k: v for k, v in o.param_groups[0].items() if k != "params"} for o in optimizers]
+    if any(s != settings[0] for s in settings[1:]):
+        return None
+    params = [p for o in optimizers for p in o.param_groups[0]["params"]]
+    if len({id(p) for p in params}) != len(params):
+        return None
+    try:
+        one = torch.optim.Adam(params, **settings[0])
+    except (TypeError, ValueError, RuntimeError):  # a setting this Adam does not take
+        return None
+    if one.param_groups[0].keys() != optimizers[0].param_groups[0].keys():
+        return None
+    for opt in optimizers:
+        for p in opt.param_groups[0]["params"]:
+            if p in opt.state:
+                one.state[p] = opt.state[p]
+    return one
 
 
 def _fit_one_critic(

@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeVar
 import torch
 
 from difftrust import TrustRegionStep
-from rl.cpo_step import sum_cost_channels
+from rl.cpo_step import TruncatedCGStep, sum_cost_channels
 from rl.rollout import Batch
 from rl.runtime.config import ConfigError
 
@@ -120,7 +120,15 @@ class TrustRegionSettings:
 
     damping: float = field(default=0.1, metadata={"help": "Fisher damping"})
     cg_iters: int = field(default=15, metadata={"help": "conjugate-gradient iterations"})
-    cg_tol: float = field(default=1e-10, metadata={"help": "conjugate-gradient relative tolerance"})
+    cg_tol: float | None = field(
+        default=None,
+        metadata={
+            "help": "conjugate-gradient relative tolerance; none: truncated conjugate gradient as TRPO "
+            "and CPO define it, cg_iters iterations (fewer only below a residual of 1e-10) without a "
+            "warning, the worst residual of each update in progress.csv (cg_residual); a number: "
+            "difftrust warns (CGNotConvergedWarning) when cg_iters iterations do not reach it"
+        },
+    )
     backtrack_coef: float = field(default=0.8, metadata={"help": "line-search step shrink factor"})
     max_backtracks: int = field(default=15, metadata={"help": "line-search trials"})
     kl_tolerance: float = field(
@@ -128,7 +136,10 @@ class TrustRegionSettings:
     )
 
     def step(self, delta: float) -> TrustRegionStep:
-        """The trust-region layer of size ``delta`` with these CG settings."""
+        """The trust-region layer of size ``delta`` with these CG settings: a
+        :class:`rl.cpo_step.TruncatedCGStep` without ``cg_tol``."""
+        if self.cg_tol is None:
+            return TruncatedCGStep(delta=delta, cg_iters=self.cg_iters)
         return TrustRegionStep(delta=delta, cg_iters=self.cg_iters, cg_tol=self.cg_tol)
 
     def update_options(self) -> dict[str, Any]:

@@ -680,3 +680,147 @@ def test_direction_debias_takes_k_from_the_uncorrected_steps_result():
     torch.testing.assert_close(d.x, x, rtol=1e-10, atol=1e-14)
     plain = direction(pi, params, batch, [25.0, 24.0], step, damping=DAMPING)
     assert plain.optimism.tolist() == [0.0, 0.0] and plain.b.tolist() == [0.0, 1.0] != d.b.tolist()
+
+
+# ------------------------------------------------------------- the update's cuts (issue 11)
+def _fit_one_step_per_optimizer(critics, optimizers, obs, targets, epochs, minibatch, generator):
+    """The critic fit written plainly: an index gather per minibatch, the critics called as
+    modules, one step of each optimizer (what fit_critics computes with fewer operations)."""
+    ys = [y.unsqueeze(-1) if y.ndim == 1 else y for y in targets]
+    for _ in range(epochs):
+        perm = torch.randperm(obs.shape[0], generator=generator)
+        for start in range(0, obs.shape[0], minibatch):
+            idx = perm[start : start + minibatch]
+            loss = sum(torch.nn.functional.mse_loss(c(obs[idx]), y[idx]) for c, y in zip(critics, ys))
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+    with torch.no_grad():
+        return [float(torch.nn.functional.mse_loss(c(obs), y)) for c, y in zip(critics, ys)]
+
+
+def _same(a, b) -> bool:
+    """Equal bit for bit: tensors, and dicts and lists of them."""
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("optimizers", ["fused adam", "adam", "two learning rates", "sgd"])
+@pytest.mark.parametrize("rows, obs_dim, minibatch", [(1000, 7, 101), (512, 8, 128)])
+def test_fit_critics_equals_the_plain_fit_bit_for_bit(optimizers, rows, obs_dim, minibatch):
+    """Views of the epoch's shuffled rows (copied where unaligned: 7 x 101 doubles), layers called
+    as functions, Adam optimizers with equal settings stepped as one: the same critics, losses
+    and optimizer states as the plain loop, over two fits (the state carried over)."""
+    gen = torch.Generator().manual_seed(0)
+    obs = torch.randn(rows, obs_dim, dtype=torch.float64, generator=gen)
+    targets = (
+        torch.randn(rows, dtype=torch.float64, generator=gen),
+        torch.randn(rows, 3, dtype=torch.float64),
+    )
+    make = {
+        "fused adam": lambda c, k: torch.optim.Adam(c.parameters(), lr=1e-3, fused=True),
+        "adam": lambda c, k: torch.optim.Adam(c.parameters(), lr=1e-3),
+        "two learning rates": lambda c, k: torch.optim.Adam(c.parameters(), lr=1e-3 * (k + 1), fused=True),
+        "sgd": lambda c, k: torch.optim.SGD(c.parameters(), lr=1e-2, momentum=0.9),
+    }[optimizers]
+
+    def fresh():
+        g = torch.Generator().manual_seed(1)
+        critics = (Critic(obs_dim, 1, (16, 16), generator=g), Critic(obs_dim, 3, (16,), generator=g))
+        return critics, tuple(make(c, k) for k, c in enumerate(critics))
+
+    (critics, opts), (ref_critics, ref_opts) = fresh(), fresh()
+    for epochs in (2, 1):
+        losses = fit_critics(
+            critics, opts, obs, targets, epochs, minibatch, torch.Generator().manual_seed(epochs)
+        )
+        ref = _fit_one_step_per_optimizer(
+            ref_critics, ref_opts, obs, targets, epochs, minibatch, torch.Generator().manual_seed(epochs)
+        )
+        assert losses == ref
+    for c, r in zip(critics, ref_critics, strict=True):
+        assert _same(list(c.parameters()), list(r.parameters()))
+    assert _same([o.state_dict() for o in opts], [o.state_dict() for o in ref_opts])
+
+
+def test_repeated_products_look_up_what_they_computed():
+    from rl.cpo_step import RepeatedProducts
+
+    pi, params, batch = _recorded_batch()
+    product = pi.fisher_product(params, batch.obs)
+    v = torch.randn(pi.num_params, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    seen = RepeatedProducts(product)
+    first = seen(v)
+    assert torch.equal(seen(v.clone()), first) and torch.equal(first, product(v))
+    assert (seen.calls, seen.hits) == (1, 1)
+    first.add_(1.0)  # the caller's copy: the stored product is unchanged
+    assert torch.equal(seen(v), product(v)) and seen.calls == 1
+    two = RepeatedProducts(product, max_bytes=2 * 2 * 8 * pi.num_params)  # room for two (v, Fv) pairs
+    vs = [v + k for k in range(3)]
+    for u in [*vs, vs[0], vs[2]]:
+        assert torch.equal(two(u), product(u))
+    assert (two.calls, two.hits) == (4, 1)  # vs[0] was dropped (the oldest), vs[2] kept
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=f"max_bytes must be an int >= 0, got {bad!r}"):
+            RepeatedProducts(product, max_bytes=bad)
+
+
+def test_cpo_update_looks_up_the_plain_solves_products_with_the_same_numbers():
+    """The corrected step repeats the plain step's conjugate gradient: its products are looked up
+    (as many as the plain solve computed), and the update is bit for bit the one that computes
+    every product; expected_improve uses the direction's g, equal to a fresh gradient."""
+    from difftrust import OperatorMetric
+    from rl.cpo_step import TruncatedCGStep, direction, fisher_metric
+
+    pi, params, batch = _two_env_batch(n_cost=2)
+    step = TruncatedCGStep(delta=DELTA, cg_iters=8)
+    limits = [25.0, 24.0]
+    product = pi.fisher_product(params, batch.obs)
+    computing = OperatorMetric(lambda v: product(v), damping=DAMPING)
+    ref = direction(pi, params, batch, limits, step, metric=computing, debias=True)
+    metric = fisher_metric(pi, params, batch.obs, DAMPING)
+    d = direction(pi, params, batch, limits, step, metric=metric, debias=True)
+    assert _same([d.x, d.b, d.optimism, d.g], [ref.x, ref.b, ref.optimism, ref.g])
+    # plain solve: 8 iterations x 3 columns + 2 probe columns; optimism: 8 x 2; corrected: all found
+    assert (metric.matvec.calls, metric.matvec.hits) == (8 * 3 + 2 + 8 * 2, 8 * 3 + 2)
+    new, info = cpo_update(pi, params, batch, limits, step, damping=DAMPING, debias=True)
+    ref_new, _ = line_search(pi, params, ref.x.detach(), batch, ref.b, str(ref.result.case), DELTA)
+    assert torch.equal(new, ref_new)
+    theta = params.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(surrogates(pi, theta, batch)[0], theta)
+    assert info["expected_improve"] == float(g @ ref.x.detach())
+    worst = max(float(ref.result.cg_residuals.max()), float(ref.optimism_residuals.max()))
+    assert info["cg_residual"] == worst > 1e-8  # the optimism solve's residual counts too
+
+
+def test_truncated_cg_is_not_warned_about_and_a_tolerance_of_ones_own_is(tmp_path):
+    import warnings
+    from dataclasses import replace
+
+    from difftrust import CGNotConvergedWarning
+    from rl.cpo_step import TruncatedCGStep
+
+    pi, params, batch = _two_env_batch()
+    truncated = CPOConfig(cg_iters=2).step(DELTA)
+    assert isinstance(truncated, TruncatedCGStep)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, info = cpo_update(pi, params, batch, 25.0, truncated, damping=DAMPING, debias=True)
+        run = train(replace(parse_args([*_SMALL, "--cg-iters", "2"]), out=str(tmp_path / "run")))
+    assert not [w for w in caught if issubclass(w.category, CGNotConvergedWarning)]
+    assert info["cg_residual"] > 1e-3  # 2 iterations on a 28-parameter metric: recorded, not hidden
+    residuals = [float(r["cg_residual"]) for r in _rows(run)]
+    assert len(residuals) == 3 and all(1e-6 < r < 1 for r in residuals)
+    # a tolerance of one's own (a value no other solve in this process used: difftrust warns once
+    # per metric type, cg_iters and cg_tol) is warned about when it is missed
+    own = CPOConfig(cg_iters=2, cg_tol=3.21e-9).step(DELTA)
+    assert type(own) is TrustRegionStep
+    with pytest.warns(CGNotConvergedWarning, match=r"cg_tol = 3\.2e-09 in cg_iters = 2"):
+        cpo_update(pi, params, batch, 25.0, own, damping=DAMPING, debias=True)

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from difftrust import TrustRegionStep
 from rl.cpo import CPOConfig
 from rl.cpo import main as cpo_main
+from rl.cpo_step import TruncatedCGStep
 from rl.meta_cpo import MetaCPOConfig, MetaCPOTrainer
 from rl.meta_cpo import main as meta_main
 from rl.meta_test import limit_columns
@@ -68,7 +70,9 @@ def test_both_programs_keep_every_flat_option_and_share_the_groups():
     assert (cpo.cg_iters, cpo.max_backtracks, cpo.critic_epochs, cpo.critic_minibatch) == (15, 15, 10, 128)
     assert (meta.cg_iters, meta.max_backtracks, meta.critic_epochs, meta.critic_minibatch) == (10, 10, 5, 256)
     assert (cpo.cost_limit, meta.cost_limit, cpo.workers, meta.workers) == (25.0, 5.0, None, 2)
-    assert (cpo.checkpoint_every, meta.checkpoint_every, cpo.cg_tol, meta.cg_tol) == (10, 1, 1e-10, 1e-10)
+    assert (cpo.checkpoint_every, meta.checkpoint_every) == (10, 1)
+    # truncated conjugate gradient (stopping below 1e-10, the former default tolerance, as before)
+    assert cpo.cg_tol is None and meta.cg_tol is None
 
 
 def test_group_takes_a_groups_values_out_of_a_config():
@@ -84,7 +88,9 @@ def test_group_takes_a_groups_values_out_of_a_config():
         "kl_tolerance": 1.5,
     }
     step = cfg.step(0.03)
-    assert (step.delta, step.cg_iters, step.cg_tol) == (0.03, 7, 1e-10)
+    assert type(step) is TruncatedCGStep and (step.delta, step.cg_iters, step.cg_tol) == (0.03, 7, 1e-10)
+    own = dataclasses.replace(cfg, cg_tol=1e-6).step(0.03)
+    assert type(own) is TrustRegionStep and (own.delta, own.cg_iters, own.cg_tol) == (0.03, 7, 1e-6)
     assert group(CriticSettings, cfg).critic_lr == 0.01
 
 
@@ -116,7 +122,8 @@ def test_config_files_written_before_the_grouping_still_load(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(old))
     cfg = load_config(CPOConfig, path)
-    assert cfg.cg_tol == 1e-10 and cfg.device == "cpu" and cfg.hidden == (32,)
+    assert cfg.cg_tol is None and cfg.device == "cpu" and cfg.hidden == (32,)
+    assert cfg.step(cfg.delta).cg_tol == 1e-10  # truncated CG stops where the former default did
 
 
 def test_seed_purposes_keep_their_values():
