@@ -323,8 +323,9 @@ class _TrustRegionFunction(torch.autograd.Function):
             hmax = H.diagonal(dim1=1, dim2=2).abs().amax(1)
             cols.append(hmax)
         elif factor:
-            H = tensors[0]  # the factor L: diag(L L') from its squares, few passes over (B, n, n)
-            hmax = H.square().sum(2).amax(1)
+            H = tensors[0]  # the factor L: diag(L L') from its squares; one (B, n, n) temporary
+            work = H.square()
+            hmax = work.sum(2).amax(1)
             cols.append(hmax)
         # exact power-of-two scaling of g, of (A, b) (one factor for all rows: the recovery
         # problem's least worst violation depends on the rows' relative scales) and of (H, delta)
@@ -356,7 +357,9 @@ class _TrustRegionFunction(torch.autograd.Function):
             if dense:
                 asym = (H - H.transpose(1, 2)).abs().amax((1, 2)) / hmax
             else:  # exact zeros above the diagonal, a positive diagonal
-                asym = torch.count_nonzero(H * _strict_upper(n, H.dtype, H.device), dim=(1, 2))
+                asym = torch.count_nonzero(
+                    torch.mul(H, _strict_upper(n, H.dtype, H.device), out=work), dim=(1, 2)
+                )
                 info = (ld <= 0).sum(1)
             cols = [gmax, amax, b.abs().amax(1) if m else gmax, asym, info.to(g.dtype), cond]
         else:
@@ -420,8 +423,11 @@ class _TrustRegionFunction(torch.autograd.Function):
             # problem L'P = Y / sL and L'u = Y_u / sL (the forward and backward solves' first
             # halves), so with h = sL^2: Lbar = -sL [Z, P] [Y, Y_u w' + Y Kbar]', one product.
             Z = uw + P @ Kbar
-            right = torch.cat([rec.Y[:, :, :-1], rec.Y_u * state.w.unsqueeze(1) + rec.Y[:, :, :-1] @ Kbar], 2)
-            tensor_grads[0] = (torch.cat([Z, P], 2) @ right.transpose(1, 2)) * (-rec.factor[:, None, None])
+            Y = rec.Y[:, :, :-1]
+            right = torch.cat([Y, rec.Y_u * state.w.unsqueeze(1) + Y @ Kbar], 2) * (
+                -rec.factor[:, None, None]
+            )
+            tensor_grads[0] = torch.cat([Z, P], 2) @ right.transpose(1, 2)
         elif rec.kind == "operator" and any(need[5:]):
             # psibar = -d/dpsi [u'H x + sum_ij Kbar_ij p_i'H p_j], u, x, P held fixed; with x = P w
             # this is sum_j (u w_j + (P Kbar)[:, j])' H p_j: m+1 metric products.
