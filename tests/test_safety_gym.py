@@ -389,7 +389,8 @@ def test_bad_names_and_parameters_raise_value_error():
         make("SafetyPointGoal1-v0", task=CircleTask(1.2, 0.7))
     with pytest.raises(ValueError, match="needs a ButtonTask"):
         make("safety-button", task=CircleTask(1.2, 0.7))
-    for kwargs in ({"horizon": 0}, {"num_workers": 0}, {"num_envs": 0}, {"fast_reset": "yes"}):
+    bad = ({"horizon": 0}, {"num_workers": 0}, {"num_envs": 0}, {"fast_reset": "yes"}, {"fast_step": 1})
+    for kwargs in bad:
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             make("safety-circle", **kwargs)
     with pytest.raises(ValueError, match="valid: task, num_envs, seed, horizon"):
