@@ -357,9 +357,7 @@ class _TrustRegionFunction(torch.autograd.Function):
             if dense:
                 asym = (H - H.transpose(1, 2)).abs().amax((1, 2)) / hmax
             else:  # exact zeros above the diagonal, a positive diagonal
-                asym = torch.count_nonzero(
-                    torch.mul(H, _strict_upper(n, H.dtype, H.device), out=work), dim=(1, 2)
-                )
+                asym = torch.mul(H, _strict_upper(n, H.dtype, H.device), out=work).abs_().amax((1, 2))
                 info = (ld <= 0).sum(1)
             cols = [gmax, amax, b.abs().amax(1) if m else gmax, asym, info.to(g.dtype), cond]
         else:
@@ -593,7 +591,8 @@ def _raise_for(summary: list[float], H: Tensor | None, factor: bool = False) -> 
     ``summary``: the largest over the batch of ``|g|``, ``|A|``, ``|b|`` (NaN and inf propagate) and,
     for a dense metric, of ``max |H - H'| / max |diag H|``, the failed Cholesky minor and the
     estimated condition number; for a Cholesky factor (``factor``, ``H`` is then ``L``), of the
-    number of nonzero entries above the diagonal, of diagonal entries <= 0, and the condition number.
+    largest ``|L_ij|`` above the diagonal (the lean path: their count), of the number of diagonal
+    entries <= 0, and the condition number.
     """
     if all(math.isfinite(v) for v in summary[:3]) and (
         H is None
@@ -613,8 +612,9 @@ def _raise_for(summary: list[float], H: Tensor | None, factor: bool = False) -> 
         if not bool(torch.isfinite(H).all()):
             raise ValueError("metric factor L contains NaN or inf entries; expected finite values")
         if summary[3] != 0:
+            count = int(torch.count_nonzero(torch.triu(H, 1), dim=(-2, -1)).amax())
             raise ValueError(
-                f"metric factor L must be lower triangular: {int(summary[3])} nonzero entries above the "
+                f"metric factor L must be lower triangular: {count} nonzero entries above the "
                 "diagonal; expected the lower Cholesky factor (as torch.linalg.cholesky returns it), or "
                 "pass H = L L' as a dense metric"
             )
