@@ -375,3 +375,35 @@ def test_cholesky_metric_bad_factors_raise_named_errors(lean_on, monkeypatch):
         CholeskyMetric(np.eye(3))
     with pytest.raises(TypeError, match="dtype"):
         step(g, a, -1.0, CholeskyMetric(torch.eye(3, dtype=torch.float32)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cholesky_metric_on_cuda_matches_the_cpu():
+    """A batch and one problem with CUDA tensors: step and gradients on the device, equal to the CPU's."""
+    from difftrust import CholeskyMetric
+
+    probs = [_factor_problem(40 + i, 6, 2, "binding") for i in range(3)]
+    args = [torch.tensor(np.stack(a)) for a in zip(*[p[:4] for p in probs], strict=True)]
+    for batch in (args, [t[0] for t in args]):
+        out = []
+        for dev in ("cpu", "cuda"):
+            leaves = [t.to(dev).requires_grad_(True) for t in batch]
+            x = TrustRegionStep(delta=probs[0][4])(*leaves[:3], CholeskyMetric(leaves[3]))
+            x.sum().backward()
+            assert x.device.type == dev and all(t.grad.device.type == dev for t in leaves)
+            out.append([x.detach().cpu()] + [t.grad.cpu() for t in leaves])
+        for a, c in zip(*out, strict=True):
+            assert torch.allclose(a, c, rtol=1e-9, atol=1e-12)
+
+
+def test_cholesky_metric_float32_batch_matches_float64():
+    from difftrust import CholeskyMetric
+
+    probs = [_factor_problem(60 + i, 6, 2, "binding") for i in range(4)]
+    args = [torch.tensor(np.stack(a)) for a in zip(*[p[:4] for p in probs], strict=True)]
+    x64 = TrustRegionStep(delta=probs[0][4])(*args[:3], CholeskyMetric(args[3]))
+    leaves = [t.float().requires_grad_(True) for t in args]
+    x32 = TrustRegionStep(delta=probs[0][4])(*leaves[:3], CholeskyMetric(leaves[3]))
+    x32.sum().backward()
+    assert x32.dtype == torch.float32 and torch.allclose(x32.double(), x64, rtol=1e-4, atol=1e-5)
+    assert all(t.grad.dtype == torch.float32 and torch.isfinite(t.grad).all() for t in leaves)
