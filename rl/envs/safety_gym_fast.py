@@ -2,37 +2,43 @@
 package's.
 
 One step of the package spends most of its time in Python around MuJoCo: its pseudo-lidar loops
-over every object with several numpy calls each, every sensor and body is looked up by name,
-costs loop over objects and contacts, and ``mj_forward`` runs three times although nothing
-changes the simulation state between the calls. :class:`FastStep` replaces that with one
-vectorised pass over the objects of a task, with every floating-point operation the package
-makes, in its order, so that observations, rewards, costs, terminations and the step ``info``
-are the same bits (``tests/test_safety_gym_fast.py`` checks it over long random rollouts).
+over every object with several numpy calls on 2- and 3-vectors each, every sensor and body is
+looked up by name, costs loop over objects and contacts. :class:`FastStep` computes the same step
+with model ids looked up once per world, one pass over all lidar objects, and every
+floating-point operation the package makes, in its order, so that observations, rewards, costs,
+terminations and the step ``info`` are the same bits (``tests/test_safety_gym_fast.py`` checks it
+over rollouts with many resets, goals met, buttons pressed and hazards entered).
 
 What it computes itself:
 
-* the action: clipped to the actuators' control range (the package's ``np.clip``);
-* physics: the package's frame-skip draw, the mocap moves (gremlins), ``mj_step`` per frame, one
-  ``mj_forward`` (the package's two further calls per step recompute identical values from an
-  unchanged state and are skipped);
+* the action: clipped to the actuators' control range (the package's ``np.clip``; our adapter
+  clips to the same bounds before, the check stays);
+* physics: the package's frame-skip draw, the mocap moves (gremlins: one target per frame written
+  to every gremlin, as the package computes it per gremlin), ``mj_step`` per frame and the
+  package's three ``mj_forward`` calls per step (after the physics, before the costs, before the
+  observation). They are not redundant: each one restarts MuJoCo's constraint solver from the
+  previous one's accelerations, so skipping one changes the accelerometer reading in the last
+  bits and, through the solver's warm start, the trajectory;
 * rewards of the Goal, Button and Circle tasks (``GoalLevel0``, ``ButtonLevel0``, ``CircleLevel0``
   and their subclasses that do not override them), the package's clip and warning included;
 * costs of hazards (distance), buttons and gremlins (contacts, by precomputed geom ids), the
-  signal walls, and any other constrained object through its own ``cal_cost``;
-* observations: the agent's sensors (slices of ``sensordata``; hinge angles as sin/cos) and the
-  pseudo-lidar of every lidar-observed object group at once: egocentric coordinates with the
-  package's matrix-vector arithmetic (``(w0*m0 + w1*m1) + w2*m2``, no fused multiply-add),
-  distance and angle through the same complex ``abs``/``angle``, the bins, linear falloff and
-  aliasing of ``BaseTask._obs_lidar_pseudo`` with its assertion, and a max-scatter into the bins
-  (all readings are >= 0, so the package's running ``max`` and ours agree to the bit).
+  signal walls, and any other constrained object (vases) through its own ``cal_cost``; the
+  package's ``cost_sum`` and indicator;
+* observations: the agent's sensors (``sensordata`` entries; hinge angles as sin/cos, ball joints
+  as rotation matrices) and the pseudo-lidar of every lidar-observed object group
+  (:meth:`FastStep._lidar`): egocentric coordinates with the package's matrix-vector arithmetic
+  (``(w0*m0 + w1*m3) + w2*m6``, which is what numpy's 3x3 ``matmul`` computes here: no fused
+  multiply-add), distance and angle through numpy's complex ``abs`` and ``arctan2`` (``np.hypot``
+  differs from the complex ``abs`` in the last bit on this numpy), the bins, linear falloff,
+  aliasing and the per-bin ``max`` of ``BaseTask._obs_lidar_pseudo`` with its assertion.
 
 What stays the package's: resets, goal resampling after a goal is met (``update_layout`` and
-``update_world``), the gremlins' and vases' positions, costs of objects not listed above.
+``update_world``), the vases' and gremlins' costs, any object type not listed above.
 
-:func:`fast_step_or_none` says why a task is not supported (vision, compass, natural lidar,
-exponential lidar, action noise, debug, human rendering, reward shaping by orientation, static
-geoms, agents with ball joints, tasks whose reward/obs/step hooks are overridden); the adapter
-then keeps the package's own ``step``.
+:func:`fast_step_or_none` says why a task is not supported (Push and Run tasks, agents other than
+Point and Car, vision, compass, natural or exponential lidar, action noise, debug, human
+rendering, orientation reward, static geoms, costs without the indicator, tasks that override
+the reward/cost/obs/step hooks); the adapter then keeps the package's own ``step``.
 
 >>> from rl.envs.safety_gym_build import _EnvSpec
 >>> env = _EnvSpec("SafetyPointGoal1-v0", None, 1000, True).build()
