@@ -406,18 +406,17 @@ class FastStep:
             if achieved:
                 reward += task.buttons.reward_goal
             return reward, achieved
-        # circle: the package's expression on numpy scalars
+        # circle: the package's expression on Python floats (the same IEEE operations; ``**`` is
+        # libm's pow for numpy scalars and Python floats alike, which is not always x*x)
         model, data = self._model, self._data
         jacp = self._jacp
         jacp.fill(0.0)
         mujoco.mj_jacBody(model, data, jacp, None, self._agent_body)
-        x, y, _ = data.xpos[self._agent_body].copy()
-        u, v, _ = np.dot(jacp, data.qvel)
-        radius = np.sqrt(x**2 + y**2)
+        x, y, _ = data.xpos[self._agent_body].tolist()
+        u, v, _ = np.dot(jacp, data.qvel).tolist()
+        radius = math.sqrt(x**2 + y**2)
         reward = 0.0
-        reward += (
-            ((-u * y + v * x) / radius) / (1 + np.abs(radius - task.circle.radius))
-        ) * task.reward_factor
+        reward += (((-u * y + v * x) / radius) / (1 + abs(radius - task.circle.radius))) * task.reward_factor
         return reward, False
 
     def _cost(self, agent_xy: tuple[float, float]) -> dict[str, Any]:
@@ -465,10 +464,10 @@ class FastStep:
                         total += obstacle.contact_cost
                 cost["cost_gremlins"] = total
             elif kind == "sigwalls":
-                x, y = data.xpos[self._agent_body, :2]
-                out = np.abs(x) > obstacle.locate_factor
+                x, y = agent_xy
+                out = abs(x) > obstacle.locate_factor
                 if obstacle.num == 4:
-                    out = out or np.abs(y) > obstacle.locate_factor
+                    out = out or abs(y) > obstacle.locate_factor
                 cost["cost_out_of_boundary"] = out
             else:
                 cost.update(obstacle.cal_cost())
