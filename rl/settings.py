@@ -125,8 +125,8 @@ class TrustRegionSettings:
         metadata={
             "help": "conjugate-gradient relative tolerance; none: truncated conjugate gradient as TRPO "
             "and CPO define it, cg_iters iterations (fewer only below a residual of 1e-10) without a "
-            "warning, the worst residual of each update in progress.csv (cg_residual); a number: "
-            "difftrust warns (CGNotConvergedWarning) when cg_iters iterations do not reach it"
+            "warning (rl.cpo writes the worst residual of each update to progress.csv, cg_residual); "
+            "a number: difftrust warns (CGNotConvergedWarning) when cg_iters iterations do not reach it"
         },
     )
     backtrack_coef: float = field(default=0.8, metadata={"help": "line-search step shrink factor"})
