@@ -259,7 +259,8 @@ class RepeatedProducts:
     ``max_bytes`` in all (the oldest dropped first); tensors off the CPU are not remembered.
 
     Attributes:
-        calls: Products computed. ``hits``: products looked up.
+        calls: Products computed.
+        hits: Products looked up.
     """
 
     def __init__(self, product: Callable[[Tensor], Tensor], max_bytes: int = 64 * 2**20) -> None:
