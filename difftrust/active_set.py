@@ -305,15 +305,17 @@ def active_set_vjp(sol: ActiveSetSolution, wbar: Tensor) -> tuple[Tensor, Tensor
 # arrays of a few entries is several times lower than eager torch's
 
 
-def _subsets_np(m: int) -> np.ndarray:
-    key = (m, "numpy")
-    if key not in _SUBSETS_NP:
+def _subsets_np(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The subsets ``S (2^m, m)`` of :func:`_subsets`, the masks ``S_i S_j`` of ``K_SS`` in ``(m, m)`` and
+    the identity rows of the inactive constraints (cached per m)."""
+    if m not in _SUBSETS_NP:
         idx = np.arange(2**m)
-        _SUBSETS_NP[key] = ((idx[:, None] >> np.arange(m)) & 1).astype(np.float64)
-    return _SUBSETS_NP[key]
+        S = ((idx[:, None] >> np.arange(m)) & 1).astype(np.float64)
+        _SUBSETS_NP[m] = (S, S[:, :, None] * S[:, None, :], np.eye(m) * (1.0 - S)[:, :, None])
+    return _SUBSETS_NP[m]
 
 
-_SUBSETS_NP: dict[tuple[int, str], np.ndarray] = {}
+_SUBSETS_NP: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
 def _rowmax_np(x: np.ndarray) -> np.ndarray:
@@ -323,24 +325,75 @@ def _rowmax_np(x: np.ndarray) -> np.ndarray:
 def _kkt_matrix_np(
     Kn: np.ndarray, v: np.ndarray, lam: np.ndarray, S: np.ndarray, rec: np.ndarray, omega: np.ndarray
 ) -> np.ndarray:
-    """:func:`_kkt_matrix` in numpy."""
+    """:func:`_kkt_matrix` in numpy (its constant entries from a cached template; diagonals by strided
+    slices of the flattened matrices, no fancy indexing)."""
     B, m1 = v.shape
     m = m1 - 1
     N = 2 * m + 3
-    J = np.zeros((B, N, N))
-    ar = np.arange(m1)
-    J[:, ar, ar] = lam[:, None]
+    if N not in _KKT_TEMPLATES:
+        T0 = np.zeros((N, N))
+        T0[np.arange(1, m1), m + 2 + np.arange(1, m1)] = 1.0
+        _KKT_TEMPLATES[N] = T0
+    J = np.repeat(_KKT_TEMPLATES[N][None], B, 0)
+    flat = J.reshape(B, N * N)
+    flat[:, 0 : m1 * (N + 1) : N + 1] = lam[:, None]
     J[:, :m1, m1] = v
-    J[:, ar[1:], m + 2 + ar[1:]] = 1.0
-    J[:, m1, :m1] = (Kn @ v[..., None])[..., 0]
+    J[:, m1, :m1] = (v[:, None, :] @ Kn.transpose(0, 2, 1))[:, 0]
     recf = rec.astype(np.float64)
     J[:, m + 2, m + 2] = 1.0 - recf
     wS = recf[:, None] * omega * S
     J[:, m + 2, m + 3 :] = -wS
     J[:, m + 3 :, :m1] = S[:, :, None] * Kn[:, 1:, :]
     J[:, m + 3 :, m + 2] = -wS
-    J[:, m + 3 + ar[:-1], m + 3 + ar[:-1]] = 1.0 - S
+    flat[:, (m + 3) * (N + 1) :: N + 1] = 1.0 - S
     return J
+
+
+_KKT_TEMPLATES: dict[int, np.ndarray] = {}
+
+
+def _chol_solve_np(M: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest Cholesky pivot ``(...,)`` of the small matrices ``M (..., k, k)`` and ``M^-1 R`` for
+    ``R (..., k, r)``, by elementwise operations over the leading dimensions (numpy's batched LAPACK
+    calls cost microseconds per matrix; these cost microseconds per entry of ``M``, for all at once).
+    Where a pivot is not positive the factor continues with pivot 1: the solution there is finite and
+    meaningless, and the caller rejects it by the returned pivot."""
+    k = M.shape[-1]
+    if k == 1:
+        piv = M[..., 0, 0]
+        return piv, R / np.where(piv > 0, piv, 1.0)[..., None, None]
+    if k == 2:  # pivots a and d - c^2 / a; the solution by the adjugate over a d - c^2 = a * pivot
+        a, c, dd = M[..., 0, 0], M[..., 1, 0], M[..., 1, 1]
+        a1 = np.where(a > 0, a, 1.0)
+        p2 = dd - c * c / a1
+        det = (a1 * np.where(p2 > 0, p2, 1.0))[..., None]
+        X = np.empty(R.shape)
+        X[..., 0, :] = (dd[..., None] * R[..., 0, :] - c[..., None] * R[..., 1, :]) / det
+        X[..., 1, :] = (a1[..., None] * R[..., 1, :] - c[..., None] * R[..., 0, :]) / det
+        return np.minimum(a, p2), X
+    Lf = np.zeros_like(M)
+    piv = np.full(M.shape[:-2], np.inf)
+    for j in range(k):
+        acc = M[..., j, j] - (Lf[..., j, :j] ** 2).sum(-1)
+        piv = np.minimum(piv, acc)  # NaN propagates (and fails the caller's pivot test)
+        ljj = np.sqrt(np.where(acc > 0, acc, 1.0))
+        Lf[..., j, j] = ljj
+        if j + 1 < k:
+            dots = (Lf[..., j + 1 :, :j] * Lf[..., j : j + 1, :j]).sum(-1)
+            Lf[..., j + 1 :, j] = (M[..., j + 1 :, j] - dots) / ljj[..., None]
+    X = np.empty(R.shape)
+    for i in range(k):  # L y = R
+        X[..., i, :] = (R[..., i, :] - (Lf[..., i, :i, None] * X[..., :i, :]).sum(-2)) / Lf[..., i, i, None]
+    for i in reversed(range(k)):  # L' x = y
+        X[..., i, :] = (X[..., i, :] - (Lf[..., i + 1 :, i, None] * X[..., i + 1 :, :]).sum(-2)) / Lf[
+            ..., i, i, None
+        ]
+    return piv, X
+
+
+def _matvec_np(Kn: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """``Kn V`` for ``Kn (B, m+1, m+1)`` and candidates ``V (B, C, m+1)`` (broadcast, no stacked matmul)."""
+    return V @ Kn.transpose(0, 2, 1)
 
 
 def solve_active_set_numpy(
@@ -349,8 +402,9 @@ def solve_active_set_numpy(
     """:func:`solve_active_set` on float64 numpy arrays (same formulas, same certification).
 
     ``K (B, m+1, m+1)``, ``b (B, m)``, ``delta (B,)``; returns a dict with the fields of
-    :class:`ActiveSetSolution` as arrays. ``K_SS`` is judged by its smallest eigenvalue (unit
-    diagonal, so comparable with the Cholesky pivot of the torch version).
+    :class:`ActiveSetSolution` as arrays, the KKT Jacobian's LU factors (``lu``, ``piv``: torch
+    tensors) in place of its inverse. ``K_SS`` is judged by its smallest Cholesky pivot, as in the
+    torch version; the small factorisations and solves are elementwise over all problems and subsets.
     """
     B, m1, _ = K.shape
     m = m1 - 1
@@ -363,30 +417,30 @@ def solve_active_set_numpy(
     beta = b * d[:, 1:] / s[:, None]
     omega = d[:, 1:] / d[:, 1:].max(1, keepdims=True) if m else d[:, 1:]
 
-    S = _subsets_np(m)
+    S, SS, E = _subsets_np(m)
     C = S.shape[0]
-    M = Kn[:, None, 1:, 1:] * (S[:, :, None] * S[:, None, :]) + (np.eye(m) * (1.0 - S)[:, :, None])
+    M = Kn[:, None, 1:, 1:] * SS + E
+    kc, bS, oS = Kn[:, None, 1:, 0] * S, beta[:, None, :] * S, omega[:, None, :] * S
     if m:
-        piv_ok = np.linalg.eigvalsh(M)[..., 0] >= PIVOT_TOL
-        M = np.where(piv_ok[..., None, None], M, np.eye(m))
+        with np.errstate(all="ignore"):
+            piv, X = _chol_solve_np(M, np.stack([kc, bS, oS], -1))  # (B, C), (B, C, m, 3)
+        piv_ok = piv >= PIVOT_TOL
     else:
         piv_ok = np.ones((B, C), dtype=bool)
-    kc, bS, oS = Kn[:, None, 1:, 0] * S, beta[:, None, :] * S, omega[:, None, :] * S
-    X = np.linalg.solve(M, np.stack([kc, bS, oS], -1))  # (B, C, m, 3)
+        X = np.zeros((B, C, 0, 3))
     alpha, gamma, eta = X[..., 0], X[..., 1], X[..., 2]
     Aq = Kn[:, 0, 0][:, None] - (kc * alpha).sum(-1)
     Bq = (bS * gamma).sum(-1)
     room = 1.0 - Bq
     beta_c = beta[:, None, :]
     bscale = np.maximum(np.abs(beta_c), 1.0)
-    Kn_c = Kn[:, None]
 
     with np.errstate(all="ignore"):
         okA = piv_ok & (Aq > AQ_TOL) & (room > BQ_TOL)
         lamA = np.sqrt(np.maximum(Aq, AQ_TOL) / np.maximum(room, BQ_TOL))
         nuA = (alpha + lamA[..., None] * gamma) * S
         vA = np.concatenate([np.ones((B, C, 1)), -nuA], -1) / lamA[..., None]
-        KvA = (Kn_c @ vA[..., None])[..., 0]
+        KvA = _matvec_np(Kn, vA)
         rowA = (beta_c + KvA[..., 1:]) / bscale
         nscale = np.maximum(_rowmax_np(np.abs(nuA)), 1.0)[..., None]
         violA = np.maximum(
@@ -416,7 +470,7 @@ def solve_active_set_numpy(
             uR = (gamma - tR[..., None] * eta) * S
             muR = lamR[..., None] * uR
             vR = np.concatenate([np.zeros((B, C, 1)), -uR], -1)
-            KvR = (Kn_c @ vR[..., None])[..., 0]
+            KvR = _matvec_np(Kn, vR)
             rowR = (beta_c + KvR[..., 1:] - tR[..., None] * omega[:, None, :]) / bscale
             mscale = np.maximum(_rowmax_np(np.abs(muR)), 1.0)[..., None]
             violR = np.maximum(
@@ -441,33 +495,34 @@ def solve_active_set_numpy(
         np.where(Ssel.sum(1) > 0, CONSTRAINED, TRUST_REGION),
         np.where(certR, RECOVERY, NOT_CERTIFIED),
     )
-    jinv = None
+    lu = lu_piv = None
     if with_jacobian:
-        J = _kkt_matrix_np(Kn, v, lam_n, Ssel, rec, omega)
-        try:
-            jinv = np.linalg.inv(J)
-            bad = ~np.isfinite(jinv).reshape(B, -1).all(1)
-        except np.linalg.LinAlgError:
-            jinv_t, info = torch.linalg.inv_ex(torch.from_numpy(J))
-            jinv = jinv_t.numpy()
-            bad = (info.numpy() != 0) | ~np.isfinite(jinv).reshape(B, -1).all(1)
+        J = torch.from_numpy(_kkt_matrix_np(Kn, v, lam_n, Ssel, rec, omega))
+        lu, lu_piv, info = torch.linalg.lu_factor_ex(J)
+        bad = (info.numpy() != 0) | ~np.isfinite(lu.numpy()).reshape(B, -1).all(1)
         code = np.where(bad, NOT_CERTIFIED, code)
     w = s[:, None] * d * v
     with np.errstate(all="ignore"):
         d0 = np.where(pos[:, 0], d[:, 0], np.nan)
         lam = np.where(rec, np.nan, lam_n / (s * d0))
         nu = np.where(rec[:, None], np.nan, nu_n * d[:, 1:] / d0[:, None])
-    violation = (b + (K[:, 1:, :] @ w[..., None])[..., 0]).max(1) if m else np.full(B, -np.inf)
-    return dict(w=w, lam=lam, nu=nu, code=code, violation=violation, v=v, d=d, s=s, active=Ssel, jinv=jinv)
+    violation = (b + (K[:, 1:, :] * w[:, None, :]).sum(-1)).max(1) if m else np.full(B, -np.inf)
+    return dict(
+        w=w, lam=lam, nu=nu, code=code, violation=violation, v=v, d=d, s=s, active=Ssel, lu=lu, piv=lu_piv
+    )
 
 
 def active_set_vjp_numpy(sol: dict[str, np.ndarray], wbar: np.ndarray) -> tuple[np.ndarray, ...]:
-    """:func:`active_set_vjp` on the arrays of :func:`solve_active_set_numpy`."""
-    v, d, s, jinv, S = sol["v"], sol["d"], sol["s"], sol["jinv"], sol["active"]
+    """:func:`active_set_vjp` on the arrays of :func:`solve_active_set_numpy` (``J' zeta = -(vbar, 0)``
+    by the forward's LU factors)."""
+    v, d, s, S = sol["v"], sol["d"], sol["s"], sol["active"]
+    if sol["lu"] is None:
+        raise ValueError("the solution was computed with with_jacobian=False; no derivative is available")
     B, m1 = v.shape
     m = m1 - 1
-    vbar = s[:, None] * d * wbar
-    zeta = -(jinv[:, :m1, :].transpose(0, 2, 1) @ vbar[..., None])[..., 0]
+    rhs = np.zeros((B, 2 * m + 3, 1))
+    rhs[:, :m1, 0] = -s[:, None] * d * wbar
+    zeta = torch.linalg.lu_solve(sol["lu"], sol["piv"], torch.from_numpy(rhs), adjoint=True).numpy()[..., 0]
     z_tr = zeta[:, m1]
     z_con = zeta[:, m + 3 :] * S
     Knbar = 0.5 * z_tr[:, None, None] * (v[:, :, None] * v[:, None, :])

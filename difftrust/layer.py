@@ -335,7 +335,6 @@ class _TrustRegionFunction(torch.autograd.Function):
             sc = torch.cat([sc[:, :2], sL.square().unsqueeze(1)], 1)
         rec.scales = sc
         c0, cA = sc[:, 0:1], sc[:, 1:2]
-        Gs = torch.cat([(g * c0).unsqueeze(1), A * cA.unsqueeze(2)], 1)  # (B, m+1, n), rows g, a_j
         bs = b * cA
         if dense or factor:
             hs = sc[:, 2]
@@ -343,7 +342,10 @@ class _TrustRegionFunction(torch.autograd.Function):
             # one probe column r (unit norm) rides along with G: ||H_s^-1 r|| bounds 1 / lambda_min
             # from below, max diag(H_s) bounds lambda_max; the Cholesky diagonal ratio is a second bound
             r = _probe(n, g.dtype, g.device)
-            R = torch.cat([Gs.transpose(1, 2), r.expand(Bsz, n, 1)], 2)
+            R = torch.cat(
+                [(g * c0).unsqueeze(2), (A * cA.unsqueeze(2)).transpose(1, 2), r.expand(Bsz, n, 1)], 2
+            )
+            Gs = R[:, :, :-1].transpose(1, 2)  # (B, m+1, n), rows g, a_j
             if dense:
                 L, info = torch.linalg.cholesky_ex(H * hs[:, None, None])
                 rec.L = L
@@ -361,6 +363,7 @@ class _TrustRegionFunction(torch.autograd.Function):
                 info = (ld <= 0).sum(1)
             cols = [gmax, amax, b.abs().amax(1) if m else gmax, asym, info.to(g.dtype), cond]
         else:
+            Gs = torch.cat([(g * c0).unsqueeze(1), A * cA.unsqueeze(2)], 1)  # (B, m+1, n), rows g, a_j
             cols = [gmax, amax, b.abs().amax(1) if m else gmax]
             if rec.kind == "identity":
                 P, ds = Gs.transpose(1, 2), delta.expand(Bsz)
@@ -404,8 +407,9 @@ class _TrustRegionFunction(torch.autograd.Function):
         u, _ = _solve_H(rec, xbar.unsqueeze(2), tuple(tensors))
         uw = u * state.w.unsqueeze(1)  # u w', (B, n, m+1)
         gbar = Abar = deltabar = None
+        PKs = P @ (Kbar + Kbar.transpose(1, 2)) if need[0] or need[1] or rec.kind == "factor" else None
         if need[0] or need[1]:
-            Gbar = uw + P @ (Kbar + Kbar.transpose(1, 2))
+            Gbar = uw + PKs
             gbar = Gbar[:, :, 0] * sc[:, 0:1] if need[0] else None
             Abar = Gbar[:, :, 1:].transpose(1, 2) * sc[:, 1:2, None] if need[1] else None
         bbar = bbar * sc[:, 1:2] if need[2] else None
@@ -419,13 +423,13 @@ class _TrustRegionFunction(torch.autograd.Function):
         elif rec.kind == "factor" and need[5]:
             # H = L L': Lbar = 2 Hbar L = -h (Z P' + P Z') L with Z = u w' + P Kbar. In the scaled
             # problem L'P = Y / sL and L'u = Y_u / sL (the forward and backward solves' first
-            # halves), so with h = sL^2: Lbar = -sL [Z, P] [Y, Y_u w' + Y Kbar]', one product.
-            Z = uw + P @ Kbar
+            # halves), so with h = sL^2 and x = P w: Lbar = -sL (u (Y w)' + x Y_u' + P (Kbar + Kbar') Y'),
+            # one product of rank m + 3 (P (Kbar + Kbar') is Gbar's)
             Y = rec.Y[:, :, :-1]
-            right = torch.cat([Y, rec.Y_u * state.w.unsqueeze(1) + Y @ Kbar], 2) * (
-                -rec.factor[:, None, None]
-            )
-            tensor_grads[0] = torch.cat([Z, P], 2) @ right.transpose(1, 2)
+            w = state.w.unsqueeze(2)
+            left = torch.cat([u, P @ w, PKs], 2) * (-rec.factor[:, None, None])
+            right = torch.cat([Y @ w, rec.Y_u, Y], 2)
+            tensor_grads[0] = left @ right.transpose(1, 2)
         elif rec.kind == "operator" and any(need[5:]):
             # psibar = -d/dpsi [u'H x + sum_ij Kbar_ij p_i'H p_j], u, x, P held fixed; with x = P w
             # this is sum_j (u w_j + (P Kbar)[:, j])' H p_j: m+1 metric products.

@@ -407,3 +407,46 @@ def test_cholesky_metric_float32_batch_matches_float64():
     x32.sum().backward()
     assert x32.dtype == torch.float32 and torch.allclose(x32.double(), x64, rtol=1e-4, atol=1e-5)
     assert all(t.grad.dtype == torch.float32 and torch.isfinite(t.grad).all() for t in leaves)
+
+
+def test_cholesky_metric_mixed_batch_matches_each_problem_alone_and_the_dense_batch():
+    """One batch (m = 2) holding an inactive, a binding, an infeasible and two degenerate problems (two
+    identical rows, certified; a zero row with b > 0, which the enumeration leaves to the conic backend): step, multipliers, reduced problem and every gradient agree to 1e-9 with each
+    problem solved alone (numpy and torch paths) and with the dense batch H = L L'."""
+    from unittest import mock
+
+    from difftrust import CholeskyMetric, lean
+
+    n, m = 6, 2
+    probs = [_factor_problem(40 + i, n, m, r) for i, r in enumerate(("inactive", "binding", "infeasible"))]
+    g, A, b, L, _ = _factor_problem(44, n, m, "binding")
+    A, b = A.copy(), b.copy()
+    A[1], b[1] = A[0], b[0]
+    probs.append((g, A, b, L, probs[1][4]))
+    g, A, b, L, d = probs[1]  # a zero row with b > 0: not certified, left to the conic backend
+    A, b = A.copy(), b.copy()
+    A[1], b[1] = 0.0, 0.01
+    probs.append((g, A, b, L, d))
+    delta = probs[0][4]  # one delta for the batch: b rescaled so that each problem keeps its regime
+    probs = [(g, A, b * np.sqrt(delta / d), L, delta) for g, A, b, L, d in probs]
+    args = [np.stack(a) for a in zip(*[p[:4] for p in probs], strict=True)]
+    v = torch.as_tensor(np.random.default_rng(7).normal(size=args[0].shape))
+    batch = _run_factor(args, delta, factor=True, lean_on=False, v=v)
+    dense = _run_factor(args, delta, factor=False, lean_on=False, v=v)
+    for a, c in zip(batch, dense, strict=True):
+        assert torch.allclose(a, c, rtol=1e-9, atol=1e-12, equal_nan=True), (a, c)
+    with mock.patch.object(lean, "ENABLED", False):
+        res = TrustRegionStep(delta=delta).solve(
+            *(torch.tensor(a) for a in args[:3]), CholeskyMetric(torch.tensor(args[3]))
+        )
+    assert sorted(set(res.case)) == ["constrained", "recovery", "trust-region"], res.case
+    assert res.case[3:] == ["constrained", "recovery"] and res.solver[3:] == ["active-set", "conic"]
+    for lean_on in (True, False):
+        alone = [_run_factor([a[i] for a in args], delta, True, lean_on, v[i]) for i in range(len(probs))]
+        for k, (a, *cs) in enumerate(zip(batch, *alone, strict=True)):
+            c = torch.stack(cs) if k < 9 else torch.stack(cs).sum(0)  # delta's gradient: the batch's sum
+            # delta's gradient sums the zero-row member's, whose recovery step is not unique (the other
+            # row has slack): diffcp's derivative there moves by ~5e-7 with the rounding of K
+            rtol = 1e-9 if k < 9 else 1e-6
+            assert torch.allclose(a, c, rtol=rtol, atol=1e-12, equal_nan=True), (lean_on, k, a - c)
+    assert float(batch[8].abs().max()) > 1e-3  # the L gradient is not trivially zero
