@@ -26,7 +26,7 @@ Four things this adapter does on top of the installed package:
    resampling through the package's own methods) with the package's floating-point
    operations in its order, so every output is bit-identical
    (``tests/test_safety_gym_fast.py``); it cuts 2/3 to 3/4 of the CPU time of a
-   Point Goal/Button step and about a quarter of a Car Circle step, which is mostly
+   Point Goal/Button step and about a third of a Car Circle step, which is mostly
    MuJoCo physics (``benchmarks/safety_gym_throughput.py``). Tasks it does not
    reproduce (Push, Run, agents other than Point and Car, vision, natural lidar, ...)
    keep the package's step; ``env.fast_step`` / ``env.fast_step_reason`` say which
