@@ -27,6 +27,7 @@ seconds per run go to ``timings.json``; Ctrl-C or SIGTERM stops the runs at thei
 
     nice -n 10 .venv/bin/python -m benchmarks.sweep benchmarks/specs/adaptation.toml --jobs 2
     .venv/bin/python -m benchmarks.sweep adaptation --dry-run   # the plan and the state of each run
+    .venv/bin/python -m benchmarks.sweep paper --methods meta-cpo,meta-trpo   # part of the grid first
 """
 
 from __future__ import annotations
@@ -336,6 +337,23 @@ def run_sweep(spec: Spec, jobs: int | None = None, poll_s: float = 30.0) -> int:
     return failed
 
 
+def select_methods(spec: Spec, methods: str | None) -> Spec:
+    """``spec`` with only the comma-separated ``methods`` (all of them for ``None``), in the spec's
+    order; a run's folder and settings do not depend on the selection, so a later call with another
+    selection (or none) continues the same sweep."""
+    if methods is None:
+        return spec
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in spec.methods]
+    if not chosen or unknown:
+        raise ValueError(
+            f"--methods {methods!r}: expected a comma-separated list of the methods of spec {spec.name!r} "
+            f"({', '.join(spec.methods)}), got unknown {unknown or 'nothing'}"
+        )
+    spec.methods = {m: s for m, s in spec.methods.items() if m in chosen}
+    return spec
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m benchmarks.sweep``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -343,11 +361,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=None, help="runs at a time (default: the spec's jobs)")
     parser.add_argument("--dry-run", action="store_true", help="print the runs and their state, run nothing")
     parser.add_argument("--poll", type=float, default=30.0, help="seconds between progress lines")
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="run only these methods of the spec, comma-separated (default: all; the others stay for later)",
+    )
     args = parser.parse_args(argv)
     if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     try:
-        spec = load_spec(args.spec)
+        spec = select_methods(load_spec(args.spec), args.methods)
     except ValueError as err:
         parser.error(str(err))
     if args.dry_run:

@@ -24,7 +24,7 @@ from benchmarks.aggregate import (
     read_csv,
     stratified_bootstrap_ci,
 )
-from benchmarks.sweep import ROOT, is_finished, load_spec, plan, run_sweep
+from benchmarks.sweep import ROOT, is_finished, load_spec, plan, run_sweep, select_methods
 
 TINY_META = """
 program = "rl.meta_cpo"
@@ -130,6 +130,19 @@ def test_spec_errors_name_the_value(tmp_path):
         load_spec(_spec(tmp_path, "bad", TINY_META.replace("jobs = 2", 'jobs = 2\nnice = "low"')))
     with pytest.raises(ValueError, match="jobs must be an integer >= 1, got 0"):
         load_spec(_spec(tmp_path, "bad", TINY_META.replace("jobs = 2", "jobs = 0")))
+
+
+def test_select_methods_keeps_run_names_and_names_bad_values(tmp_path):
+    spec = load_spec(_spec(tmp_path, "tiny", TINY_META))
+    every = {r.name: r.settings for r in plan(spec)}
+    part = plan(select_methods(load_spec(_spec(tmp_path, "tiny", TINY_META)), " cpo-scratch ,"))
+    assert [r.method for r in part] == ["cpo-scratch"] * len(spec.seeds) * len(spec.envs)
+    assert all(every[r.name] == r.settings for r in part)  # same folders and settings as the full grid
+    assert select_methods(spec, None) is spec
+    with pytest.raises(ValueError, match=r"--methods 'maml'.*meta-cpo, cpo-scratch.*\['maml'\]"):
+        select_methods(spec, "maml")
+    with pytest.raises(ValueError, match="got unknown nothing"):
+        select_methods(spec, ",")
 
 
 def test_committed_specs_load():
