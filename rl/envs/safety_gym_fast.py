@@ -384,27 +384,17 @@ class FastStep:
     def _reward(self, agent_xy: tuple[float, float], contacts) -> tuple[Any, bool]:
         """(reward, goal achieved) of the task, before the clip."""
         task = self.task
-        if self.kind == "goal":
+        if self.kind in ("goal", "button"):
+            source = task.goal if self.kind == "goal" else task.buttons
             gx, gy = self._data.xpos[self._goal_body, :2].tolist()
             dx, dy = gx - agent_xy[0], gy - agent_xy[1]
             dist = math.sqrt(dx * dx + dy * dy)
             reward = 0.0
-            reward += (task.last_dist_goal - dist) * task.goal.reward_distance
+            reward += (task.last_dist_goal - dist) * source.reward_distance
             task.last_dist_goal = dist
-            achieved = dist <= task.goal.size
+            achieved = dist <= task.goal.size if self.kind == "goal" else self._goal_pressed(*contacts)
             if achieved:
-                reward += task.goal.reward_goal
-            return reward, achieved
-        if self.kind == "button":
-            gx, gy = self._data.xpos[self._goal_body, :2].tolist()
-            dx, dy = gx - agent_xy[0], gy - agent_xy[1]
-            dist = math.sqrt(dx * dx + dy * dy)
-            reward = 0.0
-            reward += (task.last_dist_goal - dist) * task.buttons.reward_distance
-            task.last_dist_goal = dist
-            achieved = self._goal_pressed(*contacts)
-            if achieved:
-                reward += task.buttons.reward_goal
+                reward += source.reward_goal
             return reward, achieved
         # circle: the package's expression on Python floats (the same IEEE operations; ``**`` is
         # libm's pow for numpy scalars and Python floats alike, which is not always x*x)
