@@ -58,6 +58,10 @@ and, holding ``D`` and ``s`` fixed (the normalisation is an exact identity for a
 positive ``D, s``), ``vbar = s D wbar``, ``Kbar = sym(D Knbar D)``, ``bbar = betabar d[1:] / s``,
 ``deltabar = delta_nbar / s^2``. ``J^-1`` is formed in the forward pass when a gradient is
 needed (its singularity also fails certification), so the backward is one small batched matmul.
+The CPU variants (numpy, Python floats) solve ``J' zeta`` in closed form for (P) solutions: with
+``t = 0`` and ``nu_j = 0`` off ``S``, ``J' = [[lam I, Kn C], [C', 0]]`` with ``C = [v, E_S]``, so
+``(zeta_tr, zeta_S) = (C'Kn C)^-1 C' (-vbar)``, a ``1 + |S|`` system (its Schur complement is the
+room ``1 - Bq > 0`` the candidate was required to leave); recovery solutions use the whole ``J``.
 """
 
 from __future__ import annotations
@@ -496,11 +500,12 @@ def solve_active_set_numpy(
         np.where(certR, RECOVERY, NOT_CERTIFIED),
     )
     lu = lu_piv = None
-    if with_jacobian:
-        J = torch.from_numpy(_kkt_matrix_np(Kn, v, lam_n, Ssel, rec, omega))
+    if with_jacobian and rec.any():  # (P) solutions differentiate in closed form (active_set_vjp_numpy)
+        ir = np.flatnonzero(rec)
+        J = torch.from_numpy(_kkt_matrix_np(Kn[ir], v[ir], lam_n[ir], Ssel[ir], rec[ir], omega[ir]))
         lu, lu_piv, info = torch.linalg.lu_factor_ex(J)
-        bad = (info.numpy() != 0) | ~np.isfinite(lu.numpy()).reshape(B, -1).all(1)
-        code = np.where(bad, NOT_CERTIFIED, code)
+        bad = (info.numpy() != 0) | ~np.isfinite(lu.numpy()).reshape(len(ir), -1).all(1)
+        code[ir[bad]] = NOT_CERTIFIED
     w = s[:, None] * d * v
     with np.errstate(all="ignore"):
         d0 = np.where(pos[:, 0], d[:, 0], np.nan)
@@ -508,28 +513,80 @@ def solve_active_set_numpy(
         nu = np.where(rec[:, None], np.nan, nu_n * d[:, 1:] / d0[:, None])
     violation = (b + (K[:, 1:, :] * w[:, None, :]).sum(-1)).max(1) if m else np.full(B, -np.inf)
     return dict(
-        w=w, lam=lam, nu=nu, code=code, violation=violation, v=v, d=d, s=s, active=Ssel, lu=lu, piv=lu_piv
+        w=w,
+        lam=lam,
+        nu=nu,
+        code=code,
+        violation=violation,
+        v=v,
+        d=d,
+        s=s,
+        active=Ssel,
+        jacobian=with_jacobian,
+        Kn=Kn,
+        rec=rec,
+        omega=omega,
+        lam_n=lam_n,
+        lu=lu,
+        piv=lu_piv,
     )
 
 
 def active_set_vjp_numpy(sol: dict[str, np.ndarray], wbar: np.ndarray) -> tuple[np.ndarray, ...]:
-    """:func:`active_set_vjp` on the arrays of :func:`solve_active_set_numpy` (``J' zeta = -(vbar, 0)``
-    by the forward's LU factors)."""
-    v, d, s, S = sol["v"], sol["d"], sol["s"], sol["active"]
-    if sol["lu"] is None:
+    """:func:`active_set_vjp` on the arrays of :func:`solve_active_set_numpy`: ``J' zeta = -(vbar, 0)``
+    in closed form for (P) solutions (the ``1 + |S|`` system of :func:`_zeta_trust_region_py`, padded
+    to ``m + 1`` by identity rows, one stacked solve for all problems), by the forward's LU factors for
+    recovery solutions."""
+    v, d, s, S, Kn = sol["v"], sol["d"], sol["s"], sol["active"], sol["Kn"]
+    if not sol["jacobian"]:
         raise ValueError("the solution was computed with with_jacobian=False; no derivative is available")
     B, m1 = v.shape
     m = m1 - 1
-    rhs = np.zeros((B, 2 * m + 3, 1))
-    rhs[:, :m1, 0] = -s[:, None] * d * wbar
-    zeta = torch.linalg.lu_solve(sol["lu"], sol["piv"], torch.from_numpy(rhs), adjoint=True).numpy()[..., 0]
-    z_tr = zeta[:, m1]
-    z_con = zeta[:, m + 3 :] * S
-    Knbar = 0.5 * z_tr[:, None, None] * (v[:, :, None] * v[:, None, :])
-    Knbar[:, 1:, :] += z_con[:, :, None] * v[:, None, :]
-    Kbar = Knbar * d[:, :, None] * d[:, None, :]
-    Kbar = 0.5 * (Kbar + Kbar.transpose(0, 2, 1))
-    return Kbar, z_con * d[:, 1:] / s[:, None], -z_tr / (s * s)
+    r1 = -s[:, None] * d * wbar
+    # C'Kn C with C = [v, E_S], its rows and columns off S replaced by the identity's; rhs C' r1
+    Kv = (Kn * v[:, None, :]).sum(-1)
+    M = np.empty((B, m1, m1))
+    M[:, 0, 0] = (v * Kv).sum(-1)
+    M[:, 0, 1:] = M[:, 1:, 0] = Kv[:, 1:] * S
+    M[:, 1:, 1:] = Kn[:, 1:, 1:] * (S[:, :, None] * S[:, None, :]) + np.eye(m) * (1.0 - S)[:, :, None]
+    rhs = np.concatenate([(v * r1).sum(-1, keepdims=True), r1[:, 1:] * S], -1)[..., None]
+    rec = sol["rec"]
+    fast = ~rec & (sol["code"] != NOT_CERTIFIED)
+    if not fast.all():  # recovery and uncertified rows are solved below or replaced by the caller
+        M[~fast] = np.eye(m1)
+    try:  # numpy's stacked LU: about a microsecond per (m+1)-matrix
+        z = np.linalg.solve(M, rhs)[..., 0]
+    except np.linalg.LinAlgError:  # a singular (P) system: each row below
+        z = np.full((B, m1), np.nan)
+    z_tr, z_con = z[:, 0], z[:, 1:] * S
+    slow = fast & ~np.isfinite(z).all(1)
+    if rec.any() or slow.any():
+        z_tr, z_con = z_tr.copy(), z_con.copy()
+    if rec.any():  # recovery solutions: the whole J' by the forward's LU factors
+        ir = np.flatnonzero(rec)
+        rhs = np.zeros((len(ir), 2 * m + 3, 1))
+        rhs[:, :m1, 0] = r1[ir]
+        zr = torch.linalg.lu_solve(sol["lu"], sol["piv"], torch.from_numpy(rhs), adjoint=True).numpy()[..., 0]
+        z_tr[ir], z_con[ir] = zr[:, m1], zr[:, m + 3 :] * S[ir]
+    if slow.any():  # a singular or non-finite (P) system: the whole J' by elimination (which names it)
+        for i in np.flatnonzero(slow):
+            zi = _zeta_eliminate_py(
+                Kn[i].tolist(),
+                v[i].tolist(),
+                float(sol["lam_n"][i]),
+                S[i].tolist(),
+                False,
+                sol["omega"][i].tolist(),
+                r1[i].tolist(),
+            )
+            z_tr[i], z_con[i] = zi[m1], np.array(zi[m + 3 :]) * S[i]
+    # Kbar = sym(D Knbar D) = 0.5 (q u' + u q') with u = D v, q = 0.5 z_tr u + D (0, z_con)
+    u = d * v
+    bbar = z_con * d[:, 1:]
+    q = 0.5 * z_tr[:, None] * u
+    q[:, 1:] += bbar
+    qu = q[:, :, None] * (0.5 * u[:, None, :])
+    return qu + qu.transpose(0, 2, 1), bbar / s[:, None], -z_tr / (s * s)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -683,11 +740,62 @@ def solve_active_set_python(K: list[list[float]], b: list[float], delta: float) 
 def active_set_vjp_python(sol: dict, wbar: list[float]) -> tuple[list[list[float]], list[float], float]:
     """:func:`active_set_vjp` for one problem of :func:`solve_active_set_python`, in Python floats.
 
-    Solves ``J' zeta = -(vbar, 0)`` by Gaussian elimination with partial pivoting (``J`` of size
-    ``2m+3``); returns ``(Kbar, bbar, deltabar)`` as lists.
+    Solves ``J' zeta = -(vbar, 0)`` (``J`` of size ``2m+3``): for a (P) solution in closed form by one
+    ``1 + |S|`` system (:func:`_zeta_trust_region_py`), for a recovery solution by Gaussian elimination
+    with partial pivoting; returns ``(Kbar, bbar, deltabar)`` as lists.
     """
     v, d, s, S = sol["v"], sol["d"], sol["s"], sol["active"]
     Kn, lam_n, rec, omega = sol["jacobian_args"]
+    m1 = len(v)
+    m = m1 - 1
+    r1 = [-s * d[i] * wbar[i] for i in range(m1)]
+    z = None if rec else _zeta_trust_region_py(Kn, v, S, r1)
+    if z is None:
+        z = _zeta_eliminate_py(Kn, v, lam_n, S, rec, omega, r1)
+    z_tr = z[m1]
+    # Kbar = sym(D Knbar D) = 0.5 (q u' + u q') with u = D v, q = 0.5 z_tr u + D (0, z_con)
+    u = [di * vi for di, vi in zip(d, v)]
+    bbar = [z[m + 3 + j] * S[j] * d[j + 1] for j in range(m)]
+    q = [0.5 * z_tr * ui for ui in u]
+    for j in range(m):
+        q[1 + j] += bbar[j]
+    Kbar = [[0.5 * (qi * uj + ui * qj) for uj, qj in zip(u, q)] for qi, ui in zip(q, u)]
+    return Kbar, [x / s for x in bbar], -z_tr / (s * s)
+
+
+def _zeta_trust_region_py(
+    Kn: list[list[float]], v: list[float], S: list[float], r1: list[float]
+) -> list[float] | None:
+    """``zeta`` of ``J' zeta = (r1, 0)`` for a (P) solution, by its closed form (None where the small
+    system is not positive definite to working precision: the caller eliminates instead).
+
+    With ``t`` fixed at 0 and ``nu_j = 0`` off ``S``, ``J' = [[lam I, Kn C], [C', 0]]`` on the remaining
+    unknowns, ``C = [v, E_S]``: so ``(zeta_tr, zeta_S) = (C'Kn C)^-1 C' r1`` (a ``1 + |S|`` system whose
+    Schur complement is the room ``1 - Bq`` the forward required positive) and ``zeta_t = 0``; the
+    stationarity part of ``zeta`` is not needed by the derivative.
+    """
+    m1 = len(v)
+    m = m1 - 1
+    act = [j for j in range(m) if S[j]]
+    Kv = [_dot(row, v) for row in Kn]
+    M = [[_dot(v, Kv)] + [Kv[1 + j] for j in act]]
+    M += [[Kv[1 + i]] + [Kn[1 + i][1 + j] for j in act] for i in act]
+    fac = _chol_py(M)
+    if fac is None:
+        return None
+    sol = _chol_solve_py(fac[1], [_dot(v, r1)] + [r1[1 + j] for j in act])
+    z = [0.0] * (2 * m + 3)
+    z[m1] = sol[0]
+    for a, j in enumerate(act):
+        z[m + 3 + j] = sol[1 + a]
+    return z
+
+
+def _zeta_eliminate_py(
+    Kn: list[list[float]], v: list[float], lam_n: float, S: list[float], rec: bool, omega: list[float], r1
+) -> list[float]:
+    """``zeta`` of ``J' zeta = (r1, 0)`` by Gaussian elimination with partial pivoting on the whole
+    ``2m+3`` system (recovery solutions, and the fallback of :func:`_zeta_trust_region_py`)."""
     m1 = len(v)
     m = m1 - 1
     N = 2 * m + 3
@@ -707,7 +815,7 @@ def active_set_vjp_python(sol: dict, wbar: list[float]) -> tuple[list[list[float
         Jt[m + 3 + j][m + 2] = -wS
         Jt[m + 3 + j][1 + j] = 1.0
         Jt[m + 3 + j][m + 3 + j] = 1.0 - S[j]
-    z = [-s * d[i] * wbar[i] for i in range(m1)] + [0.0] * (N - m1)
+    z = list(r1) + [0.0] * (N - m1)
     for c in range(N):  # forward elimination with partial pivoting
         piv = max(range(c, N), key=lambda r: abs(Jt[r][c]))
         if Jt[piv][c] == 0.0:
@@ -728,11 +836,4 @@ def active_set_vjp_python(sol: dict, wbar: list[float]) -> tuple[list[list[float
     for c in reversed(range(N)):
         row = Jt[c]
         z[c] = (z[c] - sum(row[k] * z[k] for k in range(c + 1, N))) / row[c]
-    z_tr = z[m1]
-    z_con = [z[m + 3 + j] * S[j] for j in range(m)]
-    Kbar = [[0.5 * z_tr * v[i] * v[j] for j in range(m1)] for i in range(m1)]
-    for j in range(m):
-        for k in range(m1):
-            Kbar[1 + j][k] += z_con[j] * v[k]
-    Kbar = [[0.5 * (Kbar[i][j] + Kbar[j][i]) * d[i] * d[j] for j in range(m1)] for i in range(m1)]
-    return Kbar, [z_con[j] * d[j + 1] / s for j in range(m)], -z_tr / (s * s)
+    return z

@@ -171,7 +171,7 @@ def reduced_vjp(state: ReducedBatch, wbar: Tensor) -> tuple[Tensor, Tensor, Tens
             Kb, bb, db = active_set_vjp_python(sol, wbar.tolist()[0])
             flat = torch.from_numpy(np.array([[v for row in Kb for v in row] + bb + [db]])).to(wbar.dtype)
             Kbar, bbar, dbar = flat[:, : m1 * m1].view(B, m1, m1), flat[:, m1 * m1 : -1], flat[:, -1]
-    elif isinstance(sol, dict) and sol["lu"] is not None:
+    elif isinstance(sol, dict) and sol["jacobian"]:
         out = active_set_vjp_numpy(state.active, wbar.detach().double().cpu().numpy())
         Kbar, bbar, dbar = (torch.from_numpy(a).to(wbar.dtype) for a in out)
     elif sol is not None and not isinstance(sol, dict):
