@@ -658,11 +658,14 @@ def solve_active_set_python(K: list[list[float]], b: list[float], delta: float) 
                 worst = max(worst, row)
         return worst
 
-    # (P) candidates by size of S; a candidate certified far below the tolerance is the optimum (a
-    # KKT point of a convex problem), so the enumeration stops there
+    # (P) candidates; a candidate certified far below the tolerance is the optimum (a KKT point of a
+    # convex problem), so the enumeration stops there
     cands = []  # (violation, kind, v, lam_n, mult, S, t)
     solved = {}
-    for S in (S for size in range(m + 1) for S in itertools.combinations(range(m), size)):
+    # the empty set first; then the rows its step violates (usually the active set), then the rest
+    queue = [S for size in range(m + 1) for S in itertools.combinations(range(m), size)]
+    while queue:
+        S = queue.pop(0)
         if S:
             fac = _chol_py([[Kn[1 + i][1 + j] for j in S] for i in S])
             if fac is None or fac[0] < PIVOT_TOL:
@@ -683,6 +686,11 @@ def solve_active_set_python(K: list[list[float]], b: list[float], delta: float) 
             cands.append((check(v, nu, S, 0.0), CONSTRAINED if S else TRUST_REGION, v, lam, nu, S, 0.0))
             if cands[-1][0] <= 1e-3 * KKT_TOL:
                 break
+            if not S and m > 1:
+                guess = tuple(j for j in range(m) if beta[j] + _dot(Kn[1 + j], v) > 0)
+                if guess:
+                    queue.remove(guess)
+                    queue.insert(0, guess)
     best = min(cands, key=lambda c: c[0]) if cands else None
     if best is None or not best[0] <= KKT_TOL:
         rcands = []
