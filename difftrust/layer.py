@@ -112,7 +112,7 @@ class _Record:
     cg_residuals: Tensor | None = None
     #: (B, 2) or, dense metrics, (B, 3): powers of two applied to g, to (A, b), and to (H, delta)
     scales: Tensor | None = None
-    lean: bool = False  # one float64 CPU problem, not an operator metric: difftrust.lean's numpy path
+    lean: bool = False  # float64 CPU problems, not an operator metric: difftrust.lean's numpy path
     #: Cholesky-factor metrics: the lean path's L (a numpy array) or the torch path's scale sL, and
     #: the first halves of the forward and backward solves (Y = L_s^-1 [G_s, r], Y_u = L_s^-1 xbar)
     factor: Any = None
@@ -304,13 +304,7 @@ class _TrustRegionFunction(torch.autograd.Function):
         m = A.shape[1]
         dense = rec.kind == "dense"
         factor = rec.kind == "factor"
-        if (
-            lean.ENABLED
-            and Bsz == 1
-            and rec.kind != "operator"
-            and g.dtype == torch.float64
-            and g.device.type == "cpu"
-        ):
+        if lean.ENABLED and rec.kind != "operator" and g.dtype == torch.float64 and g.device.type == "cpu":
             rec.lean = True
             H = tensors[0] if dense or factor else None
             return lean.lean_forward(rec, g, A, b, delta, H, _probe(n, g.dtype, g.device), _raise_for)

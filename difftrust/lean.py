@@ -1,4 +1,4 @@
-"""The layer's forward and backward for one float64 CPU problem with a dense, Cholesky-factor or
+"""The layer's forward and backward for float64 CPU problems with a dense, Cholesky-factor or
 identity metric, in numpy.
 
 The same steps as :class:`difftrust.layer._TrustRegionFunction` (the module docstring of
@@ -9,7 +9,11 @@ scipy's input checks (the inputs were checked before: finiteness and symmetry fr
 maxima, positive definiteness from ``dpotrf``'s ``info``, conditioning from the same two bounds).
 A metric given by its Cholesky factor skips ``dpotrf`` and the symmetry check (the factor's upper
 triangle and diagonal are checked instead).
-Batches, float32, other devices and operator metrics take the torch path.
+A batch (``B > 1``) runs the same steps on ``(B, ...)`` arrays, with torch's batched triangular
+solves and Cholesky routines on the same memory (numpy has none that are batched; scipy's loop in
+Python) and the numpy enumeration of the reduced problem; one problem uses scipy's LAPACK wrappers
+and the enumeration in Python floats.
+float32, other devices and operator metrics take the torch path.
 """
 
 from __future__ import annotations
@@ -50,10 +54,13 @@ def lean_forward(
     rec: Any, g: Tensor, A: Tensor, b: Tensor, delta: Tensor, H: Tensor | None, probe: Tensor, raise_for: Any
 ) -> Tensor:
     """``x`` (1, n) for ``g (1, n)``, ``A (1, m, n)``, ``b (1, m)``, ``H (1, n, n)`` or None (identity);
-    ``H`` is the Cholesky factor ``L`` where ``rec.kind == "factor"``.
+    ``H`` is the Cholesky factor ``L`` where ``rec.kind == "factor"``; a batch (``B > 1``) goes to
+    :func:`_forward_batch`.
 
     Fills ``rec`` as the torch path does (``scales``, ``K``, ``state``; ``P``, ``L``, ``x`` as arrays).
     """
+    if g.shape[0] > 1:
+        return _forward_batch(rec, g, A, b, delta, H, probe, raise_for)
     with np.errstate(all="ignore"):  # NaN and inf are reported by raise_for, by name
         gn, An, bn = g.detach().numpy()[0], A.detach().numpy()[0], b.detach().numpy()[0]
         m = An.shape[0]
@@ -126,6 +133,8 @@ def lean_forward(
 def lean_backward(rec: Any, xbar: Tensor, need: tuple[bool, ...]) -> tuple:
     """``(gbar, Abar, bbar, deltabar, Hbar)`` of :func:`lean_forward` at ``xbar (1, n)`` (None where
     not needed), by the formulas of :meth:`difftrust.layer._TrustRegionFunction._vjp`."""
+    if rec.P.ndim == 3:
+        return _backward_batch(rec, xbar, need)
     P, L, state = rec.P, rec.L, rec.state
     c0, cA, hs = rec.scales.numpy()[0].tolist()
     xb = xbar.detach().numpy()[0]
@@ -157,3 +166,134 @@ def lean_backward(rec: Any, xbar: Tensor, need: tuple[bool, ...]) -> tuple:
             cZ = (uw + P @ Kbar) * (-0.5 * hs)
             Hbar = torch.from_numpy(cZ @ P.T + P @ cZ.T)[None]
     return gbar, Abar, torch.from_numpy(bbar * cA)[None] if need[2] else None, deltabar, Hbar
+
+
+# ---------------------------------------------------------------------------------------------
+# batches: the same steps on (B, ...) arrays, torch's batched triangular and Cholesky routines on
+# the same memory (numpy has no batched triangular solve)
+
+
+def _batch_scales(gn: np.ndarray, An: np.ndarray, bn: np.ndarray) -> tuple:
+    """Largest ``|g|``, ``|A|`` per problem, the checks' first three maxima and the powers of two
+    ``c_0``, ``c_A`` (``(B,)`` each) with ``G_s (B, n, m+1)``, columns ``c_0 g``, ``c_A a_j``."""
+    Bsz, m, n = An.shape
+    gmax = np.abs(gn).max(1)
+    amax = np.abs(An).reshape(Bsz, -1).max(1) if m else np.zeros(Bsz)
+    summary = [float(gmax.max()), float(amax.max()), float(np.abs(bn).max()) if m else float(gmax.max())]
+    c0 = np.ldexp(1.0, -np.frexp(gmax)[1])
+    cA = np.ldexp(1.0, -np.frexp(amax)[1])
+    return gmax, summary, c0, cA
+
+
+def _forward_batch(
+    rec: Any, g: Tensor, A: Tensor, b: Tensor, delta: Tensor, H: Tensor | None, probe: Tensor, raise_for: Any
+) -> Tensor:
+    """:func:`lean_forward` for ``B > 1`` problems: ``x (B, n)``."""
+    with np.errstate(all="ignore"):
+        gn, An, bn = g.detach().numpy(), A.detach().numpy(), b.detach().numpy()
+        Bsz, m, n = An.shape
+        _, summary, c0, cA = _batch_scales(gn, An, bn)
+        # R = [c0 g, c_A a_1, ..., c_A a_m, r] as columns, (B, n, m+2); G_s = R[:, :, :-1]
+        R = np.empty((Bsz, n, m + 2))
+        R[:, :, 0] = gn * c0[:, None]
+        R[:, :, 1 : m + 1] = (An * cA[:, None, None]).transpose(0, 2, 1)
+        R[:, :, m + 1] = probe.numpy()[:, 0]
+        hs = np.ones(Bsz)
+        if H is None:
+            raise_for(summary, None)
+            P = R[:, :, :-1]
+        elif rec.kind == "factor":  # H = L L' given by L (see lean_forward)
+            Ln = H.detach().numpy()
+            hmax = np.einsum("bij,bij->bi", Ln, Ln).max(1)  # max diag(L L') per problem
+            sL = np.ldexp(1.0, (1 - np.frexp(hmax)[1]) // 2)
+            hs = sL * sL
+            ld = np.diagonal(Ln, axis1=1, axis2=2)
+            summary.append(float(Ln.reshape(Bsz, -1)[:, _upper(n)].any()) if n > 1 else 0.0)
+            summary.append(float((~(ld > 0)).sum(1).max()))
+            cond = math.nan
+            if summary[-2] == 0 and summary[-1] == 0 and np.isfinite(hmax).all():
+                Lt = H.detach()
+                inv = (1.0 / sL)[:, None, None]
+                Y = torch.linalg.solve_triangular(Lt, torch.from_numpy(R), upper=False).numpy() * inv
+                Pr = torch.linalg.solve_triangular(Lt.mT, torch.from_numpy(Y), upper=True).numpy() * inv
+                P = Pr[:, :, :-1]
+                cond = float(
+                    np.maximum(
+                        (ld.max(1) / ld.min(1)) ** 2, hmax * hs * np.linalg.norm(Pr[:, :, -1], axis=1)
+                    ).max()
+                )
+                rec.L, rec.factor, rec.Y = Lt, sL, Y
+            summary.append(cond)
+            raise_for(summary, H, True)
+        else:
+            Hn = H.detach().numpy()
+            hmax = np.abs(np.diagonal(Hn, axis1=1, axis2=2)).max(1)
+            hs = np.ldexp(1.0, -np.frexp(hmax)[1])
+            Lt, info = torch.linalg.cholesky_ex(torch.from_numpy(Hn * hs[:, None, None]))
+            summary.append(float((np.abs(Hn - Hn.transpose(0, 2, 1)).reshape(Bsz, -1).max(1) / hmax).max()))
+            summary.append(float(info.max()))
+            cond = math.nan
+            if summary[-1] == 0:
+                Pr = torch.cholesky_solve(torch.from_numpy(R), Lt).numpy()
+                P = Pr[:, :, :-1]
+                ld = np.diagonal(Lt.numpy(), axis1=1, axis2=2)
+                cond = float(
+                    np.maximum(
+                        (ld.max(1) / ld.min(1)) ** 2, hmax * hs * np.linalg.norm(Pr[:, :, -1], axis=1)
+                    ).max()
+                )
+                rec.L = Lt
+            summary.append(cond)
+            raise_for(summary, H)
+    K = R[:, :, :-1].transpose(0, 2, 1) @ P
+    state = reduced.reduced_forward(
+        torch.from_numpy(K),
+        torch.from_numpy(bn * cA[:, None]),
+        torch.from_numpy(float(delta) * hs),
+        rec.solver,
+        rec.need_grad,
+    )
+    x = (P @ state.w.numpy()[:, :, None])[:, :, 0]
+    rec.scales = torch.from_numpy(np.stack([c0, cA, hs], 1))
+    rec.P, rec.x, rec.K, rec.state = P, x, torch.from_numpy(K), state
+    return torch.from_numpy(x)
+
+
+def _backward_batch(rec: Any, xbar: Tensor, need: tuple[bool, ...]) -> tuple:
+    """:func:`lean_backward` for ``B > 1`` problems."""
+    P, state = rec.P, rec.state
+    c0, cA, hs = rec.scales.numpy().T
+    xb = np.ascontiguousarray(xbar.detach().numpy())
+    wbar = (xb[:, None, :] @ P)[:, 0]
+    Kbar, bbar, dbar = (t.numpy() for t in reduced.reduced_vjp(state, torch.from_numpy(wbar)))
+    if rec.kind == "factor":
+        inv = (1.0 / rec.factor)[:, None, None]
+        Y_u = (
+            torch.linalg.solve_triangular(rec.L, torch.from_numpy(xb[:, :, None]), upper=False).numpy() * inv
+        )
+        u = (torch.linalg.solve_triangular(rec.L.mT, torch.from_numpy(Y_u), upper=True).numpy() * inv)[
+            :, :, 0
+        ]
+    elif rec.kind == "dense":
+        u = torch.cholesky_solve(torch.from_numpy(xb[:, :, None]), rec.L).numpy()[:, :, 0]
+    else:
+        u = xb
+    w = state.w.numpy()
+    uw = u[:, :, None] * w[:, None, :]
+    gbar = Abar = deltabar = Hbar = None
+    PKs = P @ (Kbar + Kbar.transpose(0, 2, 1)) if need[0] or need[1] or rec.kind == "factor" else None
+    if need[0] or need[1]:
+        Gbar = uw + PKs
+        gbar = torch.from_numpy(Gbar[:, :, 0] * c0[:, None]) if need[0] else None
+        Abar = torch.from_numpy(Gbar[:, :, 1:].transpose(0, 2, 1) * cA[:, None, None]) if need[1] else None
+    if need[3]:
+        deltabar = torch.from_numpy(np.asarray((dbar * hs).sum()))
+    if rec.kind == "dense" and need[5]:  # -h sym(Z P') as one product, Z = u w' + P Kbar
+        cZ = (uw + P @ Kbar) * (-0.5 * hs)[:, None, None]
+        Hbar = torch.from_numpy(np.concatenate([cZ, P], 2) @ np.concatenate([P, cZ], 2).transpose(0, 2, 1))
+    elif rec.kind == "factor" and need[5]:  # Lbar = -sL (u (Y w)' + x Y_u' + P (Kbar + Kbar') Y')
+        Y = rec.Y[:, :, :-1]
+        left = np.concatenate([u[:, :, None], rec.x[:, :, None], PKs], 2) * (-rec.factor)[:, None, None]
+        right = np.concatenate([Y @ w[:, :, None], Y_u, Y], 2)
+        Hbar = torch.from_numpy(left @ right.transpose(0, 2, 1))
+    return gbar, Abar, torch.from_numpy(bbar * cA[:, None]) if need[2] else None, deltabar, Hbar

@@ -487,3 +487,76 @@ def test_numpy_path_raises_the_named_errors(monkeypatch):
             TrustRegionStep()(g, a, -1.0, -torch.eye(3, dtype=torch.float64))
         with pytest.raises(ValueError, match="too ill-conditioned"):
             TrustRegionStep()(g, a, -1.0, torch.diag(torch.tensor([1.0, 1.0, 1e-14], dtype=torch.float64)))
+
+
+@given(
+    seed=st.integers(0, 10_000), m=st.integers(0, 3), kind=st.sampled_from(["identity", "dense", "factor"])
+)
+@settings(max_examples=30, deadline=None)
+def test_numpy_batch_path_matches_the_torch_path(seed, m, kind):
+    """A float64 CPU batch takes difftrust.lean's batched numpy path; the torch path (float32,
+    GPUs) must give the same steps, multipliers, reduced problems and gradients (g, A, b, delta and
+    the metric, every entry of a Cholesky factor) to 1e-9, with the regimes mixed in one batch."""
+    from difftrust import CholeskyMetric, lean
+
+    B, n = 5, 6
+    probs = [random_problem(seed + i, n, m, REGIMES[(seed + i) % 3] if m else "inactive") for i in range(B)]
+    g, A, b, H = (np.stack([p[k] for p in probs]) for k in range(4))
+    metric = {"identity": None, "dense": H, "factor": np.linalg.cholesky(H)}[kind]
+    v = torch.as_tensor(np.random.default_rng(seed).normal(size=(B, n)))
+    out = []
+    for enabled in (True, False):
+        leaves = [torch.tensor(a, requires_grad=True) for a in (g, A, b, probs[0][4])]
+        met = None if metric is None else torch.tensor(metric, requires_grad=True)
+        with mock.patch.object(lean, "ENABLED", enabled):
+            res = TrustRegionStep(delta=leaves[3]).solve(
+                *leaves[:3], CholeskyMetric(met) if kind == "factor" else met
+            )
+            (v * res.x).sum().backward()
+        assert len(res.case) == B
+        out.append([res.x, res.lam, res.nu, res.w, res.K] + [t.grad for t in leaves])
+        out[-1] += [met.grad] if met is not None else []
+        out[-1].append(res.case)
+    assert out[0][-1] == out[1][-1]
+    for a, c in zip(out[0][:-1], out[1][:-1], strict=True):
+        assert a.shape == c.shape
+        assert torch.allclose(a, c, rtol=1e-9, atol=1e-12, equal_nan=True), (a, c)
+
+
+def test_numpy_batch_path_raises_the_named_errors(monkeypatch):
+    """One bad problem in a batch raises the same named error on the batched numpy and torch paths."""
+    from difftrust import CholeskyMetric, lean
+
+    B, n = 3, 3
+    g, a = torch.ones(B, n, dtype=torch.float64), torch.ones(B, 1, n, dtype=torch.float64)
+    b = torch.full((B, 1), -1.0, dtype=torch.float64)
+    eye = torch.eye(n, dtype=torch.float64).expand(B, n, n)
+
+    def one_bad(value, i=1, j=(0, 0)):
+        t = eye.clone()
+        t[i][j] = value
+        return t
+
+    for enabled in (True, False):
+        monkeypatch.setattr(lean, "ENABLED", enabled)
+        step = TrustRegionStep()
+        bad_g = g.clone()
+        bad_g[2, 1] = float("nan")
+        with pytest.raises(ValueError, match="g contains NaN"):
+            step(bad_g, a, b, eye)
+        with pytest.raises(ValueError, match="metric contains NaN or inf"):
+            step(g, a, b, one_bad(float("inf")))
+        with pytest.raises(ValueError, match="metric must be symmetric"):
+            step(g, a, b, one_bad(0.5, j=(0, 1)))
+        with pytest.raises(ValueError, match="not positive definite"):
+            step(g, a, b, one_bad(-1.0))
+        with pytest.raises(ValueError, match="too ill-conditioned"):
+            step(g, a, b, one_bad(1e-14, j=(2, 2)))
+        with pytest.raises(ValueError, match="must be lower triangular: 1 nonzero entries above"):
+            step(g, a, b, CholeskyMetric(one_bad(1e-300, j=(0, 2))))
+        with pytest.raises(ValueError, match="1 diagonal entries <= 0"):
+            step(g, a, b, CholeskyMetric(one_bad(0.0)))
+        with pytest.raises(ValueError, match="factor L contains NaN or inf"):
+            step(g, a, b, CholeskyMetric(one_bad(float("nan"), j=(2, 0))))
+        with pytest.raises(ValueError, match="too ill-conditioned"):
+            step(g, a, b, CholeskyMetric(one_bad(1e-7, j=(2, 2))))
