@@ -9,9 +9,9 @@ The trust-region step ``max g'x s.t. 0.5 x'Hx <= delta, b + Ax <= 0`` reduces (s
 (least worst violation when infeasible). :func:`solve_reduced` solves it directly, for one problem
 or a batch, differentiably in ``(K, b, delta)``. Solvers:
 
-* ``"active-set"`` (:mod:`difftrust.active_set`): exact, batched, torch only (any device);
-  problems it cannot certify (degenerate geometry) go to the closed form (m <= 1) or the conic
-  backend.
+* ``"active-set"`` (:mod:`difftrust.active_set`): exact, batched (torch on any device, numpy on
+  the CPU; one CPU problem in Python floats, its own small autograd node); problems it cannot
+  certify (degenerate geometry) go to the closed form (m <= 1) or the conic backend.
 * ``"analytic"`` (:mod:`difftrust.closed_form`): the closed form, m <= 1, one problem at a time.
 * ``"conic"`` (:mod:`difftrust.conic`): Clarabel + Newton polish + diffcp, any m, CPU, one problem at a
   time.
@@ -20,6 +20,7 @@ or a batch, differentiably in ``(K, b, delta)``. Solvers:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -212,6 +213,47 @@ class _ReducedFunction(torch.autograd.Function):
         return Kbar, bbar, dbar, None, None
 
 
+class _ReducedOneFunction(torch.autograd.Function):
+    """One CPU problem solved by the enumeration in Python floats: ``(K, b, delta) -> w`` with
+    :func:`~difftrust.active_set.active_set_vjp_python` as backward (no tensors in between)."""
+
+    @staticmethod
+    def forward(ctx: Any, K: Tensor, b: Tensor, delta: Tensor | None, state: ReducedBatch) -> Tensor:
+        ctx.state = state
+        ctx.delta = delta
+        return state.w[0]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, wbar: Tensor) -> tuple:
+        Kb, bb, db = active_set_vjp_python(ctx.state.active, wbar.tolist())
+        Kbar, bbar = torch.tensor(Kb, dtype=wbar.dtype), torch.tensor(bb, dtype=wbar.dtype)
+        d = ctx.delta
+        dbar = None if d is None else torch.full(d.shape, db, dtype=d.dtype, device=d.device)
+        return Kbar, bbar, dbar, None
+
+
+def _solve_reduced_one(K: Tensor, b: Tensor, delta: float | Tensor) -> ReducedSolution | None:
+    """:func:`solve_reduced` for one problem on the CPU by the enumeration in Python floats (its
+    finiteness checks on the same floats; ``K`` symmetrised by the solver, whose ``Kbar`` is
+    symmetric); None where the enumeration cannot certify the problem (the general path falls back)."""
+    Kl, bl = K.detach().tolist(), b.detach().tolist()
+    if isinstance(delta, Tensor):
+        if delta.numel() != 1:
+            return None  # the general path names the error
+        dl = float(delta.detach())
+    else:
+        dl = float(delta)
+    finite = all(math.isfinite(v) for row in Kl for v in row) and all(math.isfinite(v) for v in bl)
+    if not (finite and math.isfinite(dl) and dl > 0):
+        raise ValueError("K, b and delta must be finite and delta > 0")
+    state = solve_one(Kl, bl, dl, K.dtype)
+    if state.active["code"][0] == NOT_CERTIFIED:
+        return None
+    w = _ReducedOneFunction.apply(K, b, delta if isinstance(delta, Tensor) else None, state)
+    return ReducedSolution(w, state.lam[0], state.nu[0], state.cases[0])
+
+
 def solve_reduced(
     K: Tensor, b: Tensor | None, delta: float | Tensor, *, solver: Solver = "auto"
 ) -> ReducedSolution | list[ReducedSolution]:
@@ -252,6 +294,15 @@ def solve_reduced(
         raise TypeError(f"b must be a tensor with K's dtype {K.dtype} and device {K.device}")
     if tuple(b.shape) != tuple(K.shape[:-2]) + (m,):
         raise ValueError(f"b must have shape {tuple(K.shape[:-2]) + (m,)} for K of shape {tuple(K.shape)}")
+    if (
+        not batched
+        and K.device.type == "cpu"
+        and ENUMERATION_BACKEND != "torch"
+        and (solver == "active-set" or (solver == "auto" and m <= MAX_ACTIVE_SET_M))
+    ):
+        one = _solve_reduced_one(K, b, delta)
+        if one is not None:
+            return one
     if isinstance(delta, Tensor):
         d = delta.to(dtype=K.dtype, device=K.device)
         if d.numel() == 1:

@@ -272,6 +272,35 @@ def test_duplicate_rows_and_zero_rows():
     assert torch.allclose(x2, x3, atol=1e-9 * float(x2.abs().max()))
 
 
+@given(
+    seed=st.integers(0, 10_000),
+    m=st.integers(0, 4),
+    regime=st.sampled_from(REGIMES),
+    tensor_delta=st.booleans(),
+    solver=st.sampled_from(["auto", "active-set"]),
+)
+@settings(max_examples=40, deadline=None)
+def test_solve_reduced_one_problem_matches_the_batched_path(seed, m, regime, tensor_delta, solver):
+    """One CPU problem takes the Python-float path of solve_reduced; a batch of one the general
+    (numpy) path: same w, multipliers, case and gradients to K (given unsymmetrised), b and delta."""
+    K, b, delta = _reduced(seed, 7, m, regime if m else "inactive")
+    skew = torch.randn(m + 1, m + 1, dtype=F64, generator=torch.Generator().manual_seed(seed)) * 1e-3
+    K = K + skew - skew.T  # not symmetric: both paths use 0.5 (K + K')
+    wbar = torch.randn(m + 1, dtype=F64, generator=torch.Generator().manual_seed(seed + 1))
+    out = []
+    for batched in (False, True):
+        leaves = [t.clone().requires_grad_(True) for t in (K, b, delta)]
+        d = leaves[2] if tensor_delta else float(delta)
+        args = (leaves[0][None], leaves[1][None], d) if batched else (leaves[0], leaves[1], d)
+        sol = solve_reduced(*args, solver=solver)
+        sol = sol[0] if batched else sol
+        grads = torch.autograd.grad(sol.w, leaves if tensor_delta else leaves[:2], wbar, allow_unused=True)
+        out.append([sol.w, sol.lam, sol.nu, *grads, sol.case])
+    assert out[0][-1] == out[1][-1]
+    for a, c in zip(out[0][:-1], out[1][:-1], strict=True):
+        assert a.shape == c.shape and torch.allclose(a, c, rtol=1e-9, atol=1e-13, equal_nan=True), (a, c)
+
+
 def test_solve_reduced_input_errors():
     K = torch.eye(2, dtype=F64)
     with pytest.raises(ValueError, match="K must have shape"):
@@ -282,6 +311,10 @@ def test_solve_reduced_input_errors():
         solve_reduced(K, torch.tensor([math.nan], dtype=F64), 0.01)
     with pytest.raises(ValueError, match="finite and delta > 0"):
         solve_reduced(K, torch.zeros(1, dtype=F64), -1.0)
+    with pytest.raises(ValueError, match="finite and delta > 0"):
+        solve_reduced(torch.tensor([[1.0, math.inf], [0.0, 1.0]], dtype=F64), torch.zeros(1, dtype=F64), 0.01)
+    with pytest.raises(ValueError, match="finite and delta > 0"):
+        solve_reduced(K, torch.zeros(1, dtype=F64), torch.tensor(math.nan, dtype=F64))
     with pytest.raises(ValueError, match="solver must be one of"):
         solve_reduced(K, torch.zeros(1, dtype=F64), 0.01, solver="newton")
 
