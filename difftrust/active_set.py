@@ -406,10 +406,17 @@ def solve_active_set_numpy(
     """:func:`solve_active_set` on float64 numpy arrays (same formulas, same certification).
 
     ``K (B, m+1, m+1)``, ``b (B, m)``, ``delta (B,)``; returns a dict with the fields of
-    :class:`ActiveSetSolution` as arrays, the KKT Jacobian's LU factors (``lu``, ``piv``: torch
-    tensors) in place of its inverse. ``K_SS`` is judged by its smallest Cholesky pivot, as in the
-    torch version; the small factorisations and solves are elementwise over all problems and subsets.
+    :class:`ActiveSetSolution` as arrays and, in place of the KKT Jacobian's inverse, what
+    :func:`active_set_vjp_numpy` needs (the closed form for (P) rows; the LU factors ``lu``, ``piv``
+    of the recovery rows' Jacobians, torch tensors, None without such rows). ``K_SS`` is judged by
+    its smallest Cholesky pivot, as in the torch version; the small factorisations and solves are
+    elementwise over all problems and subsets.
     """
+    with np.errstate(all="ignore"):  # NaN and inf candidates fail certification (non-finite violation)
+        return _solve_active_set_numpy(K, b, delta, with_jacobian)
+
+
+def _solve_active_set_numpy(K: np.ndarray, b: np.ndarray, delta: np.ndarray, with_jacobian: bool) -> dict:
     B, m1, _ = K.shape
     m = m1 - 1
     K = 0.5 * (K + K.transpose(0, 2, 1))
@@ -426,8 +433,7 @@ def solve_active_set_numpy(
     M = Kn[:, None, 1:, 1:] * SS + E
     kc, bS, oS = Kn[:, None, 1:, 0] * S, beta[:, None, :] * S, omega[:, None, :] * S
     if m:
-        with np.errstate(all="ignore"):
-            piv, X = _chol_solve_np(M, np.stack([kc, bS, oS], -1))  # (B, C), (B, C, m, 3)
+        piv, X = _chol_solve_np(M, np.stack([kc, bS, oS], -1))  # (B, C), (B, C, m, 3)
         piv_ok = piv >= PIVOT_TOL
     else:
         piv_ok = np.ones((B, C), dtype=bool)
@@ -439,21 +445,20 @@ def solve_active_set_numpy(
     beta_c = beta[:, None, :]
     bscale = np.maximum(np.abs(beta_c), 1.0)
 
-    with np.errstate(all="ignore"):
-        okA = piv_ok & (Aq > AQ_TOL) & (room > BQ_TOL)
-        lamA = np.sqrt(np.maximum(Aq, AQ_TOL) / np.maximum(room, BQ_TOL))
-        nuA = (alpha + lamA[..., None] * gamma) * S
-        vA = np.concatenate([np.ones((B, C, 1)), -nuA], -1) / lamA[..., None]
-        KvA = _matvec_np(Kn, vA)
-        rowA = (beta_c + KvA[..., 1:]) / bscale
-        nscale = np.maximum(_rowmax_np(np.abs(nuA)), 1.0)[..., None]
-        violA = np.maximum(
-            _rowmax_np(
-                np.maximum((1 - S) * np.maximum(rowA, 0), S * (np.abs(rowA) + np.maximum(-nuA / nscale, 0)))
-            ),
-            np.abs((vA * KvA).sum(-1) - 1),
-        )
-        violA = np.where(okA & np.isfinite(violA), violA, np.inf)
+    okA = piv_ok & (Aq > AQ_TOL) & (room > BQ_TOL)
+    lamA = np.sqrt(np.maximum(Aq, AQ_TOL) / np.maximum(room, BQ_TOL))
+    nuA = (alpha + lamA[..., None] * gamma) * S
+    vA = np.concatenate([np.ones((B, C, 1)), -nuA], -1) / lamA[..., None]
+    KvA = _matvec_np(Kn, vA)
+    rowA = (beta_c + KvA[..., 1:]) / bscale
+    nscale = np.maximum(_rowmax_np(np.abs(nuA)), 1.0)[..., None]
+    violA = np.maximum(
+        _rowmax_np(
+            np.maximum((1 - S) * np.maximum(rowA, 0), S * (np.abs(rowA) + np.maximum(-nuA / nscale, 0)))
+        ),
+        np.abs((vA * KvA).sum(-1) - 1),
+    )
+    violA = np.where(okA & np.isfinite(violA), violA, np.inf)
 
     ar = np.arange(B)
     iA = violA.argmin(1)
@@ -463,29 +468,26 @@ def solve_active_set_numpy(
         certR = rec
         v, lam_n, nu_n, Ssel = vA[ar, iA], lamA[ar, iA], nuA[ar, iA], S[iA]
     else:
-        with np.errstate(all="ignore"):
-            p = (oS * gamma).sum(-1)
-            r = (oS * eta).sum(-1)
-            disc = p * p - r * (Bq - 1.0)
-            okR = piv_ok & (S.sum(-1) > 0) & (r > 0) & (disc > 0)
-            sq = np.sqrt(np.maximum(disc, 1e-300))
-            tR = np.where(p >= 0, (Bq - 1.0) / (p + sq), (p - sq) / np.where(r > 0, r, 1.0))
-            lamR = 1.0 / sq
-            uR = (gamma - tR[..., None] * eta) * S
-            muR = lamR[..., None] * uR
-            vR = np.concatenate([np.zeros((B, C, 1)), -uR], -1)
-            KvR = _matvec_np(Kn, vR)
-            rowR = (beta_c + KvR[..., 1:] - tR[..., None] * omega[:, None, :]) / bscale
-            mscale = np.maximum(_rowmax_np(np.abs(muR)), 1.0)[..., None]
-            violR = np.maximum(
-                _rowmax_np(
-                    np.maximum(
-                        (1 - S) * np.maximum(rowR, 0), S * (np.abs(rowR) + np.maximum(-muR / mscale, 0))
-                    )
-                ),
-                np.abs((vR * KvR).sum(-1) - 1),
-            )
-            violR = np.where(okR & np.isfinite(violR), violR, np.inf)
+        p = (oS * gamma).sum(-1)
+        r = (oS * eta).sum(-1)
+        disc = p * p - r * (Bq - 1.0)
+        okR = piv_ok & (S.sum(-1) > 0) & (r > 0) & (disc > 0)
+        sq = np.sqrt(np.maximum(disc, 1e-300))
+        tR = np.where(p >= 0, (Bq - 1.0) / (p + sq), (p - sq) / np.where(r > 0, r, 1.0))
+        lamR = 1.0 / sq
+        uR = (gamma - tR[..., None] * eta) * S
+        muR = lamR[..., None] * uR
+        vR = np.concatenate([np.zeros((B, C, 1)), -uR], -1)
+        KvR = _matvec_np(Kn, vR)
+        rowR = (beta_c + KvR[..., 1:] - tR[..., None] * omega[:, None, :]) / bscale
+        mscale = np.maximum(_rowmax_np(np.abs(muR)), 1.0)[..., None]
+        violR = np.maximum(
+            _rowmax_np(
+                np.maximum((1 - S) * np.maximum(rowR, 0), S * (np.abs(rowR) + np.maximum(-muR / mscale, 0)))
+            ),
+            np.abs((vR * KvR).sum(-1) - 1),
+        )
+        violR = np.where(okR & np.isfinite(violR), violR, np.inf)
         iR = violR.argmin(1)
         certR = ~certA & (violR[ar, iR] <= KKT_TOL) & (tR[ar, iR] > 0)
         rec = certR
@@ -507,10 +509,9 @@ def solve_active_set_numpy(
         bad = (info.numpy() != 0) | ~np.isfinite(lu.numpy()).reshape(len(ir), -1).all(1)
         code[ir[bad]] = NOT_CERTIFIED
     w = s[:, None] * d * v
-    with np.errstate(all="ignore"):
-        d0 = np.where(pos[:, 0], d[:, 0], np.nan)
-        lam = np.where(rec, np.nan, lam_n / (s * d0))
-        nu = np.where(rec[:, None], np.nan, nu_n * d[:, 1:] / d0[:, None])
+    d0 = np.where(pos[:, 0], d[:, 0], np.nan)
+    lam = np.where(rec, np.nan, lam_n / (s * d0))
+    nu = np.where(rec[:, None], np.nan, nu_n * d[:, 1:] / d0[:, None])
     violation = (b + (K[:, 1:, :] * w[:, None, :]).sum(-1)).max(1) if m else np.full(B, -np.inf)
     return dict(
         w=w,
