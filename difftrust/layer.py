@@ -102,6 +102,8 @@ class _Record:
     cg_tol: float
     strict: bool
     need_grad: bool = True
+    batched: bool = True  # False: the caller's unbatched tensors, reshaped to a batch of one in forward
+    m: int = 0
     P: Tensor | None = None
     L: Tensor | None = None
     K: Tensor | None = None
@@ -299,6 +301,12 @@ class _TrustRegionFunction(torch.autograd.Function):
         # g (B, n), A (B, m, n), b (B, m), delta () ; tensors: the metric's tensors. The value
         # checks, the scale factors and the dense metric's certificate cost one host transfer.
         ctx.rec = rec
+        if not rec.batched:  # a batch of one, as views made here (no nodes in the caller's graph)
+            ctx.shapes = (g.shape, A.shape, b.shape) + tuple(t.shape for t in tensors)
+            n = g.shape[0]
+            g, A, b = g.reshape(1, n), A.reshape(1, rec.m, n), b.reshape(1, rec.m)
+            if rec.kind in ("dense", "factor"):
+                tensors = (tensors[0].reshape(1, n, n),)
         ctx.metric_tensors = tensors
         Bsz, n = g.shape
         m = A.shape[1]
@@ -307,7 +315,8 @@ class _TrustRegionFunction(torch.autograd.Function):
         if lean.ENABLED and rec.kind != "operator" and g.dtype == torch.float64 and g.device.type == "cpu":
             rec.lean = True
             H = tensors[0] if dense or factor else None
-            return lean.lean_forward(rec, g, A, b, delta, H, _probe(n, g.dtype, g.device), _raise_for)
+            x = lean.lean_forward(rec, g, A, b, delta, H, _probe(n, g.dtype, g.device), _raise_for)
+            return x if rec.batched else x[0]
         # largest magnitudes per problem (NaN and inf propagate: the finiteness checks)
         gmax = g.abs().amax(1)
         amax = A.abs().amax((1, 2)) if m else torch.zeros_like(gmax)
@@ -370,17 +379,25 @@ class _TrustRegionFunction(torch.autograd.Function):
         state = reduced_forward(K, bs, ds, rec.solver, rec.need_grad)
         x = (P @ state.w.unsqueeze(2)).squeeze(2)
         rec.P, rec.K, rec.x, rec.state = P, K, x, state
-        return x
+        return x if rec.batched else x[0]
 
     @staticmethod
     def backward(ctx: Any, xbar: Tensor) -> tuple:
         twice = torch.is_grad_enabled()
         with torch.no_grad():
+            if not ctx.rec.batched:
+                xbar = xbar.reshape(1, -1)
             if ctx.rec.lean:
                 *grads, Hbar = lean.lean_backward(ctx.rec, xbar, ctx.needs_input_grad)
                 grads = (*grads, None, *((Hbar,) if ctx.metric_tensors else ()))
             else:
                 grads = _TrustRegionFunction._vjp(ctx, xbar.detach())
+            if not ctx.rec.batched:  # back to the caller's shapes (delta's is its own)
+                shapes = ctx.shapes[:3] + (None, None) + ctx.shapes[3:]
+                grads = tuple(
+                    t if t is None or shape is None else t.reshape(shape)
+                    for t, shape in zip(grads, shapes, strict=True)
+                )
         if twice:
             anchor = torch.zeros((), dtype=xbar.dtype, device=xbar.device, requires_grad=True)
             grads = tuple(None if t is None else _NoDoubleBackward.apply(t, anchor) for t in grads)
@@ -467,8 +484,13 @@ def _check_tensor(name: str, t: Any, ref: Tensor | None) -> Tensor:
     return t
 
 
-def _normalise_inputs(g: Any, A: Any, b: Any) -> tuple[Tensor, Tensor, Tensor, bool]:
-    """Return g (B, n), A (B, m, n), b (B, m) and whether the input was batched."""
+def _normalise_inputs(g: Any, A: Any, b: Any) -> tuple[Tensor, Tensor, Tensor, bool, int]:
+    """Return g, A, b checked, whether the input was batched, and m.
+
+    Batched: g (B, n), A (B, m, n), b (B, m). Unbatched: the caller's tensors as given (g (n,), A
+    (m, n) or (n,), b (m,) or a scalar), reshaped to a batch of one inside the autograd Function:
+    views taken here would each add a node to the caller's graph (about 25 microseconds apiece,
+    forward and backward)."""
     g = _check_tensor("g", g, None)
     if g.dim() not in (1, 2) or g.shape[-1] == 0:
         raise ValueError(f"g must have shape (n,) or (B, n) with n >= 1, got {tuple(g.shape)}")
@@ -477,45 +499,39 @@ def _normalise_inputs(g: Any, A: Any, b: Any) -> tuple[Tensor, Tensor, Tensor, b
         raise ValueError(f"g has batch size 0 (shape {tuple(g.shape)}); expected (B, n) with B >= 1")
     Bsz, n = (g.shape[0], g.shape[1]) if batched else (1, g.shape[0])
     if A is None:
-        A = g.new_zeros((Bsz, 0, n))
+        A = g.new_zeros((Bsz, 0, n) if batched else (0, n))
     else:
         A = _check_tensor("A", A, g)
         if not batched:
-            if A.dim() == 1:
-                A = A.unsqueeze(0)
-            if A.dim() != 2 or A.shape[1] != n:
+            if A.dim() not in (1, 2) or A.shape[-1] != n:
                 raise ValueError(f"A must have shape (m, n) = (m, {n}) or ({n},), got {tuple(A.shape)}")
-            A = A.unsqueeze(0)
         elif A.dim() != 3 or A.shape[0] != Bsz or A.shape[2] != n:
             raise ValueError(
                 f"A must have shape (B, m, n) = ({Bsz}, m, {n}) for batched g, got {tuple(A.shape)}"
             )
-    m = A.shape[1]
+    m = A.shape[1] if batched else (1 if A.dim() == 1 else A.shape[0])
     if b is None:
         if m > 0:
             raise ValueError(f"b is required when there are m = {m} constraints; expected shape ({m},)")
-        b = g.new_zeros((Bsz, 0))
+        b = g.new_zeros((Bsz, 0) if batched else (0,))
     else:
         if isinstance(b, (int, float)) and not isinstance(b, bool):
             b = torch.tensor(float(b), dtype=g.dtype, device=g.device)
         b = _check_tensor("b", b, g)
         expected = (Bsz, m) if batched else (m,)
-        if not batched and b.dim() == 0 and m == 1:
-            b = b.reshape(1)
         if batched and b.dim() == 1 and m == 1 and b.shape[0] == Bsz:
             b = b.unsqueeze(1)
-        if tuple(b.shape) != expected:
+        if tuple(b.shape) != expected and not (not batched and b.dim() == 0 and m == 1):
             raise ValueError(f"b must have shape {expected} (m = {m} constraints), got {tuple(b.shape)}")
-        if not batched:
-            b = b.unsqueeze(0)
-    return g if batched else g.unsqueeze(0), A, b, batched
+    return g, A, b, batched, m
 
 
 def _normalise_metric(
     metric: Any, g2: Tensor, batched: bool
 ) -> tuple[str, list[Metric] | None, tuple[Tensor, ...]]:
-    """Kind, metric objects and tensors (their values are checked in the forward pass)."""
-    Bsz, n = g2.shape
+    """Kind, metric objects and tensors (their values are checked in the forward pass; a dense or
+    factor metric of one problem as given, (n, n))."""
+    Bsz, n = g2.shape if batched else (1, g2.shape[0])
     if metric is None:
         return "identity", None, ()
     if isinstance(metric, CholeskyMetric):
@@ -523,7 +539,7 @@ def _normalise_metric(
         expected = (Bsz, n, n) if batched else (n, n)
         if tuple(L.shape) != expected:
             raise ValueError(f"a Cholesky factor metric must have shape {expected}, got {tuple(L.shape)}")
-        return "factor", None, (L if batched else L.unsqueeze(0),)
+        return "factor", None, (L,)
     if isinstance(metric, DenseMetric):
         metric = metric.H
     if isinstance(metric, Tensor):
@@ -531,7 +547,7 @@ def _normalise_metric(
         expected = (Bsz, n, n) if batched else (n, n)
         if tuple(H.shape) != expected:
             raise ValueError(f"a dense metric must have shape {expected}, got {tuple(H.shape)}")
-        return "dense", None, (H if batched else H.unsqueeze(0),)
+        return "dense", None, (H,)
     if isinstance(metric, Metric) or (isinstance(metric, (list, tuple)) and metric and batched):
         metrics = [metric] if isinstance(metric, Metric) else list(metric)
         if batched and isinstance(metric, Metric):
@@ -678,17 +694,18 @@ def trust_region_step(
         lam, w, K = lam * h, w / h.unsqueeze(1), K * h[:, None, None]
     if batched:
         return StepResult(x, lam, nu, state.cases, rec.cg_residuals, w, K, state.solvers)
-    return StepResult(x[0], lam[0], nu[0], state.cases[0], rec.cg_residuals, w[0], K[0], state.solvers[0])
+    return StepResult(x, lam[0], nu[0], state.cases[0], rec.cg_residuals, w[0], K[0], state.solvers[0])
 
 
 def _step(
     g: Any, A: Any, b: Any, metric: Any, delta: Any, solver: Any, cg_iters: int, cg_tol: float, strict: bool
 ) -> tuple[Tensor, _Record, bool]:
-    """The step ``(B, n)``, the forward's record and whether the input was batched."""
+    """The step (``(B, n)``, or ``(n,)`` for unbatched input), the forward's record and whether the
+    input was batched."""
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {list(SOLVERS)}, got {solver!r}")
-    g2, A3, b2, batched = _normalise_inputs(g, A, b)
-    check_solver(solver, A3.shape[1])
+    g2, A3, b2, batched, m = _normalise_inputs(g, A, b)
+    check_solver(solver, m)
     kind, metric_obj, tensors = _normalise_metric(metric, g2, batched)
     d = _check_delta(delta, g2)
     need_grad = torch.is_grad_enabled() and (
@@ -698,7 +715,7 @@ def _step(
         or d.requires_grad
         or any(t.requires_grad for t in tensors)
     )
-    rec = _Record(kind, solver, metric_obj, cg_iters, cg_tol, strict, need_grad)
+    rec = _Record(kind, solver, metric_obj, cg_iters, cg_tol, strict, need_grad, batched, m)
     if kind == "operator":
         rec.counts = [len(mt.tensors) for mt in metric_obj]
     return _TrustRegionFunction.apply(g2, A3, b2, d, rec, *tensors), rec, batched
@@ -790,10 +807,7 @@ class TrustRegionStep(nn.Module):
         b: Tensor | float | None = None,
         metric: Tensor | Metric | None = None,
     ) -> Tensor:
-        x, _, batched = _step(
-            g, A, b, metric, self.delta, self.solver, self.cg_iters, self.cg_tol, self.strict
-        )
-        return x if batched else x[0]
+        return _step(g, A, b, metric, self.delta, self.solver, self.cg_iters, self.cg_tol, self.strict)[0]
 
     def extra_repr(self) -> str:
         d = float(self.delta) if isinstance(self.delta, Tensor) else self.delta

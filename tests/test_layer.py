@@ -560,3 +560,35 @@ def test_numpy_batch_path_raises_the_named_errors(monkeypatch):
             step(g, a, b, CholeskyMetric(one_bad(float("nan"), j=(2, 0))))
         with pytest.raises(ValueError, match="too ill-conditioned"):
             step(g, a, b, CholeskyMetric(one_bad(1e-7, j=(2, 2))))
+
+
+@pytest.mark.parametrize("lean_on", [True, False])
+def test_unbatched_call_adds_one_node_and_keeps_the_callers_shapes(lean_on, monkeypatch):
+    """One problem: the leaves feed the layer's node directly (no reshaping views in the caller's
+    graph), and every gradient has its input's shape (A as (n,), b as a 0-dim tensor, H (n, n))."""
+    from difftrust import CholeskyMetric, lean
+
+    monkeypatch.setattr(lean, "ENABLED", lean_on)
+    g, A, b, H, delta = random_problem(4, 5, 1, "binding")
+    ref = [torch.tensor(t, requires_grad=True) for t in (g, A, b, H)]
+    x_ref = TrustRegionStep(delta=delta)(*ref)
+    x_ref.sum().backward()
+    for metric_kind in ("dense", "factor"):
+        leaves = [torch.tensor(t, requires_grad=True) for t in (g, A[0], b[0], H)]
+        M = leaves[3] if metric_kind == "dense" else CholeskyMetric(leaves[3])
+        Lc = torch.linalg.cholesky(leaves[3].detach()).requires_grad_(True)
+        if metric_kind == "factor":
+            leaves[3], M = Lc, CholeskyMetric(Lc)
+        x = TrustRegionStep(delta=delta)(*leaves[:3], M)
+        assert x.shape == (5,) and "TrustRegionFunction" in x.grad_fn.name()
+        assert [type(f).__name__ for f, _ in x.grad_fn.next_functions if f is not None] == [
+            "AccumulateGrad"
+        ] * 4
+        x.sum().backward()
+        assert [t.grad.shape for t in leaves] == [t.shape for t in leaves]
+        assert torch.allclose(x, x_ref, rtol=1e-10, atol=1e-14)
+        assert torch.allclose(leaves[0].grad, ref[0].grad, rtol=1e-9, atol=1e-12)
+        assert torch.allclose(leaves[1].grad, ref[1].grad[0], rtol=1e-9, atol=1e-12)
+        assert torch.allclose(leaves[2].grad, ref[2].grad[0], rtol=1e-9, atol=1e-12)
+        if metric_kind == "dense":
+            assert torch.allclose(leaves[3].grad, ref[3].grad, rtol=1e-9, atol=1e-12)
