@@ -256,7 +256,9 @@ def run_segment(
 ) -> Segment:
     """Step every sub-environment of ``env`` ``steps`` times from ``env.reset(seed=reset_seed)``,
     actions from ``policy`` with ``params`` (noise from ``generator``, observations normalised
-    with ``normalizer``'s current statistics). One policy forward per vector step."""
+    with ``normalizer``'s current statistics). One policy forward per vector step. The last step
+    is ``env.step_final`` where the environment has one (episodes ending there are not reset: the
+    next segment starts with a seeded reset; the observations returned are not used)."""
     dtype = params.dtype
     params = params.detach()
     n_envs, obs_dim, act_dim = int(env.num_envs), env.obs_dim, env.act_dim
@@ -288,6 +290,8 @@ def run_segment(
     # per-step views made once (rows of raw_obs, which they share memory with, noises, acts)
     rows = zip(torch.from_numpy(raw_obs).unbind(0), noises.unbind(0), acts.unbind(0), strict=True)
 
+    step, step_final = env.step, getattr(env, "step_final", env.step)
+    last = steps - 1
     obs, _ = env.reset(seed=reset_seed)
     for t, (obs_row, noise, act) in enumerate(rows):
         raw_obs[t] = obs
@@ -303,7 +307,7 @@ def run_segment(
         torch.addmm(last_b, h, last_wt, out=mu)
         noise.normal_(generator=generator)  # what torch.randn draws
         torch.add(mu, torch.mul(std, noise, out=spread), out=act)
-        obs, reward, term, trunc, info = env.step(act.numpy().astype(np.float64))
+        obs, reward, term, trunc, info = (step if t < last else step_final)(act.numpy().astype(np.float64))
         info_costs = info["costs"]
         for j, ch in enumerate(channels):
             costs[t, :, j] = info_costs[ch]

@@ -466,3 +466,86 @@ def test_step_outputs_are_fresh_arrays_and_masks_stay_read_only(workers):
     finally:
         for env in envs:
             env.close()
+
+
+def test_assets_yaml_is_parsed_once_and_handed_out_as_fresh_copies():
+    """The package re-parses its constant assets file at every reset; the adapter keeps the first
+    parse and gives each reset a deep copy: equal to a fresh parse, never shared between resets,
+    and the same observations, rewards and costs as with PyYAML at every reset."""
+    import os
+
+    import yaml
+
+    task = task_distribution("safety-button").sample(1, "train", seed=4)[0]
+    actions = _forward_actions(4, 150)
+    runs = []
+    try:
+        for cached in (False, True):
+            env = make("safety-button", task=task, seed=4, horizon=50)  # 3 resets within the run
+            safety_gym._cache_world_yaml(cached)
+            try:
+                runs.append(_run_adapter(env, actions, 4))
+            finally:
+                env.close()
+        world = __import__("safety_gymnasium.world", fromlist=["yaml"])
+        assert isinstance(world.yaml, safety_gym._CachedYAML)
+        path = os.path.join(world.BASE_DIR, "configs/assets.yaml")
+        with open(path, encoding="utf-8") as f:
+            fresh = yaml.load(f, Loader=yaml.FullLoader)
+        with open(path, encoding="utf-8") as f:
+            first = world.yaml.load(f, Loader=yaml.FullLoader)
+        with open(path, encoding="utf-8") as f:
+            second = world.yaml.load(f, Loader=yaml.FullLoader)
+        assert first == fresh == second and first is not second
+        assert first["textures"]["skybox"] is not second["textures"]["skybox"]
+        assert world.yaml.FullLoader is yaml.FullLoader  # the rest is PyYAML's
+    finally:
+        safety_gym._cache_world_yaml(True)
+    _assert_identical(runs[0], runs[1])
+    assert runs[0]["costs"].sum() > 0 and runs[0]["done"].sum() == 3
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_step_final_leaves_ended_episodes_unreset_and_changes_no_later_number(workers):
+    """A batch's last step (``step_final``) does not reset the sub-environments whose episode ends
+    there: their rows hold the final observation, stepping them again is refused until a reset,
+    and after a seeded reset every result is the one after a plain ``step``."""
+    import torch
+
+    from rl.policy import GaussianPolicy, ObsNormalizer
+    from rl.rollout import run_segment
+
+    task = task_distribution("safety-circle").sample(1, "train", seed=1)[0]
+    segments = []
+    for final in (True, False):
+        env = make("safety-circle", task=task, num_envs=2, seed=5, horizon=40, num_workers=workers)
+        try:
+            if not final:  # what run_segment does without step_final: every last step resets
+                env.step_final = env.step
+            pi = GaussianPolicy(env.obs_dim, env.act_dim, hidden=(8,))
+            params = pi.init_params(torch.Generator().manual_seed(0))
+            gen = torch.Generator().manual_seed(1)
+            segments.append(
+                [run_segment(env, pi, params, 40, ObsNormalizer(env.obs_dim), gen, s) for s in (7, 8, 9)]
+            )
+            if final:
+                with pytest.raises(RuntimeError, match="reset the environment before stepping it again"):
+                    env.step(np.zeros((2, env.act_dim)))  # the last segment's episodes ended unreset
+                env.reset(seed=3)
+                obs, _, term, trunc, info = env.step_final(np.zeros((2, env.act_dim)))  # mid-episode
+                assert not (term | trunc).any()
+                for _ in range(38):
+                    env.step(np.zeros((2, env.act_dim)))
+                obs, _, _, trunc, info = env.step_final(np.zeros((2, env.act_dim)))  # both episodes end
+                assert trunc.all() and np.array_equal(obs, np.stack(info["final_observation"]))
+                with pytest.raises(RuntimeError, match="reset the environment before stepping it again"):
+                    env.step(np.zeros((2, env.act_dim)))
+                env.reset(seed=3)
+                env.step(np.zeros((2, env.act_dim)))
+        finally:
+            env.close()
+    for a, b in zip(*segments, strict=True):
+        for name in ("obs", "next_obs", "reward", "cost", "terminated", "done"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), name
+        assert torch.equal(a.act, b.act) and torch.equal(a.logp, b.logp)
+    assert segments[0][0].done[-1].all()  # every segment ends with its episodes

@@ -11,8 +11,12 @@ Four things this adapter does on top of the installed package:
    XML names six 3,259 x 3,259 skybox PNGs that MuJoCo decodes each time
    (0.8-0.9 s per reset) although only rendering ever uses them. Our sub-
    environments compile the same XML without the skybox texture (a subclass of
-   the package's ``World`` drops it from the string handed to MuJoCo), so a
-   reset costs 10-30 ms. The package's layout rejection sampling (up to 0.25 s
+   the package's ``World`` drops it from the string handed to MuJoCo) and keep
+   the package's parse of its constant assets YAML file (:class:`_CachedYAML`,
+   18 ms of PyYAML per reset), so a reset costs about 9-13 ms of CPU on our two
+   families. A batch's last step (:meth:`SafetyGymVecEnv.step_final`) leaves
+   the episodes ending there unreset: the next batch starts with a seeded reset
+   anyway. The package's layout rejection sampling (up to 0.25 s
    per reset on its level-1 Button task) runs with a vectorised validity test
    that makes the same draws and the same floating-point operations. Observations, rewards and costs are bit-identical to
    the package's for equal seeds and actions (``tests/test_safety_gym.py``
@@ -73,7 +77,10 @@ Vision and Debug ids and the velocity (non-navigation) tasks are not supported.
 
 from __future__ import annotations
 
+import copy
 import multiprocessing as mp
+import os
+import sys
 import traceback
 from typing import Any
 
@@ -121,11 +128,55 @@ def _always_contains(_obs: Any) -> bool:
     return True
 
 
+class _CachedYAML:
+    """The ``yaml`` module as ``safety_gymnasium.world`` sees it, with ``load`` of a file remembered.
+
+    The package's ``World.build`` parses its constant ``configs/assets.yaml`` with PyYAML's
+    pure-Python loader on every reset (about 18 ms of a 31 ms reset). Here the first parse of a
+    file is kept (per path, size and modification time) and each later call returns a deep copy
+    of it: the same nested dicts, lists and scalars as a fresh parse, so the world, its XML and
+    every result are unchanged (``tests/test_safety_gym.py`` checks both). Streams without a
+    file name, and everything else, go to PyYAML itself.
+    """
+
+    def __init__(self, module: Any) -> None:
+        self._yaml = module
+        self._parsed: dict[tuple[str, int, int, Any], Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._yaml, name)
+
+    def load(self, stream: Any, Loader: Any = None) -> Any:  # noqa: N803 (PyYAML's name)
+        name = getattr(stream, "name", None)
+        if not isinstance(name, str) or not os.path.isfile(name):
+            return self._yaml.load(stream, Loader=Loader)
+        info = os.stat(name)
+        key = (name, info.st_size, info.st_mtime_ns, Loader)
+        if key not in self._parsed:
+            self._parsed[key] = self._yaml.load(stream, Loader=Loader)
+        return copy.deepcopy(self._parsed[key])
+
+
+def _cache_world_yaml(enabled: bool = True) -> None:
+    """Remember the package's parse of its assets file between resets (:class:`_CachedYAML`);
+    ``enabled=False`` restores PyYAML (tests compare the two)."""
+    world = sys.modules.get("safety_gymnasium.world")
+    if world is None:
+        import_safety_gymnasium()
+        import safety_gymnasium.world as world
+    current = world.yaml
+    if enabled and not isinstance(current, _CachedYAML):
+        world.yaml = _CachedYAML(current)
+    elif not enabled and isinstance(current, _CachedYAML):
+        world.yaml = current._yaml
+
+
 class _SubEnv:
     """One package environment with auto-reset; used in-process and in workers."""
 
     def __init__(self, spec: _EnvSpec, seed: int) -> None:
         self.env = spec.build()
+        _cache_world_yaml()
         # The package asserts obs_space_dict.contains(obs) on every observation, about 15 % of a
         # step's time; the check never changes an observation, so this instance skips it.
         self.env.task.obs_info.obs_space_dict.contains = _always_contains
@@ -136,6 +187,7 @@ class _SubEnv:
         self.fast_step = fast is not None
         self._step = fast.step if fast is not None else self.env.step
         self._pending_seed: int | None = seed  # the next reset(None) restarts this stream
+        self.needs_reset = False  # an episode ended in a step without reset (step_final)
         self.obs_dim = int(np.prod(self.env.observation_space.shape))
         self.obs_low = np.asarray(self.env.observation_space.low, dtype=np.float64).reshape(-1)
         self.obs_high = np.asarray(self.env.observation_space.high, dtype=np.float64).reshape(-1)
@@ -148,13 +200,22 @@ class _SubEnv:
             seed, self._pending_seed = self._pending_seed, None
         else:
             self._pending_seed = None
+        self.needs_reset = False
         obs, _ = self.env.reset(seed=seed)
         return np.asarray(obs, dtype=np.float64)
 
-    def step_into(self, action: np.ndarray, row: int, out: tuple) -> np.ndarray | None:
+    def step_into(
+        self, action: np.ndarray, row: int, out: tuple, autoreset: bool = True
+    ) -> np.ndarray | None:
         """Step, writing row ``row`` of the group's output arrays ``out`` (see
         :meth:`_LocalGroup.step`); returns the episode's last observation (a copy) when it ended
-        (``out``'s observation row then holds the next episode's first one), else ``None``."""
+        (``out``'s observation row then holds the next episode's first one, or with
+        ``autoreset=False`` the last one again, the sub-environment left to be reset), else ``None``."""
+        if self.needs_reset:
+            raise RuntimeError(
+                "this sub-environment's episode ended in a step without reset (step_final); "
+                "reset the environment before stepping it again"
+            )
         obs, reward, cost, terminated, truncated, info = self._step(action)
         out_obs, out_reward, out_costs, out_package_cost, out_term, out_trunc, out_goal = out
         costs = out_costs[row]
@@ -166,8 +227,13 @@ class _SubEnv:
         out_trunc[row] = truncated = bool(truncated)
         out_goal[row] = bool(info.get("goal_met", False))
         if terminated or truncated:
-            out_obs[row] = self.reset()
-            return np.array(obs, dtype=np.float64)
+            final = np.array(obs, dtype=np.float64)
+            if autoreset:
+                out_obs[row] = self.reset()
+            else:
+                out_obs[row] = final
+                self.needs_reset = True
+            return final
         out_obs[row] = obs
         return None
 
@@ -199,7 +265,11 @@ class _LocalGroup:
     def reset(self, seeds: list[int | None]) -> np.ndarray:
         return np.stack([e.reset(s) for e, s in zip(self.envs, seeds, strict=True)])
 
-    def step(self, actions: np.ndarray) -> tuple:
+    def step_final(self, actions: np.ndarray) -> tuple:
+        """:meth:`step` without resetting the sub-environments whose episode ends."""
+        return self.step(actions, autoreset=False)
+
+    def step(self, actions: np.ndarray, autoreset: bool = True) -> tuple:
         """One step of every sub-environment: ``(obs, reward, costs, package_cost, terminated,
         truncated, goal, finals)``, fresh arrays of length ``n`` (``costs`` is ``(n, C)``), filled
         in place row by row; ``finals`` lists ``(row, last observation)`` of the episodes that
@@ -216,7 +286,7 @@ class _LocalGroup:
         )
         finals = []
         for row, env in enumerate(self.envs):
-            final = env.step_into(actions[row], row, out)
+            final = env.step_into(actions[row], row, out, autoreset)
             if final is not None:
                 finals.append((row, final))
         return (*out, finals)
@@ -375,7 +445,17 @@ class SafetyGymVecEnv(gymnasium.vector.VectorEnv):
             return [getattr(self._groups[0], command)(payloads[0])]
         for group, payload in zip(self._groups, payloads, strict=True):
             group.send(command, payload)
-        return [group.receive() for group in self._groups]
+        # every worker's reply is read before an error is raised: none is left in a pipe, where
+        # the next command would take it for its own
+        results, error = [], None
+        for group in self._groups:
+            try:
+                results.append(group.receive())
+            except RuntimeError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+        return results
 
     def _split(self, values: list[Any] | np.ndarray) -> list[Any]:
         out, start = [], 0
@@ -394,8 +474,22 @@ class SafetyGymVecEnv(gymnasium.vector.VectorEnv):
         obs = np.concatenate(self._call("reset", self._split(seeds)))
         return obs, {}
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
-        """Step every sub-environment (actions ``(num_envs, act_dim)``, clipped to the bounds)."""
+    def step_final(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        """The last step before a :meth:`reset`: :meth:`step`, except that sub-environments whose
+        episode ends are not reset (their row of ``obs`` holds the episode's last observation,
+        as ``info["final_observation"]`` does) and cannot be stepped again until :meth:`reset`.
+
+        A batch ends with such a step (:func:`rl.rollout.run_segment`): its next batch starts with a
+        seeded reset anyway, so the world rebuild of the automatic reset would be thrown away. A
+        reset with a seed restarts every random stream of a sub-environment, so every later
+        result is the same as after :meth:`step`."""
+        return self.step(actions, autoreset=False)
+
+    def step(
+        self, actions: np.ndarray, autoreset: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        """Step every sub-environment (actions ``(num_envs, act_dim)``, clipped to the bounds);
+        a sub-environment whose episode ends is reset (``autoreset=False``: see :meth:`step_final`)."""
         actions = np.asarray(actions, dtype=np.float64)
         if actions.shape != (self.num_envs, self.act_dim):
             raise ValueError(
@@ -408,9 +502,9 @@ class SafetyGymVecEnv(gymnasium.vector.VectorEnv):
         if self._local is not None:
             if self._closed:
                 raise RuntimeError("this SafetyGymVecEnv is closed")
-            obs, reward, costs, package_cost, term, trunc, goal, finals = self._local.step(actions)
+            obs, reward, costs, package_cost, term, trunc, goal, finals = self._local.step(actions, autoreset)
         else:
-            parts = self._call("step", self._split(actions))
+            parts = self._call("step" if autoreset else "step_final", self._split(actions))
             obs, reward, costs, package_cost, term, trunc, goal = (
                 np.concatenate(x) for x in zip(*(part[:7] for part in parts), strict=True)
             )

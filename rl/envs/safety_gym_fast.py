@@ -179,7 +179,8 @@ class FastStep:
         self._agent_body = model.body("agent").id
         names = [model.geom(i).name for i in range(model.ngeom)]
         agent_names = self.agent.body_info.geom_names
-        self._is_agent_geom = np.array([n in agent_names for n in names], dtype=bool)
+        # per geom id: whether it belongs to the agent (a list: contacts are read as Python ints)
+        self._is_agent_geom = [n in agent_names for n in names]
         self._names = names
         self._mocaps = list(task._mocaps.values())
         self._gremlin_mocap_ids = {}
@@ -192,12 +193,12 @@ class FastStep:
         if self.kind in ("goal", "button"):
             self._goal_body = model.body("goal").id
         if self.kind == "button":
-            self._button_geoms = np.array([model.geom(f"button{i}").id for i in range(task.buttons.num)])
+            self._button_geoms = [model.geom(f"button{i}").id for i in range(task.buttons.num)]
         if self.kind == "circle":
             self._jacp = np.zeros((3, model.nv))
 
-    def _prefix_geoms(self, prefix: str) -> np.ndarray:
-        return np.array([n.startswith(prefix) for n in self._names], dtype=bool)
+    def _prefix_geoms(self, prefix: str) -> list[bool]:
+        return [n.startswith(prefix) for n in self._names]
 
     def _layout_obs(self, model: Any) -> None:
         task, pk = self.task, self._pk
@@ -363,23 +364,20 @@ class FastStep:
             mujoco.mj_step(model, data)
         mujoco.mj_forward(model, data)
 
-    def _contacts(self) -> tuple[np.ndarray, np.ndarray]:
+    def _contacts(self) -> list[tuple[int, int]]:
+        """The geom id pairs of the current contacts (a few: plain ints, no numpy per contact)."""
         data = self._data
         ncon = data.ncon
         if ncon == 0:
-            empty = np.empty(0, dtype=np.intp)
-            return empty, empty
+            return []
         contact = data.contact
-        return contact.geom1[:ncon], contact.geom2[:ncon]
+        return list(zip(contact.geom1[:ncon].tolist(), contact.geom2[:ncon].tolist()))
 
-    def _goal_pressed(self, g1: np.ndarray, g2: np.ndarray) -> bool:
+    def _goal_pressed(self, contacts: list[tuple[int, int]]) -> bool:
         """ButtonLevel0.goal_achieved: a contact between the goal button and the agent."""
-        if len(g1) == 0:
-            return False
         goal = self._button_geoms[self.task.buttons.goal_button]
         is_agent = self._is_agent_geom
-        hit = ((g1 == goal) | (g2 == goal)) & (is_agent[g1] | is_agent[g2])
-        return bool(hit.any())
+        return any((g1 == goal or g2 == goal) and (is_agent[g1] or is_agent[g2]) for g1, g2 in contacts)
 
     def _reward(self, agent_xy: tuple[float, float], contacts) -> tuple[Any, bool]:
         """(reward, goal achieved) of the task, before the clip."""
@@ -392,7 +390,7 @@ class FastStep:
             reward = 0.0
             reward += (task.last_dist_goal - dist) * source.reward_distance
             task.last_dist_goal = dist
-            achieved = dist <= task.goal.size if self.kind == "goal" else self._goal_pressed(*contacts)
+            achieved = dist <= task.goal.size if self.kind == "goal" else self._goal_pressed(contacts)
             if achieved:
                 reward += source.reward_goal
             return reward, achieved
@@ -432,25 +430,19 @@ class FastStep:
                 if not obstacle.is_constrained or obstacle.timer != 0:
                     continue
                 total = 0
-                g1, g2 = contacts
-                if len(g1):
-                    goal = self._button_geoms[obstacle.goal_button]
-                    is_agent = self._is_agent_geom
-                    hit = (
-                        (extra[g1] | extra[g2]) & (is_agent[g1] | is_agent[g2]) & (g1 != goal) & (g2 != goal)
-                    )
-                    for _ in range(int(hit.sum())):
+                goal = self._button_geoms[obstacle.goal_button]
+                is_agent = self._is_agent_geom
+                for g1, g2 in contacts:  # a wrong button touched by the agent: one cost per contact
+                    if (extra[g1] or extra[g2]) and (is_agent[g1] or is_agent[g2]) and g1 != goal != g2:
                         total += obstacle.cost
                 cost["cost_buttons"] = total
             elif kind == "gremlins":
                 if not obstacle.is_constrained:
                     continue
                 total = 0
-                g1, g2 = contacts
-                if len(g1):
-                    is_agent = self._is_agent_geom
-                    hit = (extra[g1] | extra[g2]) & (is_agent[g1] | is_agent[g2])
-                    for _ in range(int(hit.sum())):
+                is_agent = self._is_agent_geom
+                for g1, g2 in contacts:
+                    if (extra[g1] or extra[g2]) and (is_agent[g1] or is_agent[g2]):
                         total += obstacle.contact_cost
                 cost["cost_gremlins"] = total
             elif kind == "sigwalls":
@@ -586,7 +578,7 @@ class FastStep:
         if self.kind == "button":
             task.specific_step()
         if self.kind == "button":
-            achieved = self._goal_pressed(*self._contacts())
+            achieved = self._goal_pressed(self._contacts())
         if achieved:
             info["goal_met"] = True
             self._goal_met()
