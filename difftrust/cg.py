@@ -7,18 +7,25 @@ given only ``matvec: (n, k) -> (n, k)``.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["CGNotConvergedWarning", "CGResult", "conjugate_gradient"]
+__all__ = ["CGNotConvergedWarning", "CGResult", "TRUNCATED_TOL", "conjugate_gradient"]
 
 #: Curvature ``p'Hp / p'p`` below this fraction of the largest seen counts as zero (singular H),
 #: and the ratio largest / smallest seen (a lower bound on the condition number) is capped at its
 #: inverse: beyond it float64 cannot certify the solve.
 CURVATURE_RTOL = 1e-13
+
+#: With ``tol=None`` (truncated conjugate gradient) a column still stops once its relative
+#: residual is at most this: a residual this small is a solve to working precision for the
+#: problems of this package, and stopping there keeps ``tol=None`` the same computation as
+#: ``tol=1e-10``.
+TRUNCATED_TOL = 1e-10
 
 
 class CGNotConvergedWarning(UserWarning):
@@ -34,11 +41,21 @@ class CGResult:
         residuals: Relative residual norm ``||r_k|| / ||b_k||`` of each column, shape ``(k,)``
             (``0`` for a zero right-hand side).
         iterations: Number of iterations run (the slowest column).
+        tol: The tolerance asked for (``None``: truncated conjugate gradient, no tolerance to
+            meet; see :func:`conjugate_gradient`).
     """
 
     x: Tensor
     residuals: Tensor
     iterations: int
+    tol: float | None = None
+
+    @property
+    def converged(self) -> bool | None:
+        """Whether every column reached ``tol`` (``None`` for truncated conjugate gradient)."""
+        if self.tol is None:
+            return None
+        return bool((self.residuals <= self.tol).all())
 
 
 def conjugate_gradient(
@@ -46,7 +63,7 @@ def conjugate_gradient(
     rhs: Tensor,
     *,
     max_iter: int = 10,
-    tol: float = 1e-10,
+    tol: float | None = 1e-10,
     x0: Tensor | None = None,
 ) -> CGResult:
     """Solve ``H x = rhs`` by conjugate gradient, for one or several right-hand sides.
@@ -55,12 +72,19 @@ def conjugate_gradient(
     columns sharing one ``matvec`` call per iteration. A column stops once its relative
     residual ``||r|| / ||rhs||`` is at most ``tol``.
 
+    ``tol=None`` is *truncated* conjugate gradient, as TRPO and CPO define their step:
+    ``max_iter`` iterations are the method, and a residual left above any tolerance is not a
+    failure (:attr:`CGResult.converged` is ``None``; callers should not warn about it). A column
+    still stops early once its relative residual is at most :data:`TRUNCATED_TOL`, so the result
+    is exactly that of ``tol=TRUNCATED_TOL``. This function never warns; the residuals are in the
+    result either way.
+
     Args:
         matvec: ``V -> H V`` for ``V`` of shape ``(n, k)``; ``H`` must be symmetric positive
             definite.
         rhs: Right-hand side(s), shape ``(n,)`` or ``(n, k)``.
         max_iter: Maximum number of iterations (>= 1).
-        tol: Relative residual tolerance (>= 0).
+        tol: Relative residual tolerance (>= 0), or ``None`` for truncated conjugate gradient.
         x0: Optional initial guess, same shape as ``rhs``.
 
     Returns:
@@ -84,8 +108,11 @@ def conjugate_gradient(
         raise ValueError(f"rhs must have shape (n,) or (n, k), got {tuple(rhs.shape)}")
     if not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
-    if not (tol >= 0):
-        raise ValueError(f"tol must be >= 0, got {tol!r}")
+    asked = tol
+    if tol is None:
+        tol = TRUNCATED_TOL
+    elif isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol >= 0:
+        raise ValueError(f"tol must be a number >= 0 or None (truncated conjugate gradient), got {tol!r}")
     vector = rhs.dim() == 1
     B = rhs.unsqueeze(1) if vector else rhs
     if x0 is None:
@@ -136,4 +163,4 @@ def conjugate_gradient(
         Pd = torch.where(active, R + beta * Pd, Pd)
         rr = torch.where(active, rr_new, rr)
     residuals = rr.sqrt() / scale
-    return CGResult(X.squeeze(1) if vector else X, residuals, it)
+    return CGResult(X.squeeze(1) if vector else X, residuals, it, None if asked is None else float(asked))

@@ -63,6 +63,7 @@ from difftrust import (
     conjugate_gradient,
     solve_reduced,
 )
+from difftrust.cg import TRUNCATED_TOL
 from rl.policy import GaussianPolicy
 from rl.rollout import Batch
 from rl.runtime.parallel import worker_state
@@ -70,6 +71,7 @@ from rl.runtime.parallel import worker_state
 __all__ = [
     "Direction",
     "RepeatedProducts",
+    "ReusedFisherMetric",
     "TRUNCATED_CG_TOL",
     "TruncatedCGStep",
     "backtrack",
@@ -174,7 +176,14 @@ def sum_cost_channels(batch: Batch) -> Batch:
 #: The residual at which :class:`TruncatedCGStep`'s conjugate gradient stops before its
 #: ``cg_iters`` iterations (the layer's default tolerance: with a Fisher metric and 10-15
 #: iterations it is practically never reached).
-TRUNCATED_CG_TOL = 1e-10
+TRUNCATED_CG_TOL = TRUNCATED_TOL
+
+
+def _cg_tol(step: TrustRegionStep) -> float | None:
+    """The ``tol`` of :func:`difftrust.conjugate_gradient` for a solve of ``step``'s: ``None``
+    (truncated conjugate gradient, the same numbers as ``TRUNCATED_CG_TOL``) for a
+    :class:`TruncatedCGStep`, else its ``cg_tol``."""
+    return None if isinstance(step, TruncatedCGStep) else step.cg_tol
 
 
 class TruncatedCGStep(TrustRegionStep):
@@ -238,7 +247,7 @@ def fisher_metric(
     which repeats the uncorrected step's conjugate gradient, looks them up instead of computing them.
     """
     if create_graph:
-        return FisherMetric(lambda ref, p: policy.kl(ref, p, obs), params, damping)
+        return ReusedFisherMetric(lambda ref, p: policy.kl(ref, p, obs), params, damping)
     params = params.detach()
     if pool is None or not pool.parallel:
         product = policy.fisher_product(params, obs, parts)
@@ -247,6 +256,42 @@ def fisher_metric(
             params, obs.shape[0], _remote_fisher_blocks(pool, policy, params, obs, parts)
         )
     return OperatorMetric(RepeatedProducts(product), damping=damping)
+
+
+class ReusedFisherMetric(FisherMetric):
+    """:class:`difftrust.FisherMetric` whose constant products are computed once.
+
+    A CPO direction with the optimism correction asks the metric three times for its operator at
+    the same parameters without a graph (the uncorrected step's solve, the correction's, the
+    corrected step's; difftrust builds a detached operator for a step's forward solves and keeps it
+    for its backward solve), and the corrected step's conjugate gradient repeats the uncorrected
+    one's product for product (the same right-hand sides ``[g, A]`` and metric; the offsets ``b``
+    only enter the reduced problem). Here the first-order graph of the KL is built once per
+    parameter value (the last one is kept, compared bit for bit) and its products are remembered
+    (:class:`RepeatedProducts`): the same numbers as building the operator and computing each
+    product again. With ``create_graph=True`` (products differentiable in the parameters, the
+    step's backward), or parameters that carry a graph or live off the CPU, it is the plain metric.
+    """
+
+    def __init__(self, kl: Callable[[Tensor, Tensor], Tensor], params: Tensor, damping: float = 0.1):
+        super().__init__(kl, params, damping)
+        # (dtype, shape, bytes of the parameters, their operator), shared with detached()
+        self._shared: list[tuple[torch.dtype, tuple[int, ...], bytes, RepeatedProducts]] = []
+
+    def operator(self, psi: Tensor, create_graph: bool = False) -> Callable[[Tensor], Tensor]:
+        if create_graph or psi.requires_grad or psi.device.type != "cpu":
+            return super().operator(psi, create_graph=create_graph)
+        key = (psi.dtype, tuple(psi.shape), psi.contiguous().numpy().tobytes())
+        if not self._shared or self._shared[0][:3] != key:
+            self._shared[:] = [(*key, RepeatedProducts(super().operator(psi)))]
+        return self._shared[0][3]
+
+    def detached(self) -> ReusedFisherMetric:
+        """The same metric as a constant (its parameters detached; no gradient reaches them),
+        sharing this one's operator and products."""
+        out = ReusedFisherMetric(self.kl, self.params.detach(), self.damping)
+        out._shared = self._shared
+        return out
 
 
 class RepeatedProducts:
@@ -350,6 +395,8 @@ def _constant(metric: Metric | None) -> Metric | None:
     """``metric`` with its tensors detached (a solve with it builds no graph)."""
     if metric is None or not any(t.requires_grad for t in metric.tensors):
         return metric
+    if isinstance(metric, ReusedFisherMetric):  # its products are remembered for the later solves
+        return metric.detached()
     operator = metric.operator(*[t.detach() for t in metric.tensors])
     return OperatorMetric(lambda v: operator(v))
 
@@ -492,7 +539,7 @@ def _optimism(
         sol = rhs
     else:
         operator = metric.operator(*[t.detach() for t in metric.tensors])
-        cg = conjugate_gradient(operator, rhs, max_iter=step.cg_iters, tol=step.cg_tol)
+        cg = conjugate_gradient(operator, rhs, max_iter=step.cg_iters, tol=_cg_tol(step))
         sol, residuals = cg.x, cg.residuals
     N = D[1:] @ sol  # rows: constraints; N[:, 1:] = D_a' H^-1 D_a (symmetrised), N[:, 0] = D_a' H^-1 D_g
     N = torch.cat([(sol.T @ D[0]).unsqueeze(1), (N + N.T) / 2], 1)

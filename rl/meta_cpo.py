@@ -31,6 +31,7 @@ inner and outer step is a multi-constraint trust-region program (difftrust's con
 from __future__ import annotations
 
 import copy
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -260,6 +261,12 @@ RESUME_OVERRIDABLE = (
 NOT_RUN_DEFINING = (*RESUME_OVERRIDABLE, "out")
 
 
+def _worst(results: Sequence[TaskResult]) -> float:
+    """The largest ``cg_residual`` of ``results`` (NaN when none has one)."""
+    values = [r.cg_residual for r in results if not math.isnan(r.cg_residual)]
+    return max(values) if values else float("nan")
+
+
 def resolve_limits(cfg: MetaCPOConfig, channels: tuple[str, ...]) -> list[float] | None:
     """Per-constraint limits (``None`` for meta-trpo; :meth:`rl.settings.ConstraintSettings.limits`)."""
     return cfg.limits(channels) if cfg.constrained else None
@@ -440,7 +447,7 @@ class MetaCPOTrainer:
             problems = [f"task {i}: {r.problem}" for i, r in enumerate(results) if r.problem]
             if problems:
                 info = {"case": "skipped", "lam": float("nan"), "nu": [], "b_theta": [], "accepted": 0.0}
-                info.update(kl=0.0, problem="; ".join(problems))
+                info.update(kl=0.0, problem="; ".join(problems), cg_residual=_worst(results))
                 print(f"warning: meta-iteration {it} skipped: {info['problem']}", file=sys.stderr)
             else:
                 self.theta, info = meta_update(setup, self.theta, results)
@@ -453,7 +460,7 @@ class MetaCPOTrainer:
         self.env_steps += record.env_steps
         self.seconds += time.perf_counter() - t0
         self.iteration = it + 1
-        return record.row(
+        row = record.row(
             it,
             self.env_steps,
             round(self.seconds, 3),
@@ -461,6 +468,10 @@ class MetaCPOTrainer:
             setup.constraint_names,
             cfg.debias,
         )
+        # the worst relative residual of the iteration's conjugate-gradient solves (every inner
+        # step's and the meta-step's, or the multi-task update's), as rl.cpo reports its own
+        row["cg_residual"] = record.step.get("cg_residual", float("nan"))
+        return row
 
     def _task_results(self, tasks: Sequence[Any], seeds: Sequence[int]) -> list[TaskResult]:
         """Every task's :func:`rl.meta_update.task_meta_gradient`, batches sampled in shards on the pool.
@@ -521,9 +532,13 @@ class MetaCPOTrainer:
             if cfg.progress
             else None
         )
+        # a run folder from before the cg_residual column keeps its columns (it resumes as it was)
+        columns = log.csv.fieldnames
         try:
             while self.iteration < total:
                 row = self.step()
+                if columns is not None and "cg_residual" not in columns:
+                    del row["cg_residual"]
                 log.log(row)
                 if self.iteration % cfg.checkpoint_every == 0 or self.iteration == total:
                     save_checkpoint(

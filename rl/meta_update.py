@@ -29,6 +29,7 @@ The algorithm (Cho & Sun, AAAI-24; ``docs/concepts.md``), as this file reads:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,13 +41,14 @@ from torch import Tensor
 
 from difftrust import StepResult
 from rl.cpo_step import (
+    _optimism,
+    _worst,
     backtrack,
     confidence_z,
     direction,
     fisher_metric,
     fisher_states,
     on_device,
-    optimism_offsets,
     surrogates,
 )
 from rl.envs import make
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
     from rl.meta_cpo import MetaCPOConfig
 
 __all__ = [
+    "InnerStep",
     "NonFiniteBatch",
     "Setup",
     "TaskResult",
@@ -154,7 +157,9 @@ def inner_direction(
     """One CPO step direction at ``phi`` on ``batch`` (differentiable in ``phi`` if asked):
     :func:`rl.cpo_step.direction` with the inner settings (the double-backward Fisher metric on
     ``cfg.fisher_states`` states, ``cfg.frozen_metric``, ``cfg.debias``) and the cost bound at
-    ``confidence`` (default ``cfg.cost_confidence``)."""
+    ``confidence`` (default ``cfg.cost_confidence``). The result is an :class:`InnerStep`: the
+    step's :class:`difftrust.StepResult` with the worst relative residual of its conjugate-gradient
+    solves (the step's and the optimism correction's)."""
     cfg = setup.cfg
     d = direction(
         setup.policy,
@@ -170,7 +175,17 @@ def inner_direction(
         autograd_metric=True,
         frozen_metric=cfg.frozen_metric,
     )
-    return d.x, d.result
+    fields = {f.name: getattr(d.result, f.name) for f in dataclasses.fields(StepResult)}
+    return d.x, InnerStep(**fields, cg_worst=_worst(d.result.cg_residuals, d.optimism_residuals))
+
+
+@dataclass
+class InnerStep(StepResult):
+    """The :class:`difftrust.StepResult` of an inner step, with ``cg_worst``: the largest relative
+    residual of its conjugate-gradient solves, the step's and the optimism correction's (NaN
+    without a solve)."""
+
+    cg_worst: float = float("nan")
 
 
 def inner_loop(
@@ -222,6 +237,7 @@ class TaskResult:
     cases: list[str]
     env_steps: int
     problem: str = ""  # why the task's contribution is unusable ("" if finite)
+    cg_residual: float = float("nan")  # worst relative residual of the inner steps' CG solves
 
 
 class NonFiniteBatch(ValueError):
@@ -325,6 +341,7 @@ def task_meta_gradient(setup: Setup, theta: Tensor, task: Any, seed: int, pool: 
         cases=[str(r.case) for r in results],
         env_steps=sum(b.env_steps for b in [*batches, val]),
         problem=problem,
+        cg_residual=max((r.cg_worst for r in results), default=float("nan")),
     )
 
 
@@ -355,7 +372,7 @@ def _meta_step(setup: Setup, theta: Tensor, results: Sequence[TaskResult]) -> tu
     else:
         metric = None
     step = cfg.step(cfg.meta_delta)
-    optimism = None
+    optimism = optimism_residuals = None
     if cfg.debias and b_theta is not None and len(results) >= 2:
         plain = step.solve(dF, dG, b_theta, metric)
         # the two halves of the meta-batch are independent estimates of (dF, dG)
@@ -369,8 +386,8 @@ def _meta_step(setup: Setup, theta: Tensor, results: Sequence[TaskResult]) -> tu
             )
             for part in (results[:half], results[half:])
         ]
-        b_theta, optimism = optimism_offsets(
-            rows[0], rows[1], half, len(results) - half, b_theta, metric, step, plain=plain
+        b_theta, optimism, optimism_residuals = _optimism(
+            rows[0], rows[1], half, len(results) - half, b_theta, metric, step, 5, plain
         )
     res = step.solve(dF, dG, b_theta, metric)
     x = res.x.detach()
@@ -381,6 +398,11 @@ def _meta_step(setup: Setup, theta: Tensor, results: Sequence[TaskResult]) -> tu
         "b_theta": [] if b_theta is None else b_theta.tolist(),
         "optimism_theta": [] if optimism is None else optimism.tolist(),
         "step_norm": float(x.norm()),
+        # the meta-step's solves and every inner step's (NaN where no solve ran: identity metrics)
+        "cg_residual": max(
+            [_worst(res.cg_residuals, optimism_residuals), *(r.cg_residual for r in results)],
+            key=lambda v: -math.inf if math.isnan(v) else v,
+        ),
     }
     if not torch.isfinite(x).all():
         return theta.clone(), {**info, "accepted": 0.0, "kl": 0.0, "problem": "non-finite meta-step"}

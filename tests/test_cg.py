@@ -1,3 +1,6 @@
+import math
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -47,3 +50,34 @@ def test_cg_bad_arguments():
         conjugate_gradient(lambda V: H @ V, torch.ones(2, 2, 2, dtype=torch.float64))
     with pytest.raises(TypeError, match="rhs must be a torch.Tensor"):
         conjugate_gradient(lambda V: H @ V, [1.0, 2.0])
+
+
+@pytest.mark.parametrize("max_iter", [3, 40])  # truncated, and converged before max_iter
+def test_truncated_cg_is_the_solve_at_the_default_tolerance_without_one(max_iter):
+    import warnings
+
+    from difftrust.cg import TRUNCATED_TOL
+
+    rng = np.random.default_rng(3)
+    M = rng.normal(size=(12, 12))
+    H = torch.as_tensor(M @ M.T + 0.5 * np.eye(12))
+    R = torch.as_tensor(rng.normal(size=(12, 2)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # truncated conjugate gradient warns about nothing
+        trunc = conjugate_gradient(lambda V: H @ V, R, max_iter=max_iter, tol=None)
+    ref = conjugate_gradient(lambda V: H @ V, R, max_iter=max_iter, tol=TRUNCATED_TOL)
+    assert torch.equal(trunc.x, ref.x) and torch.equal(trunc.residuals, ref.residuals)
+    assert trunc.iterations == ref.iterations
+    assert trunc.tol is None and trunc.converged is None and ref.tol == TRUNCATED_TOL
+    if max_iter == 3:  # stopped by max_iter well above the tolerance: the method, not a failure
+        assert trunc.iterations == 3 and float(trunc.residuals.max()) > 1e-3 and ref.converged is False
+    else:  # 12 unknowns: stops early at the tolerance, as tol=1e-10 does
+        assert trunc.iterations < max_iter and float(trunc.residuals.max()) <= TRUNCATED_TOL
+        assert ref.converged is True
+
+
+@pytest.mark.parametrize("tol", [-1.0, math.nan, "1e-10", True])
+def test_cg_rejects_a_bad_tolerance_naming_it(tol):
+    H = torch.eye(2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"tol must be a number >= 0 or None .*got " + re.escape(repr(tol))):
+        conjugate_gradient(lambda V: H @ V, torch.ones(2, dtype=torch.float64), tol=tol)

@@ -824,3 +824,68 @@ def test_truncated_cg_is_not_warned_about_and_a_tolerance_of_ones_own_is(tmp_pat
     assert type(own) is TrustRegionStep
     with pytest.warns(CGNotConvergedWarning, match=r"cg_tol = 3\.2e-09 in cg_iters = 2"):
         cpo_update(pi, params, batch, 25.0, own, damping=DAMPING, debias=True)
+
+
+def test_differentiable_direction_reuses_constant_fisher_products_with_the_same_numbers():
+    """Meta-CPO's inner step (the double-backward Fisher, a graph to the parameters, the optimism
+    correction): with :class:`rl.cpo_step.ReusedFisherMetric` the three solves share one detached
+    operator and the corrected step's conjugate gradient looks up the uncorrected one's products;
+    the step, its diagnostics and its gradient are bit for bit those of the plain metric."""
+    from difftrust import FisherMetric
+    from rl.cpo_step import ReusedFisherMetric, TruncatedCGStep, direction, fisher_metric
+
+    pi, params, batch = _two_env_batch(n_cost=2)
+    step = TruncatedCGStep(delta=DELTA, cg_iters=8)
+    runs = []
+    for metric_type in (FisherMetric, ReusedFisherMetric):
+        theta = params.detach().clone().requires_grad_(True)
+        phi = theta * 1.0  # a parameter vector with a graph, as in an inner loop
+        metric = metric_type(lambda ref, p: pi.kl(ref, p, batch.obs), phi, DAMPING)
+        d = direction(pi, phi, batch, [25.0, 24.0], step, create_graph=True, metric=metric, debias=True)
+        seen = (
+            None if metric_type is FisherMetric else (metric._shared[0][3].calls, metric._shared[0][3].hits)
+        )
+        (grad,) = torch.autograd.grad((d.x * torch.linspace(-1, 2, len(d.x))).sum(), theta)
+        out = [d.x.detach(), d.b, d.optimism, d.optimism_residuals, d.result.cg_residuals, grad]
+        runs.append((out, metric, seen))
+    (ref, _, _), (new, metric, seen) = runs
+    assert _same(new, ref) and float(grad.abs().max()) > 0
+    # uncorrected solve: 8 products (of [g, a_1, a_2]); optimism: 8; the corrected solve's 8 found
+    assert seen == (8 + 8, 8)
+    assert metric._shared[0][3].calls == 8 + 8 + 8  # the backward's solve: new right-hand sides
+    # the metric Meta-CPO's inner steps and meta-step get, and its operator at other parameters
+    assert type(fisher_metric(pi, params, batch.obs, DAMPING, create_graph=True)) is ReusedFisherMetric
+    other = metric.operator(params.detach() + 1e-3)
+    assert (
+        other is not metric.operator(params.detach()) and metric.operator(params.detach() + 1e-3) is not other
+    )
+
+
+def test_the_optimism_solve_of_a_truncated_step_is_truncated_conjugate_gradient():
+    """``_optimism`` hands difftrust's conjugate gradient ``tol=None`` for a TruncatedCGStep (no
+    tolerance to meet): the same numbers as the tolerance 1e-10 it used to pass."""
+    from difftrust import conjugate_gradient as real_cg
+    from rl import cpo_step
+    from rl.cpo_step import TRUNCATED_CG_TOL, TruncatedCGStep, _optimism, half_gradients
+
+    pi, params, batch = _two_env_batch(n_cost=2)
+    metric = cpo_step.fisher_metric(pi, params, batch.obs, DAMPING)
+    halves = half_gradients(pi, params, batch)
+    b = cost_offsets(batch, [25.0, 24.0], params.dtype)
+    tols, outs = [], []
+    for step in (
+        TruncatedCGStep(delta=DELTA, cg_iters=4),
+        TrustRegionStep(DELTA, cg_iters=4, cg_tol=TRUNCATED_CG_TOL),
+    ):
+
+        def cg(*args, **kwargs):
+            tols.append(kwargs["tol"])
+            return real_cg(*args, **kwargs)
+
+        cpo_step.conjugate_gradient, saved = cg, cpo_step.conjugate_gradient
+        try:
+            outs.append(_optimism(*halves, b, metric, step, 5, None))
+        finally:
+            cpo_step.conjugate_gradient = saved
+    assert tols == [None, TRUNCATED_CG_TOL]
+    assert _same(list(outs[0]), list(outs[1])) and float(outs[0][2].max()) > 1e-8  # truncated, recorded

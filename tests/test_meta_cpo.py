@@ -443,3 +443,128 @@ def test_num_envs_defaults_to_whole_episodes_per_sub_environment():
     assert MetaCPOTrainer(_tiny_cfg(num_envs=None, batch_steps=400)).cfg.num_envs == 2  # horizon 200
     with pytest.raises(ValueError, match="num_envs must be in"):
         MetaCPOTrainer(_tiny_cfg(num_envs=500, batch_steps=400))
+
+
+def test_progress_reports_the_worst_conjugate_gradient_residual(monkeypatch, tmp_path):
+    """``cg_residual``: the largest relative residual of the iteration's solves, every inner step's
+    (the step's and the optimism correction's) and the meta-step's; truncated at 3 iterations it
+    is well above the 1e-10 at which conjugate gradient stops early."""
+    import rl.meta_cpo as meta_cpo
+    import rl.meta_update as meta_update_module
+
+    steps, updates = [], []
+    real_direction, real_update = meta_update_module.inner_direction, meta_cpo.meta_update
+
+    def direction_spy(*args, **kwargs):
+        x, res = real_direction(*args, **kwargs)
+        steps.append(res)
+        return x, res
+
+    def update_spy(setup, theta, results):
+        new, info = real_update(setup, theta, results)
+        updates.append(([r.cg_residual for r in results], info))
+        return new, info
+
+    monkeypatch.setattr(meta_update_module, "inner_direction", direction_spy)
+    monkeypatch.setattr(meta_cpo, "meta_update", update_spy)
+    trainer = MetaCPOTrainer(_tiny_cfg(cg_iters=3, inner_steps=2))
+    row = trainer.step()
+    assert len(steps) == 2 * 2  # M tasks x K inner steps
+    for res in steps:  # each inner step's worst covers its own solve and its optimism solve
+        assert math.isfinite(res.cg_worst) and res.cg_worst >= float(res.cg_residuals.max()) > 1e-6
+    ((tasks, info),) = updates
+    assert tasks == [max(s.cg_worst for s in steps[:2]), max(s.cg_worst for s in steps[2:])]
+    assert row["cg_residual"] == info["cg_residual"] >= max(tasks)
+    assert list(row)[-1] == "cg_residual"
+    # the multi-task baseline reports its CPO update's
+    baseline = MetaCPOTrainer(_tiny_cfg(algo="multitask-cpo", cg_iters=3))
+    assert 1e-6 < baseline.step()["cg_residual"] < 1
+
+
+def test_a_run_folder_without_the_cg_residual_column_resumes_with_its_columns(tmp_path):
+    """A run started before ``cg_residual`` existed keeps its progress.csv's columns on resuming."""
+    run = tmp_path / "run"
+    main(["--iterations", "1", *TINY_CLI, "--test-tasks", "1", "--adapt-steps", "0", "--out", str(run)])
+    rows = _read_csv(run / "progress.csv")
+    assert "cg_residual" in rows[0] and float(rows[0]["cg_residual"]) > 0
+    with open(run / "progress.csv", "w", newline="") as f:  # as written before the column existed
+        columns = [k for k in rows[0] if k != "cg_residual"]
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in columns} for r in rows)
+    main(["--resume", str(run), "--iterations", "2", "--no-progress", "--backend", "serial"])
+    resumed = _read_csv(run / "progress.csv")
+    assert [int(r["iteration"]) for r in resumed] == [0, 1] and list(resumed[1]) == columns
+
+
+@pytest.mark.safety
+@pytest.mark.slow
+def test_the_meta_iteration_cuts_leave_every_number_unchanged(monkeypatch, tmp_path):
+    """Two meta-iterations on safety-button (one shard, sub-environments running whole episodes to
+    the batch's end) with this package's cuts, and with what they replace: the package's own step
+    (``fast_step=False``), the plain double-backward Fisher metric (every operator built and every
+    product computed), PyYAML parsing the package's assets at every reset, and every episode end
+    reset at once (no ``step_final``). Progress rows, parameters, critics and normaliser are
+    the same bit for bit."""
+    from rl import cpo_step
+    from rl import meta_update as meta_update_module
+    from rl.envs import safety_gym
+    from rl.meta_update import Setup
+    from rl.rollout import EnvSpec
+
+    cfg = tiny_meta_config(
+        env="safety-button",
+        iterations=2,
+        batch_steps=1000,
+        num_envs=2,
+        horizon=500,
+        hidden=(24, 12),
+        critic_hidden=(32, 32),
+        cost_limit=10.0,
+        constrain="total",
+        debias=True,
+        shards=1,
+        fisher_states=400,
+    )
+
+    def run():
+        trainer = MetaCPOTrainer(cfg)
+        rows = [trainer.step() for _ in range(cfg.iterations)]
+        trainer.close()
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows], trainer.state_dict()
+
+    rows, state = run()
+    real_metric = cpo_step.fisher_metric
+    real_cache = safety_gym._cache_world_yaml
+    real_spec = Setup.env_spec
+
+    def plain_metric(policy, params, obs, damping, create_graph=False, **kwargs):
+        if create_graph:
+            return FisherMetric(lambda ref, p: policy.kl(ref, p, obs), params, damping)
+        return real_metric(policy, params, obs, damping, create_graph, **kwargs)
+
+    def package_step(self, task):
+        spec = real_spec(self, task)
+        return EnvSpec(spec.name, spec.task, spec.num_envs, (*spec.kwargs, ("fast_step", False)))
+
+    with monkeypatch.context() as m:
+        m.setattr(cpo_step, "fisher_metric", plain_metric)
+        m.setattr(meta_update_module, "fisher_metric", plain_metric)
+        m.setattr(safety_gym, "_cache_world_yaml", lambda enabled=True: real_cache(False))
+        m.delattr(safety_gym.SafetyGymVecEnv, "step_final")
+        m.setattr(Setup, "env_spec", package_step)
+        ref_rows, ref_state = run()
+    assert _same_state(rows, ref_rows) and rows[1]["env_steps"] == 2 * 2 * 2 * 1000
+    assert all(math.isfinite(r["cg_residual"]) for r in rows)
+    for key in ("theta", "reward_critic", "cost_critic", "opt_r", "opt_c", "normalizer"):
+        assert _same_state(state[key], ref_state[key]), key
+
+
+def _same_state(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b, strict=True))
+    return a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b))
