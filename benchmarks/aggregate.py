@@ -225,9 +225,18 @@ def adaptation_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summarize(tagged, ("ep_ret", "ep_cost", "within"), ("env", "method", "step"))
 
 
-def _plot_bands(curves: dict[tuple[str, str], tuple[list, dict]], xlabel: str, cost: str, path: Path) -> None:
+def _plot_bands(
+    curves: dict[tuple[str, str], tuple[list, dict]],
+    xlabel: str,
+    cost: str,
+    path: Path,
+    limits: dict[str, float] | None = None,
+    reference: dict[str, Any] | None = None,
+) -> None:
     """Return and cost against x of every (env, method): ``(x, {key: (mean, low, high)})``, a line
-    and its 95 % band per method, one column of panels per env."""
+    and its 95 % band per method, one column of panels per env. ``limits`` (env -> cost limit) draws
+    the limit on the cost panel; ``reference`` (``{"label": ..., env: {"ep_ret": [mean, std],
+    "ep_cost": [mean, std]}}``) draws published final figures as a dotted line with a +-1 std band."""
     envs, methods = sorted({e for e, _ in curves}), list(dict.fromkeys(m for _, m in curves))
     fig = Figure(figsize=(5 * len(envs), 6), layout="tight")
     axes = fig.subplots(2, len(envs), squeeze=False)
@@ -236,10 +245,25 @@ def _plot_bands(curves: dict[tuple[str, str], tuple[list, dict]], xlabel: str, c
         for ax, key in zip(axes[:, envs.index(env)], ("ep_ret", "ep_cost"), strict=True):
             ax.plot(x, series[key][0], color=f"C{i}", label=method)
             ax.fill_between(x, series[key][1], series[key][2], color=f"C{i}", alpha=0.2)
+    reference = reference or {}
     for j, env in enumerate(envs):
         axes[0, j].set(title=env, ylabel="episode return")
         axes[1, j].set(xlabel=xlabel, ylabel=cost)
-    axes[0, 0].legend(fontsize=8)
+        if env in (limits or {}):
+            axes[1, j].axhline(limits[env], color="black", linestyle="--", linewidth=1, label="cost limit")
+        for ax, key in zip(axes[:, j], ("ep_ret", "ep_cost"), strict=True):
+            if key in reference.get(env, {}):
+                mean, std = reference[env][key]
+                ax.axhline(
+                    mean,
+                    color="grey",
+                    linestyle=":",
+                    linewidth=1.5,
+                    label=reference.get("label", "reference"),
+                )
+                ax.axhspan(mean - std, mean + std, color="grey", alpha=0.12)
+    for ax in axes[:, 0]:
+        ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
 
 
@@ -272,8 +296,14 @@ def plot_adaptation(summary: list[dict[str, Any]], out: Path) -> None:
     fig.savefig(out / "share_within.png", dpi=110)
 
 
-def plot_curves(curves: list[dict[str, Any]], out: Path) -> None:
-    """curves.png: return and cost per env step, mean over seeds with a 95 % band."""
+def plot_curves(
+    curves: list[dict[str, Any]],
+    out: Path,
+    limits: dict[str, float] | None = None,
+    reference: dict[str, Any] | None = None,
+) -> None:
+    """curves.png: return and cost per env step, mean over seeds with a 95 % band (with the cost
+    limit of each env and published reference figures where given, see ``_plot_bands``)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for c in curves:
         groups[c["env"], c["method"]].append({**c, "task_id": c["iteration"]})  # seeds x iterations
@@ -287,7 +317,36 @@ def plot_curves(curves: list[dict[str, Any]], out: Path) -> None:
             list(_matrix(mine, "env_steps")[0]),
             {k: list(zip(*v, strict=True)) for k, v in ci.items()},
         )
-    _plot_bands(bands, "env steps", "episode cost", out / "curves.png")
+    _plot_bands(bands, "env steps", "episode cost", out / "curves.png", limits, reference)
+
+
+def reference_figures(spec: Spec) -> dict[str, Any]:
+    """The spec's ``[output] reference``: published final figures per env, checked
+    (``{"label": str, env: {"ep_ret": [mean, std], "ep_cost": [mean, std]}}``)."""
+    raw = spec.output.get("reference", {})
+    if not isinstance(raw, dict):
+        raise ValueError(f"{spec.path}: [output] reference must be a table, got {raw!r}")
+    for env, figures in raw.items():
+        if env == "label":
+            continue
+        if env not in spec.envs:
+            raise ValueError(
+                f"{spec.path}: [output] reference names env {env!r}; expected one of {spec.envs}"
+            )
+        if not isinstance(figures, dict):
+            raise ValueError(f"{spec.path}: [output] reference.{env} = {figures!r}; expected a table")
+        for key, value in figures.items():
+            ok = (
+                isinstance(value, list)
+                and len(value) == 2
+                and all(isinstance(v, (int, float)) for v in value)
+            )
+            if key not in ("ep_ret", "ep_cost") or not ok:
+                raise ValueError(
+                    f"{spec.path}: [output] reference.{env}.{key} = {value!r}; expected ep_ret or ep_cost "
+                    "= [mean, std]"
+                )
+    return raw
 
 
 def aggregate_spec(spec: Spec, out: Path | None = None, plots: bool = True) -> Path:
@@ -311,7 +370,8 @@ def aggregate_spec(spec: Spec, out: Path | None = None, plots: bool = True) -> P
         write_csv(out / "curves.csv", curves)
         write_csv(out / "summary.csv", summarize(table, ("ep_ret", "ep_cost"), ("env", "method")))
         if plots:
-            plot_curves(curves, out)
+            limits = {run["env"]: limits_of(run["config"], [])[0] for run in found}
+            plot_curves(curves, out, limits, reference_figures(spec))
     return out
 
 

@@ -22,6 +22,7 @@ from benchmarks.aggregate import (
     aggregate_rows,
     aggregate_spec,
     read_csv,
+    reference_figures,
     stratified_bootstrap_ci,
 )
 from benchmarks.sweep import ROOT, is_finished, load_spec, plan, run_sweep, select_methods
@@ -132,6 +133,18 @@ def test_spec_errors_name_the_value(tmp_path):
         load_spec(_spec(tmp_path, "bad", TINY_META.replace("jobs = 2", "jobs = 0")))
 
 
+def test_reference_figures_are_checked(tmp_path):
+    spec = load_spec(_spec(tmp_path, "tiny", TINY_META))
+    good = {"label": "x", "safenav-button": {"ep_ret": [20.46, 1.38], "ep_cost": [28, 7.76]}}
+    assert reference_figures(replace(spec, output={"reference": good})) == good
+    assert reference_figures(spec) == {}
+    bad = {"safenav-button": {"ep_ret": [20.46]}}
+    with pytest.raises(ValueError, match=r"reference.safenav-button.ep_ret = \[20.46\]; expected"):
+        reference_figures(replace(spec, output={"reference": bad}))
+    with pytest.raises(ValueError, match="names env 'SafetyPointGoal1-v0'"):
+        reference_figures(replace(spec, output={"reference": {"SafetyPointGoal1-v0": {}}}))
+
+
 def test_select_methods_keeps_run_names_and_names_bad_values(tmp_path):
     spec = load_spec(_spec(tmp_path, "tiny", TINY_META))
     every = {r.name: r.settings for r in plan(spec)}
@@ -222,6 +235,9 @@ def test_sweep_resumes_after_interruption(tmp_path):
     tail = [float(r["ep_cost"]) for r in progress[-2:]]  # the last 10 % of 20 iterations
     assert float(row["ep_cost"]) == pytest.approx(np.mean(tail), rel=1e-5)
     assert (out / "curves.png").is_file()
+    published = {"label": "published", "safenav-goal": {"ep_ret": [1.0, 0.5], "ep_cost": [25.0, 2.0]}}
+    again = aggregate_spec(replace(spec, output={"reference": published}), tmp_path / "ref", plots=True)
+    assert (again / "curves.png").stat().st_size > 0 and read_csv(again / "runs.csv") == [row]
 
 
 def test_aggregate_rows_judges_channels_or_total(tmp_path):
