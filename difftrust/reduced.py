@@ -101,16 +101,8 @@ def solve_one(K: list[list[float]], b: list[float], delta: float, dtype: torch.d
     """One problem on the CPU by the enumeration in Python floats, as a batch of one (``w`` meaningless
     where ``active["code"]`` is ``NOT_CERTIFIED``: :func:`reduced_forward` then falls back)."""
     sol = solve_active_set_python(K, b, delta)
-    m1 = len(K)
-    flat = torch.tensor([sol["w"][0] + sol["lam"] + sol["nu"][0]], dtype=dtype)  # one tensor, three views
-    return ReducedBatch(
-        flat[:, :m1],
-        flat[:, m1],
-        flat[:, m1 + 1 :],
-        [CASE_NAMES.get(sol["code"][0], "")],
-        ["active-set"],
-        sol,
-    )
+    w, lam, nu = (torch.from_numpy(np.array(sol[k])).to(dtype) for k in ("w", "lam", "nu"))
+    return ReducedBatch(w, lam, nu, [CASE_NAMES.get(sol["code"][0], "")], ["active-set"], sol)
 
 
 def reduced_forward(K: Tensor, b: Tensor, delta: Tensor, solver: str, need_grad: bool) -> ReducedBatch:
