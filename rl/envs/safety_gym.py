@@ -131,7 +131,7 @@ def _always_contains(_obs: Any) -> bool:
 class _CachedYAML:
     """The ``yaml`` module as ``safety_gymnasium.world`` sees it, with ``load`` of a file remembered.
 
-    The package's ``World.build`` parses its constant ``configs/assets.yaml`` with PyYAML's
+    The package's ``World.build`` parses its constant assets file (YAML) with PyYAML's
     pure-Python loader on every reset (about 18 ms of a 31 ms reset). Here the first parse of a
     file is kept (per path, size and modification time) and each later call returns a deep copy
     of it: the same nested dicts, lists and scalars as a fresh parse, so the world, its XML and
@@ -164,11 +164,12 @@ def _cache_world_yaml(enabled: bool = True) -> None:
     if world is None:
         import_safety_gymnasium()
         import safety_gymnasium.world as world
-    current = world.yaml
+    names = vars(world)  # the module's globals: its ``yaml`` is the one World.build calls
+    current = names["yaml"]
     if enabled and not isinstance(current, _CachedYAML):
-        world.yaml = _CachedYAML(current)
+        names["yaml"] = _CachedYAML(current)
     elif not enabled and isinstance(current, _CachedYAML):
-        world.yaml = current._yaml
+        names["yaml"] = current._yaml
 
 
 class _SubEnv:
