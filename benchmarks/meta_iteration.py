@@ -139,6 +139,7 @@ def run_backend(cfg: MetaCPOConfig, iters: int, breakdown: bool) -> dict[str, An
     load_before = os.getloadavg()[0]
     trainer = MetaCPOTrainer(cfg)
     seconds: list[float] = []
+    cpu_seconds: list[float] = []  # of this process: the whole iteration with a serial backend
     phases: list[dict[str, float]] = []
     try:
         t0 = time.perf_counter()
@@ -147,15 +148,17 @@ def run_backend(cfg: MetaCPOConfig, iters: int, breakdown: bool) -> dict[str, An
         for _ in range(iters):
             raw: dict[str, float] = defaultdict(float)
             with timed_building_blocks(raw) if breakdown else contextlib.nullcontext():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 trainer.step()
                 seconds.append(time.perf_counter() - t0)
+                cpu_seconds.append(time.process_time() - c0)
             if breakdown:
                 phases.append(split(raw, seconds[-1]))
     finally:
         trainer.close()
     result = {"backend": cfg.backend, "workers": cfg.workers if cfg.backend != "serial" else 1}
     result |= {"median_s": statistics.median(seconds), "seconds": seconds, "warmup_s": warmup_s}
+    result |= {"median_cpu_s": statistics.median(cpu_seconds), "cpu_seconds": cpu_seconds}
     result |= {"load_before": load_before, "load_after": os.getloadavg()[0]}
     if breakdown:
         result["phases_median_s"] = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
@@ -211,7 +214,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     phase_rows = [
         {"phase": k, "seconds": v, "share": f"{v / phases['total']:.0%}"} for k, v in phases.items()
     ]
-    columns = "backend workers median_s speedup efficiency seconds load_before load_after".split()
+    columns = (
+        "backend workers median_s speedup efficiency seconds median_cpu_s load_before load_after".split()
+    )
     overhead_rows = [
         {"backend": b, **o, **{f"predicted x{w}": s for w, s in predicted[b].items()}}
         for b, o in overheads.items()
