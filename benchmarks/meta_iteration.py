@@ -225,8 +225,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         common.table("Serial, one process: where the time goes", phase_rows),
         common.table("Backends: seconds per meta-iteration", runs, columns),
         common.table("Targets", targets),
-        common.table("Per-job overhead (ms) and predicted speed-up", overhead_rows),
     ]
+    if overhead_rows:  # parallel backends were measured
+        tables.append(common.table("Per-job overhead (ms) and predicted speed-up", overhead_rows))
     stem = args.out / ("meta_iteration_quick" if args.quick else "meta_iteration")
     title = (
         f"One Meta-CPO meta-iteration: {cfg.env}, M {cfg.meta_batch}, K {cfg.inner_steps}, {sampled} steps"
