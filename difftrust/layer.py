@@ -99,7 +99,7 @@ class _Record:
     solver: str
     metric: list[Metric] | None  # operator metrics: one per problem
     cg_iters: int
-    cg_tol: float
+    cg_tol: float | None  # None: truncated conjugate gradient (cg_iters iterations are the method)
     strict: bool
     need_grad: bool = True
     batched: bool = True  # False: the caller's unbatched tensors, reshaped to a batch of one in forward
@@ -239,7 +239,7 @@ def _solve_H(rec: _Record, R: Tensor, tensors: tuple[Tensor, ...]) -> tuple[Tens
         rhs = R.permute(1, 0, 2).reshape(n, Bsz * k)
     res = conjugate_gradient(matvec, rhs, max_iter=rec.cg_iters, tol=rec.cg_tol)
     worst = float(res.residuals.max()) if res.residuals.numel() else 0.0
-    if worst > rec.cg_tol:
+    if rec.cg_tol is not None and worst > rec.cg_tol:
         msg = (
             f"conjugate gradient did not reach its tolerance cg_tol = {rec.cg_tol:.1e} in cg_iters = "
             f"{rec.cg_iters} iterations: worst relative residual {worst:.3e} (metric "
@@ -674,7 +674,7 @@ def trust_region_step(
     delta: float | Tensor = 0.01,
     solver: Solver = "auto",
     cg_iters: int = 10,
-    cg_tol: float = 1e-10,
+    cg_tol: float | None = 1e-10,
     strict: bool = False,
 ) -> StepResult:
     """Functional form of :class:`TrustRegionStep` (same arguments); returns a :class:`StepResult`."""
@@ -697,13 +697,35 @@ def trust_region_step(
     return StepResult(x, lam[0], nu[0], state.cases[0], rec.cg_residuals, w[0], K[0], state.solvers[0])
 
 
+def _check_cg(cg_iters: Any, cg_tol: Any) -> float | None:
+    """``cg_tol`` as a float (or ``None``: truncated conjugate gradient), after checking both."""
+    if isinstance(cg_iters, bool) or not isinstance(cg_iters, int) or cg_iters < 1:
+        raise ValueError(f"cg_iters must be a positive int, got {cg_iters!r}")
+    if cg_tol is None:
+        return None
+    if isinstance(cg_tol, bool) or not (isinstance(cg_tol, (int, float)) and cg_tol >= 0):
+        raise ValueError(
+            f"cg_tol must be a float >= 0 or None (truncated conjugate gradient), got {cg_tol!r}"
+        )
+    return float(cg_tol)
+
+
 def _step(
-    g: Any, A: Any, b: Any, metric: Any, delta: Any, solver: Any, cg_iters: int, cg_tol: float, strict: bool
+    g: Any,
+    A: Any,
+    b: Any,
+    metric: Any,
+    delta: Any,
+    solver: Any,
+    cg_iters: int,
+    cg_tol: float | None,
+    strict: bool,
 ) -> tuple[Tensor, _Record, bool]:
     """The step (``(B, n)``, or ``(n,)`` for unbatched input), the forward's record and whether the
     input was batched."""
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {list(SOLVERS)}, got {solver!r}")
+    cg_tol = _check_cg(cg_iters, cg_tol)
     g2, A3, b2, batched, m = _normalise_inputs(g, A, b)
     check_solver(solver, m)
     kind, metric_obj, tensors = _normalise_metric(metric, g2, batched)
@@ -731,7 +753,11 @@ class TrustRegionStep(nn.Module):
             every m). Problems the active-set solver cannot certify (degenerate geometry) fall back
             to the closed form (m <= 1) or the conic backend.
         cg_iters: Conjugate-gradient iterations for operator metrics.
-        cg_tol: Relative residual tolerance of conjugate gradient.
+        cg_tol: Relative residual tolerance of conjugate gradient, or ``None`` for truncated
+            conjugate gradient as TRPO and CPO define their step: ``cg_iters`` iterations are the
+            method (stopping earlier only below ``difftrust.cg.TRUNCATED_TOL``, so the numbers are
+            those of ``cg_tol = 1e-10``), and a residual left above it is neither warned about nor
+            raised (every solve's residuals stay in :attr:`StepResult.cg_residuals`).
         strict: Raise (instead of warning with :class:`CGNotConvergedWarning`) when conjugate
             gradient does not reach ``cg_tol``.
 
@@ -763,21 +789,18 @@ class TrustRegionStep(nn.Module):
         delta: float | Tensor = 0.01,
         solver: Solver = "auto",
         cg_iters: int = 10,
-        cg_tol: float = 1e-10,
+        cg_tol: float | None = 1e-10,
         strict: bool = False,
     ):
         super().__init__()
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {list(SOLVERS)}, got {solver!r}")
-        if isinstance(cg_iters, bool) or not isinstance(cg_iters, int) or cg_iters < 1:
-            raise ValueError(f"cg_iters must be a positive int, got {cg_iters!r}")
-        if not (isinstance(cg_tol, (int, float)) and cg_tol >= 0):
-            raise ValueError(f"cg_tol must be a float >= 0, got {cg_tol!r}")
+        tol = _check_cg(cg_iters, cg_tol)
         _check_delta(delta, torch.zeros((), dtype=torch.float64))
         self.delta = delta
         self.solver = solver
         self.cg_iters = cg_iters
-        self.cg_tol = float(cg_tol)
+        self.cg_tol = tol
         self.strict = bool(strict)
 
     def solve(

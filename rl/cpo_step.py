@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import math
 import uuid
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -54,7 +53,6 @@ import torch
 from torch import Tensor
 
 from difftrust import (
-    CGNotConvergedWarning,
     FisherMetric,
     Metric,
     OperatorMetric,
@@ -63,7 +61,6 @@ from difftrust import (
     conjugate_gradient,
     solve_reduced,
 )
-from difftrust.cg import TRUNCATED_TOL
 from rl.policy import GaussianPolicy
 from rl.rollout import Batch
 from rl.runtime.parallel import worker_state
@@ -72,8 +69,6 @@ __all__ = [
     "Direction",
     "RepeatedProducts",
     "ReusedFisherMetric",
-    "TRUNCATED_CG_TOL",
-    "TruncatedCGStep",
     "backtrack",
     "confidence_z",
     "cost_offsets",
@@ -170,51 +165,6 @@ def sum_cost_channels(batch: Batch) -> Batch:
         cost_channels=("total",),
         episode_costs=None if batch.episode_costs is None else batch.episode_costs.sum(-1, keepdims=True),
     )
-
-
-# ------------------------------------------------------------------------ truncated CG
-#: The residual at which :class:`TruncatedCGStep`'s conjugate gradient stops before its
-#: ``cg_iters`` iterations (the layer's default tolerance: with a Fisher metric and 10-15
-#: iterations it is practically never reached).
-TRUNCATED_CG_TOL = TRUNCATED_TOL
-
-
-def _cg_tol(step: TrustRegionStep) -> float | None:
-    """The ``tol`` of :func:`difftrust.conjugate_gradient` for a solve of ``step``'s: ``None``
-    (truncated conjugate gradient, the same numbers as ``TRUNCATED_CG_TOL``) for a
-    :class:`TruncatedCGStep`, else its ``cg_tol``."""
-    return None if isinstance(step, TruncatedCGStep) else step.cg_tol
-
-
-class TruncatedCGStep(TrustRegionStep):
-    """:class:`difftrust.TrustRegionStep` whose conjugate gradient is truncated at ``cg_iters``
-    iterations, as TRPO and CPO define their step: a residual above the tolerance at the end is the
-    method, not a failure, so the layer's :class:`difftrust.CGNotConvergedWarning` is not shown
-    for its forward solves (each solve's residuals stay in :attr:`difftrust.StepResult.cg_residuals`;
-    :func:`cpo_update` reports the worst as ``cg_residual``, ``rl.cpo`` writes it to progress.csv).
-    It stops earlier only below :data:`TRUNCATED_CG_TOL`; otherwise it is the layer, unchanged.
-
-    A :class:`difftrust.TrustRegionStep` with a ``cg_tol`` of one's own still warns when it is
-    missed. difftrust warns once per metric type, ``cg_iters`` and ``cg_tol`` in a process, and
-    counts the solves of this class too: a plain step with ``cg_tol = TRUNCATED_CG_TOL`` and the
-    same ``cg_iters`` in the same process after one of these is not warned about.
-    """
-
-    def __init__(self, delta: float | Tensor = 0.01, solver: str = "auto", cg_iters: int = 10) -> None:
-        super().__init__(delta=delta, solver=solver, cg_iters=cg_iters, cg_tol=TRUNCATED_CG_TOL)
-
-    def solve(self, *args: Any, **kwargs: Any) -> StepResult:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CGNotConvergedWarning)
-            return super().solve(*args, **kwargs)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CGNotConvergedWarning)
-            return super().forward(*args, **kwargs)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + ", truncated"
 
 
 # ---------------------------------------------------------------------------- the metric
@@ -539,7 +489,7 @@ def _optimism(
         sol = rhs
     else:
         operator = metric.operator(*[t.detach() for t in metric.tensors])
-        cg = conjugate_gradient(operator, rhs, max_iter=step.cg_iters, tol=_cg_tol(step))
+        cg = conjugate_gradient(operator, rhs, max_iter=step.cg_iters, tol=step.cg_tol)
         sol, residuals = cg.x, cg.residuals
     N = D[1:] @ sol  # rows: constraints; N[:, 1:] = D_a' H^-1 D_a (symmetrised), N[:, 0] = D_a' H^-1 D_g
     N = torch.cat([(sol.T @ D[0]).unsqueeze(1), (N + N.T) / 2], 1)

@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeVar
 import torch
 
 from difftrust import TrustRegionStep
-from rl.cpo_step import TruncatedCGStep, sum_cost_channels
+from rl.cpo_step import sum_cost_channels
 from rl.rollout import Batch
 from rl.runtime.config import ConfigError
 
@@ -136,10 +136,8 @@ class TrustRegionSettings:
     )
 
     def step(self, delta: float) -> TrustRegionStep:
-        """The trust-region layer of size ``delta`` with these CG settings: a
-        :class:`rl.cpo_step.TruncatedCGStep` without ``cg_tol``."""
-        if self.cg_tol is None:
-            return TruncatedCGStep(delta=delta, cg_iters=self.cg_iters)
+        """The trust-region layer of size ``delta`` with these CG settings (``cg_tol`` none:
+        truncated conjugate gradient, ``cg_iters`` iterations and no convergence warning)."""
         return TrustRegionStep(delta=delta, cg_iters=self.cg_iters, cg_tol=self.cg_tol)
 
     def update_options(self) -> dict[str, Any]:

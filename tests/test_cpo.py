@@ -777,10 +777,10 @@ def test_cpo_update_looks_up_the_plain_solves_products_with_the_same_numbers():
     (as many as the plain solve computed), and the update is bit for bit the one that computes
     every product; expected_improve uses the direction's g, equal to a fresh gradient."""
     from difftrust import OperatorMetric
-    from rl.cpo_step import TruncatedCGStep, direction, fisher_metric
+    from rl.cpo_step import direction, fisher_metric
 
     pi, params, batch = _two_env_batch(n_cost=2)
-    step = TruncatedCGStep(delta=DELTA, cg_iters=8)
+    step = TrustRegionStep(delta=DELTA, cg_iters=8, cg_tol=None)
     limits = [25.0, 24.0]
     product = pi.fisher_product(params, batch.obs)
     computing = OperatorMetric(lambda v: product(v), damping=DAMPING)
@@ -805,11 +805,10 @@ def test_truncated_cg_is_not_warned_about_and_a_tolerance_of_ones_own_is(tmp_pat
     from dataclasses import replace
 
     from difftrust import CGNotConvergedWarning
-    from rl.cpo_step import TruncatedCGStep
 
     pi, params, batch = _two_env_batch()
     truncated = CPOConfig(cg_iters=2).step(DELTA)
-    assert isinstance(truncated, TruncatedCGStep)
+    assert type(truncated) is TrustRegionStep and truncated.cg_tol is None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _, info = cpo_update(pi, params, batch, 25.0, truncated, damping=DAMPING, debias=True)
@@ -832,10 +831,10 @@ def test_differentiable_direction_reuses_constant_fisher_products_with_the_same_
     operator and the corrected step's conjugate gradient looks up the uncorrected one's products;
     the step, its diagnostics and its gradient are bit for bit those of the plain metric."""
     from difftrust import FisherMetric
-    from rl.cpo_step import ReusedFisherMetric, TruncatedCGStep, direction, fisher_metric
+    from rl.cpo_step import ReusedFisherMetric, direction, fisher_metric
 
     pi, params, batch = _two_env_batch(n_cost=2)
-    step = TruncatedCGStep(delta=DELTA, cg_iters=8)
+    step = TrustRegionStep(delta=DELTA, cg_iters=8, cg_tol=None)
     runs = []
     for metric_type in (FisherMetric, ReusedFisherMetric):
         theta = params.detach().clone().requires_grad_(True)
@@ -862,11 +861,12 @@ def test_differentiable_direction_reuses_constant_fisher_products_with_the_same_
 
 
 def test_the_optimism_solve_of_a_truncated_step_is_truncated_conjugate_gradient():
-    """``_optimism`` hands difftrust's conjugate gradient ``tol=None`` for a TruncatedCGStep (no
-    tolerance to meet): the same numbers as the tolerance 1e-10 it used to pass."""
+    """``_optimism`` hands difftrust's conjugate gradient ``tol=None`` for a step with ``cg_tol``
+    none (no tolerance to meet): the same numbers as the tolerance 1e-10 it used to pass."""
     from difftrust import conjugate_gradient as real_cg
+    from difftrust.cg import TRUNCATED_TOL
     from rl import cpo_step
-    from rl.cpo_step import TRUNCATED_CG_TOL, TruncatedCGStep, _optimism, half_gradients
+    from rl.cpo_step import _optimism, half_gradients
 
     pi, params, batch = _two_env_batch(n_cost=2)
     metric = cpo_step.fisher_metric(pi, params, batch.obs, DAMPING)
@@ -874,8 +874,8 @@ def test_the_optimism_solve_of_a_truncated_step_is_truncated_conjugate_gradient(
     b = cost_offsets(batch, [25.0, 24.0], params.dtype)
     tols, outs = [], []
     for step in (
-        TruncatedCGStep(delta=DELTA, cg_iters=4),
-        TrustRegionStep(DELTA, cg_iters=4, cg_tol=TRUNCATED_CG_TOL),
+        TrustRegionStep(delta=DELTA, cg_iters=4, cg_tol=None),
+        TrustRegionStep(DELTA, cg_iters=4, cg_tol=TRUNCATED_TOL),
     ):
 
         def cg(*args, **kwargs):
@@ -887,5 +887,5 @@ def test_the_optimism_solve_of_a_truncated_step_is_truncated_conjugate_gradient(
             outs.append(_optimism(*halves, b, metric, step, 5, None))
         finally:
             cpo_step.conjugate_gradient = saved
-    assert tols == [None, TRUNCATED_CG_TOL]
+    assert tols == [None, TRUNCATED_TOL]
     assert _same(list(outs[0]), list(outs[1])) and float(outs[0][2].max()) > 1e-8  # truncated, recorded

@@ -413,6 +413,41 @@ def test_cg_not_converged_warns_with_residual_or_raises_when_strict():
         TrustRegionStep(delta=0.01, cg_iters=2, strict=True).solve(g, a, -0.01, metric)
 
 
+def test_truncated_cg_tol_none_gives_the_numbers_of_1e_10_and_never_warns():
+    """``cg_tol=None`` is truncated conjugate gradient: the step, its diagnostics and its gradients are
+    bit for bit those of ``cg_tol=1e-10`` (the early stop), nothing is warned or raised (``strict``
+    included), and the once-per-process warning of a tolerance that is missed is left for it."""
+    from difftrust import CGNotConvergedWarning, OperatorMetric
+
+    scale = torch.logspace(0, 6, 4, dtype=torch.float64)
+    a = _f64(0.3, -0.2, 0.4, 0.1)
+    outs = []
+    for tol in (None, 1e-10):
+        g = _f64(1.0, 2.0, 0.5, -1.0).requires_grad_(True)
+        metric = OperatorMetric(lambda v: scale * v)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore" if tol is not None else "error")
+            res = trust_region_step(
+                g, a, -0.01, metric, delta=0.01, cg_iters=3, cg_tol=tol, strict=tol is None
+            )
+            (grad,) = torch.autograd.grad((res.x * _f64(1.0, -2.0, 3.0, 0.5)).sum(), g)
+        outs.append((res.x.detach(), res.lam, res.nu, res.cg_residuals, grad))
+    assert float(outs[0][3].max()) > 1e-3  # far from converged: truncated, recorded
+    assert all(torch.equal(u, v) for u, v in zip(*outs, strict=True))
+    with pytest.warns(CGNotConvergedWarning, match=r"cg_tol = 2\.5e-11 in cg_iters = 3"):
+        TrustRegionStep(delta=0.01, cg_iters=3, cg_tol=2.5e-11).solve(
+            g, a, -0.01, OperatorMetric(lambda v: scale * v)
+        )
+    assert TrustRegionStep(cg_tol=None).cg_tol is None and "cg_tol=None" in repr(TrustRegionStep(cg_tol=None))
+    for bad in (-1.0, "1e-10", True, math.nan):
+        with pytest.raises(ValueError, match=r"cg_tol must be a float >= 0 or None \(truncated"):
+            TrustRegionStep(cg_tol=bad)
+        with pytest.raises(ValueError, match="cg_tol must be a float >= 0 or None"):
+            trust_region_step(_f64(1.0, 0.0), cg_tol=bad)
+    with pytest.raises(ValueError, match="cg_iters must be a positive int, got 0"):
+        trust_region_step(_f64(1.0, 0.0), cg_iters=0)
+
+
 def test_batch_of_size_zero_half_precision_and_double_backward_are_named():
     step = TrustRegionStep(delta=0.01)
     z = torch.zeros
