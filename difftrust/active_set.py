@@ -322,6 +322,22 @@ def _subsets_np(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 _SUBSETS_NP: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
+def _violation_np(
+    row: np.ndarray, mult: np.ndarray, S: np.ndarray, v: np.ndarray, Kv: np.ndarray, ok: np.ndarray
+) -> np.ndarray:
+    """KKT violation of every candidate: inactive rows feasible, active rows tight with
+    multipliers >= 0 (relative to their largest), the trust region tight (``v'Kv = 1``); ``inf``
+    where the candidate is not ``ok`` or not finite."""
+    scale = np.maximum(_rowmax_np(np.abs(mult)), 1.0)[..., None]
+    viol = np.maximum(
+        _rowmax_np(
+            np.maximum((1 - S) * np.maximum(row, 0), S * (np.abs(row) + np.maximum(-mult / scale, 0)))
+        ),
+        np.abs((v * Kv).sum(-1) - 1),
+    )
+    return np.where(ok & np.isfinite(viol), viol, np.inf)
+
+
 def _rowmax_np(x: np.ndarray) -> np.ndarray:
     return x.max(-1) if x.shape[-1] else np.zeros(x.shape[:-1])
 
@@ -451,14 +467,7 @@ def _solve_active_set_numpy(K: np.ndarray, b: np.ndarray, delta: np.ndarray, wit
     vA = np.concatenate([np.ones((B, C, 1)), -nuA], -1) / lamA[..., None]
     KvA = _matvec_np(Kn, vA)
     rowA = (beta_c + KvA[..., 1:]) / bscale
-    nscale = np.maximum(_rowmax_np(np.abs(nuA)), 1.0)[..., None]
-    violA = np.maximum(
-        _rowmax_np(
-            np.maximum((1 - S) * np.maximum(rowA, 0), S * (np.abs(rowA) + np.maximum(-nuA / nscale, 0)))
-        ),
-        np.abs((vA * KvA).sum(-1) - 1),
-    )
-    violA = np.where(okA & np.isfinite(violA), violA, np.inf)
+    violA = _violation_np(rowA, nuA, S, vA, KvA, okA)
 
     ar = np.arange(B)
     iA = violA.argmin(1)
@@ -480,14 +489,7 @@ def _solve_active_set_numpy(K: np.ndarray, b: np.ndarray, delta: np.ndarray, wit
         vR = np.concatenate([np.zeros((B, C, 1)), -uR], -1)
         KvR = _matvec_np(Kn, vR)
         rowR = (beta_c + KvR[..., 1:] - tR[..., None] * omega[:, None, :]) / bscale
-        mscale = np.maximum(_rowmax_np(np.abs(muR)), 1.0)[..., None]
-        violR = np.maximum(
-            _rowmax_np(
-                np.maximum((1 - S) * np.maximum(rowR, 0), S * (np.abs(rowR) + np.maximum(-muR / mscale, 0)))
-            ),
-            np.abs((vR * KvR).sum(-1) - 1),
-        )
-        violR = np.where(okR & np.isfinite(violR), violR, np.inf)
+        violR = _violation_np(rowR, muR, S, vR, KvR, okR)
         iR = violR.argmin(1)
         certR = ~certA & (violR[ar, iR] <= KKT_TOL) & (tR[ar, iR] > 0)
         rec = certR
