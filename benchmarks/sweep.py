@@ -23,11 +23,23 @@ run's full settings are in ``configs/<run>.json`` and its ``config.json``. A fin
 (rl.meta_cpo: ``adaptation.csv``; rl.cpo: every iteration of ``steps`` in ``progress.csv``) is
 skipped, a started one continues with ``--resume`` (its folder pins its settings; raising an
 rl.cpo spec's ``steps`` extends its finished runs). A lock file keeps a second runner out; wall
-seconds per run go to ``timings.json``; Ctrl-C or SIGTERM stops the runs at their last checkpoint::
+seconds per run go to ``timings.json``; the commit of the code that ran each piece to
+``code.txt``; Ctrl-C or SIGTERM stops the runs at their last checkpoint::
 
     nice -n 10 .venv/bin/python -m benchmarks.sweep benchmarks/specs/adaptation.toml --jobs 2
     .venv/bin/python -m benchmarks.sweep adaptation --dry-run   # the plan and the state of each run
     .venv/bin/python -m benchmarks.sweep paper --methods meta-cpo,meta-trpo   # part of the grid first
+
+A sweep outlives the machine it ran on through its *state*, a small folder meant for git: every
+run's ``config.json`` and CSVs, the newest checkpoint of each run that may continue, and the sweep's
+pinned settings, configs, timings and ``code.txt``. ``--save-state DIR`` writes it to
+``DIR/<spec>/`` (atomically: a new folder renamed into place); ``--restore-state DIR`` copies back
+the runs that the sweep folder lacks, after checking that the code running is the code that ran
+(``code.txt``), and the next call continues them::
+
+    .venv/bin/python -m benchmarks.sweep paper --save-state benchmarks/state    # then commit it
+    git worktree add ../sweep <the commit in benchmarks/state/paper/code.txt>  # on a new machine
+    cd ../sweep && .venv/bin/python -m benchmarks.sweep paper --restore-state ../main/benchmarks/state
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -48,6 +61,7 @@ from typing import Any
 
 from rl.cpo import CPOConfig
 from rl.meta_cpo import ALGOS, MetaCPOConfig
+from rl.runtime.checkpoint import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"rl.meta_cpo": MetaCPOConfig, "rl.cpo": CPOConfig}
@@ -240,6 +254,121 @@ def command(spec: Spec, run: Run) -> tuple[list[str], str]:
     return [*head, "--config", str(config), "--out", str(run_dir)], "started"
 
 
+def code_commit(where: Path = ROOT) -> str:
+    """The git commit of the code at ``where`` (``+dirty`` when tracked files differ from it), or
+    ``unknown`` outside a git checkout."""
+    git = ["git", "-C", str(where)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def _record_code(sweep: Path) -> None:
+    """Append the running code's commit to ``code.txt`` unless it is already the last one."""
+    path, commit = sweep / "code.txt", code_commit()
+    lines = path.read_text().split() if path.is_file() else []
+    if not lines or lines[-1] != commit:
+        with open(path, "a") as f:
+            f.write(commit + "\n")
+
+
+def _state_commit(state: Path) -> str | None:
+    path = state / "code.txt"
+    return path.read_text().split()[-1] if path.is_file() and path.read_text().split() else None
+
+
+def save_state(spec: Spec, dest: str | Path) -> Path:
+    """Write what continues ``spec``'s sweep on another machine to ``dest/<spec>/`` and return it.
+
+    Per run folder: ``config.json``, every CSV, and its newest checkpoint that loads, except for a
+    finished rl.meta_cpo run (a re-test of it needs the run folder itself) (copied before the CSVs, so ``progress.csv`` holds at least the checkpoint's rows; resume
+    cuts the rows after it). Per sweep: ``settings.json``, ``configs/``, ``timings.json`` and
+    ``code.txt`` (if the runner did not write one, the commit of the checkout holding the runs).
+    The folder is built beside its destination and renamed into place, so a reader sees the old
+    state or the new one. Raises ``FileNotFoundError`` when the sweep has no run yet.
+    """
+    sweep, dest = spec.sweep_dir, Path(dest) / spec.name
+    runs = [r for r in plan(spec) if (sweep / r.name / "config.json").is_file()]
+    if not runs:
+        raise FileNotFoundError(f"{sweep}: no started run of spec {spec.name!r} to save")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    new = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=dest.parent))
+    try:
+        for name in ("settings.json", "timings.json", "code.txt"):
+            if (sweep / name).is_file():
+                shutil.copy2(sweep / name, new / name)
+        if not (new / "code.txt").is_file():
+            (new / "code.txt").write_text(code_commit(sweep) + "\n")
+        if (sweep / "configs").is_dir():
+            shutil.copytree(sweep / "configs", new / "configs")
+        for run in runs:
+            src, out = sweep / run.name, new / run.name
+            out.mkdir()
+            # a finished rl.meta_cpo run needs none (rl.cpo's may be extended by a larger steps)
+            if spec.program == "rl.cpo" or not is_finished(src):
+                ckpt = latest_checkpoint(src)
+                if ckpt is not None:
+                    shutil.copy2(ckpt, out / ckpt.name)
+            for path in [src / "config.json", *sorted(src.glob("*.csv"))]:
+                shutil.copy2(path, out / path.name)
+        old = dest.with_name(f".{spec.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if dest.exists():
+            dest.rename(old)
+        new.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+    return dest
+
+
+def restore_state(spec: Spec, source: str | Path) -> list[str]:
+    """Copy back from ``source/<spec>/`` (made by :func:`save_state`) every run that the sweep
+    folder lacks, and the sweep's settings, configs and timings where missing; runs already there
+    are left as they are. Returns the names of the restored runs.
+
+    Raises:
+        FileNotFoundError: ``source`` holds no state of this spec.
+        RuntimeError: the code running is not the code that ran the state (its ``code.txt``); the
+            message names both commits and how to check the right one out.
+    """
+    state, sweep = Path(source) / spec.name, spec.sweep_dir
+    if not state.is_dir():
+        raise FileNotFoundError(f"{state}: no saved state of spec {spec.name!r} (made by --save-state)")
+    ran, running = _state_commit(state), code_commit()
+    if ran is None or ran != running:
+        raise RuntimeError(
+            f"{state} was run by code {ran or '(not recorded)'}, this is code {running}; continue it with "
+            f"the same code: git worktree add <folder> {(ran or '<commit>').removesuffix('+dirty')}, and run "
+            "python -m benchmarks.sweep from that folder's root"
+        )
+    lock = _lock(sweep)
+    try:
+        for name in ("settings.json", "timings.json", "code.txt"):
+            if (state / name).is_file() and not (sweep / name).is_file():
+                shutil.copy2(state / name, sweep / name)
+        if (state / "configs").is_dir():
+            shutil.copytree(state / "configs", sweep / "configs", dirs_exist_ok=True)
+        restored = []
+        for run in plan(spec):
+            src, dst = state / run.name, sweep / run.name
+            if not (src / "config.json").is_file() or (dst / "config.json").is_file():
+                continue
+            partial = dst.with_name(dst.name + ".copying")
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(src, partial)
+            shutil.rmtree(dst, ignore_errors=True)
+            partial.rename(dst)
+            restored.append(run.name)
+    finally:
+        lock.close()
+    return restored
+
+
 def _lock(sweep: Path):
     """The sweep's lock file, held (a second runner, or a run of the first, refuses to start)."""
     sweep.mkdir(parents=True, exist_ok=True)
@@ -259,6 +388,7 @@ def run_sweep(spec: Spec, jobs: int | None = None, poll_s: float = 30.0) -> int:
     jobs, sweep, runs = jobs or spec.jobs, spec.sweep_dir, plan(spec)
     lock = _lock(sweep)
     (sweep / "logs").mkdir(exist_ok=True)
+    _record_code(sweep)
     finished = lambda run: is_finished(sweep / run.name, run.settings.get("steps"))
     todo = [r for r in runs if not finished(r)]
     timings_path = sweep / "timings.json"
@@ -362,6 +492,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the runs and their state, run nothing")
     parser.add_argument("--poll", type=float, default=30.0, help="seconds between progress lines")
     parser.add_argument(
+        "--runs-dir", default=None, help="the folder of the sweep folders (default: the spec's runs_dir)"
+    )
+    state = parser.add_mutually_exclusive_group()
+    state.add_argument(
+        "--save-state", metavar="DIR", help="write the sweep's state to DIR/<spec>/ (for git), run nothing"
+    )
+    state.add_argument(
+        "--restore-state", metavar="DIR", help="copy back the runs missing here from DIR/<spec>/, run nothing"
+    )
+    parser.add_argument(
         "--methods",
         default=None,
         help="run only these methods of the spec, comma-separated (default: all; the others stay for later)",
@@ -373,6 +513,18 @@ def main(argv: list[str] | None = None) -> None:
         spec = select_methods(load_spec(args.spec), args.methods)
     except ValueError as err:
         parser.error(str(err))
+    if args.runs_dir is not None:
+        spec.runs_dir = Path(args.runs_dir).resolve()
+    if args.save_state or args.restore_state:
+        try:
+            if args.save_state:
+                print(f"saved: {save_state(spec, args.save_state)}")
+            else:
+                restored = restore_state(spec, args.restore_state)
+                print(f"restored {len(restored)} runs into {spec.sweep_dir}: {', '.join(restored) or 'none'}")
+        except (FileNotFoundError, RuntimeError) as err:
+            sys.exit(str(err))
+        return
     if args.dry_run:
         for run in plan(spec):
             run_dir = spec.sweep_dir / run.name

@@ -25,7 +25,17 @@ from benchmarks.aggregate import (
     reference_figures,
     stratified_bootstrap_ci,
 )
-from benchmarks.sweep import ROOT, is_finished, load_spec, plan, run_sweep, select_methods
+from benchmarks.sweep import (
+    ROOT,
+    code_commit,
+    is_finished,
+    load_spec,
+    plan,
+    restore_state,
+    run_sweep,
+    save_state,
+    select_methods,
+)
 
 TINY_META = """
 program = "rl.meta_cpo"
@@ -83,7 +93,7 @@ checkpoint_every = 1
 
 def _spec(tmp_path: Path, name: str, text: str) -> Path:
     path = tmp_path / "specs" / f"{name}.toml"
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.format(runs=tmp_path / "runs"))
     return path
 
@@ -320,3 +330,44 @@ def test_score_matrix_orders_numbers_as_numbers():
     # iterations and task ids come from CSV as strings: "10" must follow "9", not "1"
     rows = [{"seed": s, "task_id": str(t), "x": 10 * s + t} for s in (0, 1) for t in (10, 2, 1, 9)]
     assert _matrix(rows, "x").tolist() == [[1, 2, 9, 10], [11, 12, 19, 20]]
+
+
+@pytest.mark.slow
+def test_sweep_state_continues_a_run_on_another_machine(tmp_path):
+    # a run of 1,000 steps saved as state, restored into an empty runs folder (a new machine) and
+    # extended to 2,000 steps gives the rows of an uninterrupted 2,000-step run, bit for bit
+    short = TINY_CPO.replace("steps = 2000", "steps = 1000")
+    first = load_spec(_spec(tmp_path / "a", "cpo", short))
+    assert run_sweep(first) == 0
+    state = save_state(first, tmp_path / "state")
+    (run,) = [p for p in state.iterdir() if p.is_dir() and p.name != "configs"]
+    assert sorted(p.suffix for p in run.iterdir()) == [".csv", ".json", ".pt"]
+    assert (state / "code.txt").read_text().split()[-1] == code_commit()
+
+    moved = load_spec(_spec(tmp_path / "b", "cpo", TINY_CPO))
+    assert restore_state(moved, tmp_path / "state") == [run.name]
+    assert restore_state(moved, tmp_path / "state") == []  # runs already there are left alone
+    assert run_sweep(moved) == 0
+    assert "resumed:" in (moved.sweep_dir / "logs" / f"{run.name}.log").read_text()
+
+    whole = load_spec(_spec(tmp_path / "c", "cpo", TINY_CPO))
+    assert run_sweep(whole) == 0
+    timing = ("seconds", "sample_seconds", "update_seconds")
+    rows = [
+        [
+            {k: v for k, v in r.items() if k not in timing}
+            for r in read_csv(s.sweep_dir / run.name / "progress.csv")
+        ]
+        for s in (moved, whole)
+    ]
+    assert len(rows[0]) == 20 and rows[0] == rows[1]
+
+    (state / "code.txt").write_text("0123abc\n")
+    with pytest.raises(
+        RuntimeError, match="run by code 0123abc, this is code .*git worktree add <folder> 0123abc"
+    ):
+        restore_state(load_spec(_spec(tmp_path / "d", "cpo", TINY_CPO)), tmp_path / "state")
+    with pytest.raises(FileNotFoundError, match="no saved state of spec 'cpo'"):
+        restore_state(moved, tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="no started run of spec 'cpo'"):
+        save_state(load_spec(_spec(tmp_path / "e", "cpo", TINY_CPO)), tmp_path / "state")
