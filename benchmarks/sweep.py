@@ -35,11 +35,11 @@ run's ``config.json`` and CSVs, the newest checkpoint of each run that may conti
 pinned settings, configs, timings and ``code.txt``. ``--save-state DIR`` writes it to
 ``DIR/<spec>/`` (atomically: a new folder renamed into place); ``--restore-state DIR`` copies back
 the runs that the sweep folder lacks, after checking that the code running is the code that ran
-(``code.txt``), and the next call continues them::
+(``code.txt``), and the next call continues them (``benchmarks/state/README.md``)::
 
     .venv/bin/python -m benchmarks.sweep paper --save-state benchmarks/state    # then commit it
-    git worktree add ../sweep <the commit in benchmarks/state/paper/code.txt>  # on a new machine
-    cd ../sweep && .venv/bin/python -m benchmarks.sweep paper --restore-state ../main/benchmarks/state
+    git worktree add ../sweep "$(tail -1 benchmarks/state/paper/code.txt)"     # on a new machine
+    .venv/bin/python -m benchmarks.sweep paper --runs-dir ../sweep/runs/sweeps --restore-state benchmarks/state
 """
 
 from __future__ import annotations
@@ -328,7 +328,8 @@ def save_state(spec: Spec, dest: str | Path) -> Path:
 
 def restore_state(spec: Spec, source: str | Path) -> list[str]:
     """Copy back from ``source/<spec>/`` (made by :func:`save_state`) every run that the sweep
-    folder lacks, and the sweep's settings, configs and timings where missing; runs already there
+    folder lacks (checked against the commit of the checkout that holds the runs folder, or of this
+    code when it is in none), and the sweep's settings, configs and timings where missing; runs already there
     are left as they are. Returns the names of the restored runs.
 
     Raises:
@@ -339,10 +340,15 @@ def restore_state(spec: Spec, source: str | Path) -> list[str]:
     state, sweep = Path(source) / spec.name, spec.sweep_dir
     if not state.is_dir():
         raise FileNotFoundError(f"{state}: no saved state of spec {spec.name!r} (made by --save-state)")
-    ran, running = _state_commit(state), code_commit()
+    # the code that will run it: the checkout holding the runs folder (a worktree pinned at the
+    # sweep's commit, restored into by a newer checkout's runner), else this one
+    where = next(p for p in (spec.runs_dir, *spec.runs_dir.parents) if p.is_dir())
+    where = where if code_commit(where) != "unknown" else ROOT
+    ran, running = _state_commit(state), code_commit(where)
     if ran is None or ran != running:
         raise RuntimeError(
-            f"{state} was run by code {ran or '(not recorded)'}, this is code {running}; continue it with "
+            f"{state} was run by code {ran or '(not recorded)'}, the checkout {where} is code {running}; "
+            "continue it with "
             f"the same code: git worktree add <folder> {(ran or '<commit>').removesuffix('+dirty')}, and run "
             "python -m benchmarks.sweep from that folder's root"
         )

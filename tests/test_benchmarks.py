@@ -364,7 +364,7 @@ def test_sweep_state_continues_a_run_on_another_machine(tmp_path):
 
     (state / "code.txt").write_text("0123abc\n")
     with pytest.raises(
-        RuntimeError, match="run by code 0123abc, this is code .*git worktree add <folder> 0123abc"
+        RuntimeError, match="run by code 0123abc, the checkout .* is code .*git worktree add <folder> 0123abc"
     ):
         restore_state(load_spec(_spec(tmp_path / "d", "cpo", TINY_CPO)), tmp_path / "state")
     with pytest.raises(FileNotFoundError, match="no saved state of spec 'cpo'"):
