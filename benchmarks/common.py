@@ -7,10 +7,14 @@ A script writes its numbers to ``<stem>.json`` and the same numbers as Markdown 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import multiprocessing
 import os
 import platform
+import sys
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,21 @@ def one_thread() -> None:
     """One BLAS thread in the processes started from here (torch: ``torch.set_num_threads(1)``)."""
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(key, "1")
+
+
+def in_fresh_process(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a new interpreter (spawned, one thread), so that each setting of a
+    benchmark is measured alone, with nothing left over from the ones before it (a process that had
+    run the serial and the processes backends of a Meta-CPO iteration could no longer fork Ray's
+    servers: ENOMEM). ``fn`` is sent by its importable name, not as ``__main__``'s (Ray's workers
+    look a job's function up by its module)."""
+    module = fn.__module__
+    if module == "__main__":
+        module = sys.modules["__main__"].__spec__.name
+    fn = getattr(importlib.import_module(module), fn.__qualname__)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context, initializer=one_thread) as ex:
+        return ex.submit(fn, *args, **kwargs).result()
 
 
 def machine(**versions: str) -> dict[str, Any]:

@@ -67,7 +67,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs = []
         for backend, workers in args.backends:
             print(f"{backend} x{workers} ...", flush=True)
-            runs.append(run(args.env, backend, workers, args.iters, args.steps_per_iter, Path(tmp) / backend))
+            runs.append(
+                common.in_fresh_process(
+                    run, args.env, backend, workers, args.iters, args.steps_per_iter, Path(tmp) / backend
+                )
+            )
     common.speedups(runs)
     reference = runs[0]["rows"]
     same = all(r.pop("rows") == reference for r in runs)

@@ -16,14 +16,11 @@ docs/scaling.md). Writes ``meta_iteration.json`` and ``.md`` (``_quick`` with ``
 from __future__ import annotations
 
 import contextlib
-import importlib
-import multiprocessing
 import os
 import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import torch
@@ -168,22 +165,6 @@ def run_backend(cfg: MetaCPOConfig, iters: int, breakdown: bool) -> dict[str, An
     return result
 
 
-def in_fresh_process(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` in a new interpreter (spawned, one thread): every backend setting is
-    measured alone, with nothing left over from the ones before it (a process that had run the
-    serial and the processes settings could no longer fork Ray's servers here: ENOMEM)."""
-    # by its importable name, not __main__'s (Ray's workers look its helpers up by module)
-    fn = getattr(importlib.import_module("benchmarks.meta_iteration"), fn.__name__)
-    with ProcessPoolExecutor(
-        1, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread
-    ) as ex:
-        return ex.submit(fn, *args, **kwargs).result()
-
-
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; write the JSON and Markdown results."""
     p = common.parser(__doc__, common.RESULTS, backends=True)
@@ -199,11 +180,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for backend, workers in args.backends:
         print(f"{backend} x{workers} ...", flush=True)
         cfg = make_config(args.quick, backend, workers, args.debias, args.shards)
-        runs.append(in_fresh_process(run_backend, cfg, args.iters, breakdown=backend == "serial"))
+        runs.append(common.in_fresh_process(run_backend, cfg, args.iters, breakdown=backend == "serial"))
     common.speedups(runs)
     cfg = make_config(args.quick, debias=args.debias, shards=args.shards)
     phases = runs[0]["phases_median_s"]
-    overheads = {b: in_fresh_process(job_overhead, b) for b in dict.fromkeys(b for b, _ in args.backends[1:])}
+    overheads = {
+        b: common.in_fresh_process(job_overhead, b) for b in dict.fromkeys(b for b, _ in args.backends[1:])
+    }
     predicted = {
         b: {w: predicted_speedup(phases, cfg, o["one_mb_ms"] / 1e3, w) for w in (2, 8, 32, 128)}
         for b, o in overheads.items()
