@@ -371,3 +371,13 @@ def test_sweep_state_continues_a_run_on_another_machine(tmp_path):
         restore_state(moved, tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="no started run of spec 'cpo'"):
         save_state(load_spec(_spec(tmp_path / "e", "cpo", TINY_CPO)), tmp_path / "state")
+
+
+def test_in_fresh_process_runs_in_a_new_interpreter():
+    import math
+    import os
+
+    assert common.in_fresh_process(os.getpid) != os.getpid()
+    assert common.in_fresh_process(math.hypot, 3.0, 4.0) == 5.0
+    with pytest.raises(ValueError, match="math domain error"):
+        common.in_fresh_process(math.sqrt, -1.0)
