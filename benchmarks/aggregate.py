@@ -412,6 +412,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--total-limit", type=float, default=None, help="with --rows: limit on the total")
     parser.add_argument("--env", default="safenav-button", help="with --rows: env of tables without one")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        help="the folder of the sweep folders (default: the spec's runs_dir); a saved state "
+        "(benchmarks/state) holds what the tables need",
+    )
     args = parser.parse_args(argv)
     if bool(args.rows) == bool(args.spec) or (args.rows and args.out is None):
         parser.error("give a spec file, or --rows with --out and one of --channel-limit and --total-limit")
@@ -420,7 +426,10 @@ def main(argv: list[str] | None = None) -> None:
             limits = (args.channel_limit, args.total_limit)
             out = aggregate_rows(args.rows, args.out, args.env, *limits, plots=not args.no_plots)
         else:
-            out = aggregate_spec(load_spec(args.spec), args.out, not args.no_plots)
+            spec = load_spec(args.spec)
+            if args.runs_dir is not None:
+                spec.runs_dir = args.runs_dir.resolve()
+            out = aggregate_spec(spec, args.out, not args.no_plots)
     except ValueError as err:
         parser.error(str(err))
     print(f"tables written to {out}")

@@ -343,6 +343,14 @@ def test_sweep_state_continues_a_run_on_another_machine(tmp_path):
     (run,) = [p for p in state.iterdir() if p.is_dir() and p.name != "configs"]
     assert sorted(p.suffix for p in run.iterdir()) == [".csv", ".json", ".pt"]
     assert (state / "code.txt").read_text().split()[-1] == code_commit()
+    # the state holds what the tables need: the same runs.csv from it as from the run folders
+    tables = [
+        read_csv(
+            aggregate_spec(replace(first, runs_dir=where), tmp_path / f"tables{i}", plots=False) / "runs.csv"
+        )
+        for i, where in enumerate((first.runs_dir, tmp_path / "state"))
+    ]
+    assert len(tables[0]) == 1 and tables[0] == tables[1]
 
     moved = load_spec(_spec(tmp_path / "b", "cpo", TINY_CPO))
     assert restore_state(moved, tmp_path / "state") == [run.name]
