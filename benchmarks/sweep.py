@@ -61,7 +61,7 @@ from typing import Any
 
 from rl.cpo import CPOConfig
 from rl.meta_cpo import ALGOS, MetaCPOConfig
-from rl.runtime.checkpoint import latest_checkpoint
+from rl.runtime.checkpoint import checkpoint_step, latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"rl.meta_cpo": MetaCPOConfig, "rl.cpo": CPOConfig}
@@ -281,6 +281,15 @@ def _state_commit(state: Path) -> str | None:
     return path.read_text().split()[-1] if path.is_file() and path.read_text().split() else None
 
 
+def _progress(run_dir: Path) -> tuple[int, int]:
+    """How far a run folder (or a saved run) is: (finished rl.meta_cpo run, newest checkpoint step);
+    (-1, -1) for none."""
+    if not (run_dir / "config.json").is_file():
+        return (-1, -1)
+    steps = [checkpoint_step(c) for c in run_dir.glob("ckpt_*.pt")]
+    return (int((run_dir / "adaptation.csv").is_file()), max(steps, default=-1))
+
+
 def save_state(spec: Spec, dest: str | Path) -> Path:
     """Write what continues ``spec``'s sweep on another machine to ``dest/<spec>/`` and return it.
 
@@ -289,12 +298,24 @@ def save_state(spec: Spec, dest: str | Path) -> Path:
     cuts the rows after it). Per sweep: ``settings.json``, ``configs/``, ``timings.json`` and
     ``code.txt`` (if the runner did not write one, the commit of the checkout holding the runs).
     The folder is built beside its destination and renamed into place, so a reader sees the old
-    state or the new one. Raises ``FileNotFoundError`` when the sweep has no run yet.
+    state or the new one.
+
+    Raises:
+        FileNotFoundError: the sweep has no run yet.
+        ValueError: the state already at ``dest`` is further along than the sweep folder (a run
+            missing here, finished there only, or with a later checkpoint there): saving would
+            lose it; the message names the runs and says to restore first.
     """
     sweep, dest = spec.sweep_dir, Path(dest) / spec.name
     runs = [r for r in plan(spec) if (sweep / r.name / "config.json").is_file()]
     if not runs:
         raise FileNotFoundError(f"{sweep}: no started run of spec {spec.name!r} to save")
+    ahead = [r.name for r in plan(spec) if _progress(dest / r.name) > _progress(sweep / r.name)]
+    if ahead:
+        raise ValueError(
+            f"{dest} holds runs further along than {sweep} ({', '.join(ahead)}); saving would lose them: "
+            f"restore them first (--restore-state {dest.parent}), or move {dest} away"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     new = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=dest.parent))
     try:
@@ -528,7 +549,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 restored = restore_state(spec, args.restore_state)
                 print(f"restored {len(restored)} runs into {spec.sweep_dir}: {', '.join(restored) or 'none'}")
-        except (FileNotFoundError, RuntimeError) as err:
+        except (FileNotFoundError, RuntimeError, ValueError) as err:
             sys.exit(str(err))
         return
     if args.dry_run:

@@ -379,6 +379,13 @@ def test_sweep_state_continues_a_run_on_another_machine(tmp_path):
         restore_state(moved, tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="no started run of spec 'cpo'"):
         save_state(load_spec(_spec(tmp_path / "e", "cpo", TINY_CPO)), tmp_path / "state")
+    # a sweep started afresh (not restored) never overwrites a state that is further along
+    (state / "code.txt").write_text(code_commit() + "\n")
+    behind = load_spec(_spec(tmp_path / "g", "cpo", TINY_CPO.replace("steps = 2000", "steps = 300")))
+    assert run_sweep(behind) == 0
+    with pytest.raises(ValueError, match=f"further along than .*{run.name}.*restore them first"):
+        save_state(behind, tmp_path / "state")
+    assert save_state(moved, tmp_path / "state") == state  # the restored and extended one may
 
 
 def test_in_fresh_process_runs_in_a_new_interpreter():
