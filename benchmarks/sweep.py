@@ -293,9 +293,10 @@ def _progress(run_dir: Path) -> tuple[int, int]:
 def save_state(spec: Spec, dest: str | Path) -> Path:
     """Write what continues ``spec``'s sweep on another machine to ``dest/<spec>/`` and return it.
 
-    Per run folder: ``config.json``, every CSV, and its newest checkpoint that loads, except for a
-    finished rl.meta_cpo run (a re-test of it needs the run folder itself) (copied before the CSVs, so ``progress.csv`` holds at least the checkpoint's rows; resume
-    cuts the rows after it). Per sweep: ``settings.json``, ``configs/``, ``timings.json`` and
+    Per run folder: ``config.json``, every CSV, and its newest checkpoint that loads (copied before
+    the CSVs, so ``progress.csv`` holds at least the checkpoint's rows; resume cuts the rows after
+    it), except for a finished rl.meta_cpo run (a re-test of it needs the run folder itself). Per
+    sweep: ``settings.json``, ``configs/``, ``timings.json`` and
     ``code.txt`` (if the runner did not write one, the commit of the checkout holding the runs).
     The folder is built beside its destination and renamed into place, so a reader sees the old
     state or the new one.
@@ -310,7 +311,8 @@ def save_state(spec: Spec, dest: str | Path) -> Path:
     runs = [r for r in plan(spec) if (sweep / r.name / "config.json").is_file()]
     if not runs:
         raise FileNotFoundError(f"{sweep}: no started run of spec {spec.name!r} to save")
-    ahead = [r.name for r in plan(spec) if _progress(dest / r.name) > _progress(sweep / r.name)]
+    saved = [d for d in dest.iterdir() if (d / "config.json").is_file()] if dest.is_dir() else []
+    ahead = [d.name for d in saved if _progress(d) > _progress(sweep / d.name)]  # any run, any method
     if ahead:
         raise ValueError(
             f"{dest} holds runs further along than {sweep} ({', '.join(ahead)}); saving would lose them: "
@@ -350,8 +352,8 @@ def save_state(spec: Spec, dest: str | Path) -> Path:
 def restore_state(spec: Spec, source: str | Path) -> list[str]:
     """Copy back from ``source/<spec>/`` (made by :func:`save_state`) every run that the sweep
     folder lacks (checked against the commit of the checkout that holds the runs folder, or of this
-    code when it is in none), and the sweep's settings, configs and timings where missing; runs already there
-    are left as they are. Returns the names of the restored runs.
+    code when it is in none), and the sweep's settings, configs and timings where missing; runs
+    already there are left as they are. Returns the names of the restored runs.
 
     Raises:
         FileNotFoundError: ``source`` holds no state of this spec.

@@ -385,6 +385,11 @@ def test_sweep_state_continues_a_run_on_another_machine(tmp_path):
     assert run_sweep(behind) == 0
     with pytest.raises(ValueError, match=f"further along than .*{run.name}.*restore them first"):
         save_state(behind, tmp_path / "state")
+    # nor does a sweep of other methods (or with --methods) drop the saved runs it lacks
+    other = load_spec(_spec(tmp_path / "h", "cpo", short.replace("cpo-textbook", "cpo-plain")))
+    assert run_sweep(other) == 0
+    with pytest.raises(ValueError, match=f"further along than .*{run.name}"):
+        save_state(other, tmp_path / "state")
     assert save_state(moved, tmp_path / "state") == state  # the restored and extended one may
 
 
