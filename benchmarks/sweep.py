@@ -281,6 +281,11 @@ def _state_commit(state: Path) -> str | None:
     return path.read_text().split()[-1] if path.is_file() and path.read_text().split() else None
 
 
+def _run_folders(folder: Path) -> list[Path]:
+    """The run folders (those with a ``config.json``) in a sweep folder or a saved state."""
+    return sorted(d for d in folder.iterdir() if (d / "config.json").is_file()) if folder.is_dir() else []
+
+
 def _progress(run_dir: Path) -> tuple[int, int]:
     """How far a run folder (or a saved run) is: (finished rl.meta_cpo run, newest checkpoint step);
     (-1, -1) for none."""
@@ -308,11 +313,10 @@ def save_state(spec: Spec, dest: str | Path) -> Path:
             lose it; the message names the runs and says to restore first.
     """
     sweep, dest = spec.sweep_dir, Path(dest) / spec.name
-    runs = [r for r in plan(spec) if (sweep / r.name / "config.json").is_file()]
+    runs = _run_folders(sweep)  # every started run, whatever methods the caller selected
     if not runs:
         raise FileNotFoundError(f"{sweep}: no started run of spec {spec.name!r} to save")
-    saved = [d for d in dest.iterdir() if (d / "config.json").is_file()] if dest.is_dir() else []
-    ahead = [d.name for d in saved if _progress(d) > _progress(sweep / d.name)]  # any run, any method
+    ahead = [d.name for d in _run_folders(dest) if _progress(d) > _progress(sweep / d.name)]
     if ahead:
         raise ValueError(
             f"{dest} holds runs further along than {sweep} ({', '.join(ahead)}); saving would lose them: "
@@ -328,8 +332,8 @@ def save_state(spec: Spec, dest: str | Path) -> Path:
             (new / "code.txt").write_text(code_commit(sweep) + "\n")
         if (sweep / "configs").is_dir():
             shutil.copytree(sweep / "configs", new / "configs")
-        for run in runs:
-            src, out = sweep / run.name, new / run.name
+        for src in runs:
+            out = new / src.name
             out.mkdir()
             # a finished rl.meta_cpo run needs none (rl.cpo's may be extended by a larger steps)
             if spec.program == "rl.cpo" or not is_finished(src):
@@ -383,16 +387,16 @@ def restore_state(spec: Spec, source: str | Path) -> list[str]:
         if (state / "configs").is_dir():
             shutil.copytree(state / "configs", sweep / "configs", dirs_exist_ok=True)
         restored = []
-        for run in plan(spec):
-            src, dst = state / run.name, sweep / run.name
-            if not (src / "config.json").is_file() or (dst / "config.json").is_file():
+        for src in _run_folders(state):
+            dst = sweep / src.name
+            if (dst / "config.json").is_file():
                 continue
             partial = dst.with_name(dst.name + ".copying")
             shutil.rmtree(partial, ignore_errors=True)
             shutil.copytree(src, partial)
             shutil.rmtree(dst, ignore_errors=True)
             partial.rename(dst)
-            restored.append(run.name)
+            restored.append(src.name)
     finally:
         lock.close()
     return restored

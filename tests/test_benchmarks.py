@@ -391,6 +391,11 @@ def test_sweep_state_continues_a_run_on_another_machine(tmp_path):
     with pytest.raises(ValueError, match=f"further along than .*{run.name}"):
         save_state(other, tmp_path / "state")
     assert save_state(moved, tmp_path / "state") == state  # the restored and extended one may
+    # a save whose spec selects other methods (--methods) keeps every started run of the folder
+    kept = save_state(replace(other, methods={"absent": {}}), tmp_path / "other")
+    assert [p.name for p in kept.iterdir() if p.is_dir() and p.name != "configs"] == [
+        "safenav-goal-cpo-plain-seed3"
+    ]
 
 
 def test_in_fresh_process_runs_in_a_new_interpreter():
