@@ -262,7 +262,7 @@ def _plot_bands(
                     label=reference.get("label", "reference"),
                 )
                 ax.axhspan(mean - std, mean + std, color="grey", alpha=0.12)
-    for ax in axes[:, 0]:
+    for ax in axes.flat:  # every panel names its own lines (an env may lack a method so far)
         ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
 
