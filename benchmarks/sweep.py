@@ -277,8 +277,8 @@ def _record_code(sweep: Path) -> None:
 
 
 def _state_commit(state: Path) -> str | None:
-    path = state / "code.txt"
-    return path.read_text().split()[-1] if path.is_file() and path.read_text().split() else None
+    lines = (state / "code.txt").read_text().split() if (state / "code.txt").is_file() else []
+    return lines[-1] if lines else None
 
 
 def _run_folders(folder: Path) -> list[Path]:
@@ -370,8 +370,10 @@ def restore_state(spec: Spec, source: str | Path) -> list[str]:
     # the code that will run it: the checkout holding the runs folder (a worktree pinned at the
     # sweep's commit, restored into by a newer checkout's runner), else this one
     where = next(p for p in (spec.runs_dir, *spec.runs_dir.parents) if p.is_dir())
-    where = where if code_commit(where) != "unknown" else ROOT
-    ran, running = _state_commit(state), code_commit(where)
+    running = code_commit(where)
+    if running == "unknown":
+        where, running = ROOT, code_commit(ROOT)
+    ran = _state_commit(state)
     if ran is None or ran != running:
         raise RuntimeError(
             f"{state} was run by code {ran or '(not recorded)'}, the checkout {where} is code {running}; "
