@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         runs = []
-        for backend, workers in args.backends:
+        for i, (backend, workers) in enumerate(args.backends):
             print(f"{backend} x{workers} ...", flush=True)
             runs.append(
                 common.in_fresh_process(
-                    run, args.env, backend, workers, args.iters, args.steps_per_iter, Path(tmp) / backend
+                    run, args.env, backend, workers, args.iters, args.steps_per_iter, Path(tmp) / f"{i}-{backend}"
                 )
             )
     common.speedups(runs)

@@ -106,6 +106,48 @@ def _raise(x: int) -> int:
     raise ValueError(f"bad job {x}")
 
 
+def _tensor_kinds() -> list:
+    """Tensors of every kind a job sends or returns: small ones that own their storage (sent as
+    numpy arrays), views, leaves with gradients, a Parameter, a dtype numpy lacks, a large one."""
+    base = torch.arange(12, dtype=torch.float64).reshape(3, 4) / 7
+    return [
+        base,
+        base[1],  # a view: its storage is larger than it
+        base.T,  # not contiguous
+        torch.tensor([1.5, -2.0], dtype=torch.float32, requires_grad=True),
+        torch.nn.Parameter(torch.ones(3)),
+        torch.arange(5, dtype=torch.int64),
+        torch.tensor([True, False]),
+        torch.ones(4, dtype=torch.bfloat16),
+        torch.tensor(3.25),
+        torch.empty(0),
+        torch.linspace(0, 1, 40000, dtype=torch.float64),  # 320 KB: shared, not copied
+    ]
+
+
+def _echo_tensors(ts: list) -> list:
+    """The tensors back, each with its kind, after a write into the small copy-sent one."""
+    ts[0].add_(0.0)  # writable in the worker
+    return ts
+
+
+def _assert_same_tensors(got: list, want: list) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert type(g) is type(w) and g.dtype == w.dtype and g.shape == w.shape
+        assert g.stride() == w.stride() and g.requires_grad == w.requires_grad
+        assert torch.equal(g.detach(), w.detach())
+    got[0].add_(1.0)  # what comes back is writable too
+
+
+def test_processes_send_every_kind_of_tensor_unchanged():
+    want = _tensor_kinds()
+    with TaskPool("processes", workers=1) as pool:
+        _assert_same_tensors(pool.submit(_echo_tensors, _tensor_kinds()).result(), want)
+    assert parallel._sent_as_array(want[0]) and not parallel._sent_as_array(want[1])
+    assert not parallel._sent_as_array(want[-1])  # above SMALL_TENSOR_BYTES
+
+
 JOBS = [(seed, 20) for seed in range(5)]
 
 
@@ -210,6 +252,7 @@ def test_ray_results_equal_serial_and_survive_a_dead_worker(ray_pool, tmp_path):
     with pytest.raises(TypeError, match="_thread.lock"):  # arguments Ray cannot serialize
         ray_pool.map(_job, [(threading.Lock(), 3)])
     assert torch.equal(ray_pool.map(_job, JOBS[:1])[0], serial[0])
+    _assert_same_tensors(ray_pool.submit(_echo_tensors, _tensor_kinds()).result(), _tensor_kinds())
     # a second pool on the instance: its actors would wait for CPUs the first one holds
     with pytest.raises(ValueError, match=r"2 Ray actors of 1 CPU each, but .* 0 of 2 CPUs free"):
         TaskPool("ray", workers=2).start()

@@ -42,7 +42,9 @@ only starting, reaching and replacing a worker differ (``_ProcessSlots``, ``_Ray
 from __future__ import annotations
 
 import collections
+import io
 import os
+import pickle
 import sys
 import threading
 import time
@@ -50,7 +52,10 @@ import traceback
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
+
+import torch
 
 __all__ = [
     "BACKENDS",
@@ -109,9 +114,31 @@ def resolve_parallelism(backend: str, workers: int | None) -> tuple[str, int]:
 
 def _init_worker() -> None:
     """One torch thread per worker: parallelism comes from the workers, not from BLAS."""
-    import torch
-
     torch.set_num_threads(1)
+
+
+def _register_ray_tensor_serializer() -> None:
+    """Ray pickles a tensor through ``torch.save``; a tensor that owns its storage goes as its numpy
+    array instead, which Ray's serializer sends without a copy (a Fisher-vector product's 64 KB
+    vector there and back: see ``docs/scaling.md``). In the driver and in every actor."""
+    import ray.util
+
+    ray.util.register_serializer(torch.Tensor, serializer=_tensor_out, deserializer=_tensor_in)
+
+
+def _tensor_out(t: Any) -> tuple[bool, Any]:
+    if _sent_as_array(t, limit=None):
+        return True, t.numpy()
+    buf = io.BytesIO()
+    torch.save(t, buf)
+    return False, buf.getvalue()
+
+
+def _tensor_in(payload: tuple[bool, Any]) -> Any:
+    as_array, data = payload
+    if as_array:
+        return torch.from_numpy(data if data.flags.writeable else data.copy())
+    return torch.load(io.BytesIO(data), weights_only=False)
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -193,7 +220,7 @@ def _worker_main(conn: Any, parent_pid: int) -> None:
     _init_worker()
     while True:
         try:
-            msg = conn.recv()
+            msg = _recv(conn)
         except (EOFError, OSError, KeyboardInterrupt):
             break
         if msg is None:
@@ -204,7 +231,7 @@ def _worker_main(conn: Any, parent_pid: int) -> None:
         except BaseException as err:  # noqa: BLE001 - reported to the driver, which re-raises it
             reply = (job_id, False, _picklable_error(err))
         try:
-            conn.send(reply)
+            _send(conn, reply)
         except (BrokenPipeError, OSError):
             break
     for value in _WORKER_STATE.values():
@@ -215,6 +242,70 @@ def _worker_main(conn: Any, parent_pid: int) -> None:
             except Exception:  # noqa: BLE001 - shutting down anyway
                 pass
     os._exit(0)
+
+
+#: dtypes a tensor may have to travel as its numpy array (those ``torch.from_numpy`` takes back).
+_NUMPY_DTYPES = frozenset(
+    {
+        torch.float64,
+        torch.float32,
+        torch.float16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+    }
+)
+
+
+class _Pickler(ForkingPickler):
+    """multiprocessing's pickler, except for small tensors: a tensor of at most
+    :data:`SMALL_TENSOR_BYTES` that owns its whole storage (CPU, dense, contiguous, not a view, no
+    gradient) travels as its numpy array, in one copy of its bytes. ``Connection.send``'s pickler
+    moves every tensor's storage into shared memory and passes its file descriptor over a socket,
+    about half a millisecond a tensor each way: cheaper than the copy for a megabyte, several times
+    dearer for a Fisher-vector product's 64 KB vector, of which ``rl.cpo`` sends about 190 per
+    update (``benchmarks.meta_iteration.job_overhead``)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is torch.Tensor and _sent_as_array(obj):
+            return torch.from_numpy, (obj.numpy(),)
+        return NotImplemented
+
+
+#: The largest tensor that :class:`_Pickler` copies instead of sharing (measured crossover).
+SMALL_TENSOR_BYTES = 256 * 1024
+
+
+def _sent_as_array(t: Any, limit: int | None = SMALL_TENSOR_BYTES) -> bool:
+    """Whether ``t`` owns its whole storage (CPU, dense, contiguous, no gradient, not a view) in a
+    dtype numpy has, of at most ``limit`` bytes."""
+    return (
+        t.device.type == "cpu"
+        and t.layout == torch.strided
+        and not t.requires_grad
+        and t._base is None
+        and t.storage_offset() == 0
+        and t.is_contiguous()
+        and t.dtype in _NUMPY_DTYPES
+        and t.numel() > 0  # an empty array may come back with other strides
+        and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+        and (limit is None or t.numel() * t.element_size() <= limit)
+    )
+
+
+def _send(conn: Any, obj: Any) -> None:
+    """``obj`` through a pipe, pickled by :class:`_Pickler`."""
+    buf = io.BytesIO()
+    _Pickler(buf, pickle.HIGHEST_PROTOCOL).dump(obj)
+    conn.send_bytes(buf.getbuffer())
+
+
+def _recv(conn: Any) -> Any:
+    """What :func:`_send` sent."""
+    return pickle.loads(conn.recv_bytes())
 
 
 def _picklable_error(err: BaseException) -> BaseException:
@@ -517,6 +608,7 @@ class TaskPool:
                     "expected workers <= the free CPUs"
                 )
             self._ray_actor_cls = ray.remote(num_cpus=1, max_restarts=0)(_RayWorker)
+            _register_ray_tensor_serializer()
         return ray
 
 
@@ -550,7 +642,7 @@ class _ProcessSlots:
 
     def send(self, slot: int, job: _Job) -> None:
         try:
-            self.procs[slot][1].send((id(job), job.fn, job.args))
+            _send(self.procs[slot][1], (id(job), job.fn, job.args))
         except (BrokenPipeError, EOFError, OSError) as err:
             raise _WorkerDied("its pipe broke") from err
 
@@ -566,7 +658,7 @@ class _ProcessSlots:
                 _drain(wake)
             elif obj in conns:
                 try:
-                    _job_id, ok, value = obj.recv()
+                    _job_id, ok, value = _recv(obj)
                 except (EOFError, OSError):
                     dead.add(conns[obj])
                     continue
@@ -590,7 +682,7 @@ class _ProcessSlots:
     def close(self) -> None:
         for _proc, conn in self.procs:
             try:
-                conn.send(None)
+                _send(conn, None)
             except (BrokenPipeError, OSError):
                 pass
         for proc, conn in self.procs:
@@ -664,6 +756,7 @@ class _RayWorker:
 
     def __init__(self) -> None:
         _init_worker()
+        _register_ray_tensor_serializer()
 
     def run(self, fn: Callable[..., Any], args: tuple) -> Any:
         return fn(*args)
