@@ -26,9 +26,10 @@ What it computes itself:
   package's ``cost_sum`` and indicator;
 * observations: the agent's sensors (``sensordata`` entries; hinge angles as sin/cos, ball joints
   as rotation matrices) and the pseudo-lidar of every lidar-observed object group
-  (:meth:`FastStep._lidar`): egocentric coordinates with the package's matrix-vector arithmetic
-  (``(w0*m0 + w1*m3) + w2*m6``, which is what numpy's 3x3 ``matmul`` computes here: no fused
-  multiply-add), distance and angle through numpy's complex ``abs`` and ``arctan2`` (``np.hypot``
+  (:meth:`FastStep._lidar`): egocentric coordinates by the package's own call, one ``np.matmul``
+  of a 3-vector and the agent's 3x3 matrix per object (BLAS computes it, with or without fused
+  multiply-adds depending on the machine's kernel: the same arithmetic written out in Python
+  floats differed in the last bit on a machine with AVX-512), distance and angle through numpy's complex ``abs`` and ``arctan2`` (``np.hypot``
   differs from the complex ``abs`` in the last bit on this numpy), the bins, linear falloff,
   aliasing and the per-bin ``max`` of ``BaseTask._obs_lidar_pseudo`` with its assertion.
 
@@ -481,13 +482,14 @@ class FastStep:
     def _lidar(self, obs: np.ndarray) -> None:
         """``BaseTask._obs_lidar_pseudo`` of every lidar group at once, into ``obs``.
 
-        The complex absolute value and angle of the egocentric vectors are numpy's (one call each,
-        the ufuncs the package calls per object). Everything else is exact IEEE arithmetic on
-        Python floats, the package's operations in its order: ``(w0*m0 + w1*m3) + w2*m6`` for the
-        matrix-vector product (numpy's 3x3 matmul here, no fused multiply-add), ``%`` (the same
-        fmod-based remainder as numpy's), truncation to the bin, falloff, alias, and Python's
-        ``max`` per bin. Numpy calls cost microseconds each on small arrays; floats cost tens of
-        nanoseconds.
+        The egocentric vectors are the package's ``np.matmul(pos_3vec - agent_3vec, agent_mat)``,
+        one call per object on arrays of the same shapes (its rounding is BLAS's and depends on
+        the machine's kernel, so it is not written out in floats); their complex absolute value
+        and angle are numpy's (one call each, the ufuncs the package calls per object). Everything
+        else is exact IEEE arithmetic on Python floats, the package's operations in its order:
+        ``%`` (the same fmod-based remainder as numpy's), truncation to the bin, falloff, alias,
+        and Python's ``max`` per bin. Numpy calls cost microseconds each on small arrays; floats
+        cost tens of nanoseconds.
         """
         data, positions = self._data, self._positions
         if self._body_rows is not None:
@@ -498,15 +500,15 @@ class FastStep:
             if len(pos) != n:
                 raise RuntimeError(f"{obstacle.name} has {len(pos)} positions, expected {n}")
             positions[row : row + n] = pos[:, :2]
-        ax, ay, az = data.xpos[self._agent_body].tolist()
-        m0, m1, _, m3, m4, _, m6, m7, _ = data.xmat[self._agent_body].tolist()
-        w2 = 0.0 - az
-        c0, c1 = w2 * m6, w2 * m7
+        agent_3vec = data.xpos[self._agent_body].copy()
+        agent_mat = data.xmat[self._agent_body].copy().reshape(3, -1)
+        world = np.zeros(3)  # the package's pos_3vec: (x, y, 0)
         ex, ey = [], []
         for px, py in positions.tolist():
-            w0, w1 = px - ax, py - ay
-            ex.append(w0 * m0 + w1 * m3 + c0)
-            ey.append(w0 * m1 + w1 * m4 + c1)
+            world[0], world[1] = px, py
+            e = np.matmul(world - agent_3vec, agent_mat)
+            ex.append(e[0])
+            ey.append(e[1])
         z = self._ego
         z.real, z.imag = ex, ey
         dists = np.abs(z).tolist()
