@@ -10,10 +10,14 @@ Reads the run folders of a spec (``benchmarks.sweep``) and writes to the spec's 
   share of test tasks within every constrained limit; env steps of meta-training plus the
   adaptation batches of one test task). rl.cpo: ``env, method, seed, env_steps, ep_ret, ep_cost``
   (the mean of the last 10 % of the iterations);
-* ``rows.csv`` (rl.meta_cpo: every test task and adaptation step, ``source`` adapt or eval) or
-  ``curves.csv`` (rl.cpo: every iteration);
+* ``rows.csv`` (rl.meta_cpo: every test task and adaptation step, ``source`` adapt or eval) and
+  ``learning.csv`` (rl.meta_cpo: every meta-iteration of meta-training, the meta-policy's return
+  and cost on the training tasks before and after the inner steps), or ``curves.csv`` (rl.cpo:
+  every iteration);
 * ``summary.csv``: per env and method (and adaptation step) the mean with a 95 % interval;
-* ``adaptation.png`` and ``share_within.png``, or ``curves.png``.
+* ``learning.png`` (meta-training), ``adaptation.png`` (with the evaluation before and after as
+  points) and ``share_within.png`` (before and after adaptation), or ``curves.png``; the cost
+  panels draw the limit where one limit applies to the plotted total.
 
 Intervals are percentile intervals of a stratified bootstrap as in rliable (Agarwal et al., 2021):
 the scores form a seeds x test-tasks matrix and every replicate resamples the seeds with
@@ -36,6 +40,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from benchmarks.sweep import ROOT, RUN_KEYS, Spec, is_finished, load_spec, plan
 
@@ -87,6 +92,12 @@ def limits_of(config: dict[str, Any], channels: list[str]) -> list[float]:
     if config.get("constrain", "channels") == "total" or not channels:
         return [sum(values) if len(values) > 1 else values[0]]
     return values * len(channels) if len(values) == 1 else values
+
+
+def _total_limit(config: dict[str, Any]) -> float | None:
+    """The limit on the total cost where the run constrains the total (``None`` where it constrains
+    each channel: no one line on a plot of the total stands for those)."""
+    return limits_of(config, [])[0] if config.get("constrain", "channels") == "total" else None
 
 
 def is_within(row: dict[str, Any], channels: list[str], limits: list[float]) -> bool:
@@ -232,11 +243,15 @@ def _plot_bands(
     path: Path,
     limits: dict[str, float] | None = None,
     reference: dict[str, Any] | None = None,
+    points: dict[tuple[str, str], tuple[list, dict]] | None = None,
+    points_label: str = "",
 ) -> None:
     """Return and cost against x of every (env, method): ``(x, {key: (mean, low, high)})``, a line
     and its 95 % band per method, one column of panels per env. ``limits`` (env -> cost limit) draws
     the limit on the cost panel; ``reference`` (``{"label": ..., env: {"ep_ret": [mean, std],
-    "ep_cost": [mean, std]}}``) draws published final figures as a dotted line with a +-1 std band."""
+    "ep_cost": [mean, std]}}``) draws published final figures as a dotted line with a +-1 std band;
+    ``points`` (the same shape as ``curves``) draws markers with 95 % error bars, labelled
+    ``points_label``."""
     envs, methods = sorted({e for e, _ in curves}), list(dict.fromkeys(m for _, m in curves))
     fig = Figure(figsize=(5 * len(envs), 6), layout="tight")
     axes = fig.subplots(2, len(envs), squeeze=False)
@@ -245,6 +260,15 @@ def _plot_bands(
         for ax, key in zip(axes[:, envs.index(env)], ("ep_ret", "ep_cost"), strict=True):
             ax.plot(x, series[key][0], color=f"C{i}", label=method)
             ax.fill_between(x, series[key][1], series[key][2], color=f"C{i}", alpha=0.2)
+    for (env, method), (x, series) in (points or {}).items():
+        i = methods.index(method) if method in methods else len(methods)
+        for ax, key in zip(axes[:, envs.index(env)], ("ep_ret", "ep_cost"), strict=True):
+            mean, low, high = (np.asarray(v, dtype=float) for v in series[key])
+            err = [mean - low, high - mean]
+            ax.errorbar(x, mean, yerr=err, fmt="o", color=f"C{i}", capsize=3, markersize=5)
+    if points:
+        for ax in axes.flat:  # one legend entry for all the markers
+            ax.errorbar([], [], yerr=[], fmt="o", color="grey", capsize=3, label=points_label)
     reference = reference or {}
     for j, env in enumerate(envs):
         axes[0, j].set(title=env, ylabel="episode return")
@@ -267,33 +291,95 @@ def _plot_bands(
     fig.savefig(path, dpi=110)
 
 
-def plot_adaptation(summary: list[dict[str, Any]], out: Path) -> None:
-    """adaptation.png (return and cost per adaptation step, 95 % bands) and share_within.png (after
-    adaptation: on the evaluation batches where there are some)."""
+def _series(points: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, list[list[float]]]:
+    """``{key: [means, lows, highs]}`` of summary rows."""
+    return {k: [[s[k + end] for s in points] for end in ("", "_low", "_high")] for k in keys}
+
+
+def plot_adaptation(summary: list[dict[str, Any]], out: Path, limits: dict[str, float] | None = None) -> None:
+    """adaptation.png (return and cost per adaptation step, 95 % bands, and the independent
+    evaluation before and after as points where there is one; ``limits``: env -> the limit of the
+    plotted total cost) and share_within.png (before and after adaptation: on the evaluation
+    batches where there are some, else on the first and last adaptation batches)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for s in summary:
         groups[s["env"], s["method"]].append(s)
-    curves, finals = {}, {}
+    curves, evals, pairs = {}, {}, {}
     for key, pts in groups.items():
         curve = sorted((s for s in pts if str(s["step"]).isdigit()), key=lambda s: int(s["step"]))
-        series = {
-            k: [[s[k + end] for s in curve] for end in ("", "_low", "_high")] for k in ("ep_ret", "ep_cost")
-        }
-        curves[key] = ([int(s["step"]) for s in curve], series)
-        finals[key] = next((s for s in pts if s["step"] == "eval-after"), curve[-1] if curve else None)
-    _plot_bands(curves, "adaptation step", "episode cost (total)", out / "adaptation.png")
+        curves[key] = ([int(s["step"]) for s in curve], _series(curve, ("ep_ret", "ep_cost")))
+        ends = [next((s for s in pts if s["step"] == f"eval-{w}"), None) for w in ("before", "after")]
+        if all(ends) and curve:
+            evals[key] = (
+                [int(curve[0]["step"]), int(curve[-1]["step"])],
+                _series(ends, ("ep_ret", "ep_cost")),
+            )
+        elif curve:
+            ends = [curve[0], curve[-1]]
+        pairs[key] = ends
+    _plot_bands(
+        curves,
+        "adaptation step",
+        "episode cost (total)",
+        out / "adaptation.png",
+        limits,
+        points=evals,
+        points_label="independent evaluation",
+    )
     envs, methods = sorted({e for e, _ in groups}), list(dict.fromkeys(m for _, m in groups))
     fig = Figure(figsize=(5 * len(envs), 3.5), layout="tight")
     axes = fig.subplots(1, len(envs), squeeze=False)[0]
-    for (env, method), s in finals.items():
-        if s is not None:
-            i = methods.index(method)
+    for (env, method), ends in pairs.items():
+        i = methods.index(method)
+        for j, s in enumerate(ends):
+            if s is None:
+                continue
             err = [[s["within"] - s["within_low"]], [s["within_high"] - s["within"]]]
-            axes[envs.index(env)].bar(i, s["within"], yerr=err, color=f"C{i}", capsize=4)
+            style = {"color": f"C{i}", "alpha": 0.4 if j == 0 else 1.0, "hatch": "//" if j == 0 else None}
+            ax, x = axes[envs.index(env)], i + (j - 0.5) * 0.4
+            ax.bar(x, s["within"], width=0.4, yerr=err, capsize=3, **style)
+            ax.text(x, s["within_high"] + 0.02, f"{s['within']:.2f}", ha="center", fontsize=7)
+    handles = [
+        Patch(facecolor="grey", alpha=0.4, hatch="//", label="before adaptation"),
+        Patch(facecolor="grey", label="after"),
+    ]
     for ax, env in zip(axes, envs, strict=True):
         ax.set_xticks(range(len(methods)), methods, rotation=20)
-        ax.set(ylim=(0, 1), title=f"{env}: share of test tasks within the limit")
+        ax.set(ylim=(0, 1.1), title=f"{env}: share of test tasks within the limit")
+        ax.legend(handles=handles, fontsize=8)
     fig.savefig(out / "share_within.png", dpi=110)
+
+
+def learning_table(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every meta-iteration of every run that meta-trained (rl.meta_cpo's ``progress.csv``): the
+    meta-policy's return and cost on its training tasks before and after the inner steps."""
+    keys = ("iteration", "env_steps", "ret_pre", "cost_pre", "ret_post", "cost_post")
+    return [
+        {k: run[k] for k in ("env", "method", "seed")} | {k: r.get(k, "") for k in keys}
+        for run in found
+        for r in run["progress"]
+    ]
+
+
+def plot_learning(rows: list[dict[str, Any]], out: Path, limits: dict[str, float] | None = None) -> None:
+    """learning.png: the meta-policy's return and cost on the training tasks (before the inner
+    steps) per meta-iteration, mean over seeds with a 95 % band (iterations every seed reached)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[r["env"], r["method"]].append(
+            {**r, "task_id": r["iteration"], "ep_ret": r["ret_pre"], "ep_cost": r["cost_pre"]}
+        )
+    bands = {}
+    for key, mine in groups.items():
+        ci = {
+            k: [stratified_bootstrap_ci(col, reps=500) for col in _matrix(mine, k).T]
+            for k in ("ep_ret", "ep_cost")
+        }
+        bands[key] = (
+            [int(float(v)) for v in _matrix(mine, "task_id")[0]],
+            {k: list(zip(*v, strict=True)) for k, v in ci.items()},
+        )
+    _plot_bands(bands, "meta-iteration", "episode cost (total, training tasks)", out / "learning.png", limits)
 
 
 def plot_curves(
@@ -362,8 +448,15 @@ def aggregate_spec(spec: Spec, out: Path | None = None, plots: bool = True) -> P
         write_csv(out / "rows.csv", rows)
         summary = adaptation_summary(rows)
         write_csv(out / "summary.csv", summary)
+        learning = learning_table(found)
+        if learning:
+            write_csv(out / "learning.csv", learning)
         if plots:
-            plot_adaptation(summary, out)
+            limits = {run["env"]: _total_limit(run["config"]) for run in found}
+            limits = {env: lim for env, lim in limits.items() if lim is not None}
+            plot_adaptation(summary, out, limits)
+            if learning:
+                plot_learning(learning, out, limits)
     else:
         table, curves = cpo_runs_table(found)
         write_csv(out / "runs.csv", table, OMNISAFE_COLUMNS)

@@ -19,6 +19,7 @@ from benchmarks.aggregate import (
     OMNISAFE_COLUMNS,
     PAPER_COLUMNS,
     _matrix,
+    _total_limit,
     aggregate_rows,
     aggregate_spec,
     read_csv,
@@ -190,6 +191,12 @@ def test_sweep_runs_retests_and_aggregates(tmp_path):
     runs = read_csv(out / "runs.csv")
     assert tuple(runs[0]) == PAPER_COLUMNS and len(runs) == 2
     assert [r["meta_iterations"] for r in runs] == ["2", "0"]
+    # meta-training curves: every meta-iteration of the run that meta-trained (none of cpo-scratch)
+    learning = read_csv(out / "learning.csv")
+    progress = read_csv(spec.sweep_dir / names[0] / "progress.csv")
+    assert [(r["method"], r["iteration"]) for r in learning] == [("meta-cpo", "0"), ("meta-cpo", "1")]
+    assert [r["ret_pre"] for r in learning] == [r["ret_pre"] for r in progress]
+    assert [r["cost_post"] for r in learning] == [r["cost_post"] for r in progress]
     settings = read_csv(out / "settings.csv")
     assert settings[0]["batch_steps"] == "200" and settings[0]["hidden"] == "8"
     assert settings[0]["inner_delta"] == "0.02"  # a default, pinned and recorded
@@ -208,6 +215,7 @@ def test_sweep_runs_retests_and_aggregates(tmp_path):
     (run,) = read_csv(out / "runs.csv")
     assert float(run["share_within"]) == pytest.approx(np.mean([int(r["within"]) for r in after]))
     assert (out / "adaptation.png").is_file() and (out / "share_within.png").is_file()
+    assert (out / "learning.png").stat().st_size > 0
 
 
 @pytest.mark.slow
@@ -264,6 +272,10 @@ def test_aggregate_rows_judges_channels_or_total(tmp_path):
     assert float(row["within"]) == 0.5  # task 1: total 8 > 7
     with pytest.raises(ValueError, match="one of"):
         aggregate_rows([path], tmp_path / "c", "env-x", 5.0, 7.0)
+    # the plots' limit line: one limit on the total; none where each channel has its own
+    assert _total_limit({"constrain": "total", "cost_limit": [10.0]}) == 10.0
+    assert _total_limit({"constrain": "total", "cost_limit": [4.0, 6.0]}) == 10.0
+    assert _total_limit({"constrain": "channels", "cost_limit": 5.0}) is None
 
 
 def test_measurement_tables_and_backend_settings(tmp_path):
