@@ -299,43 +299,52 @@ _FISHER_CACHE = "rl.cpo.fisher_blocks"
 
 
 def _fisher_block_job(
-    key: tuple[str, int], policy: GaussianPolicy | None, params: Tensor | None, obs: Tensor | None, v: Tensor
-) -> Tensor:
-    """A worker's job: the product of Fisher block ``key`` with ``v``; with ``obs`` the block is built
-    (and kept, blocks of other metrics dropped) first."""
+    metric_id: str,
+    parts: list[int],
+    policy: GaussianPolicy | None,
+    params: Tensor | None,
+    obs: list[Tensor] | None,
+    v: Tensor,
+) -> list[Tensor]:
+    """A worker's job: the products of Fisher blocks ``parts`` of metric ``metric_id`` with ``v``, in
+    that order; with ``obs`` (the blocks' rows) the blocks are built (and kept, blocks of other
+    metrics dropped) first."""
     cache = worker_state().setdefault(_FISHER_CACHE, {})
     if obs is not None:
-        for old in [k for k in cache if k[0] != key[0]]:
+        for old in [k for k in cache if k[0] != metric_id]:
             del cache[old]
-        cache[key] = policy.fisher_block(params, obs)
-    block = cache.get(key)
-    if block is None:
-        raise FisherBlockMissing(f"no Fisher block {key} in this worker")
-    return block(v)
+        for p, rows in zip(parts, obs, strict=True):
+            cache[metric_id, p] = policy.fisher_block(params, rows)
+    blocks = [cache.get((metric_id, p)) for p in parts]
+    if any(block is None for block in blocks):
+        raise FisherBlockMissing(f"no Fisher blocks {parts} of {metric_id} in this worker")
+    return [block(v) for block in blocks]
 
 
 def _remote_fisher_blocks(pool: Any, policy: GaussianPolicy, params: Tensor, obs: Tensor, parts: int):
-    """``v -> [block products]`` computed by ``pool``'s workers (see :func:`fisher_metric`)."""
+    """``v -> [block products]`` computed by ``pool``'s workers (see :func:`fisher_metric`): the
+    blocks are dealt to ``min(parts, workers)`` groups, one job per group and product (each job a
+    round trip: about 190 products' worth per ``rl.cpo`` update), each group kept by one worker."""
     metric_id = uuid.uuid4().hex
     chunks = torch.tensor_split(obs.detach(), parts)
+    groups = [list(range(g, parts, pool.workers)) for g in range(min(parts, pool.workers))]
     built: set[int] = set()
 
     def products(v: Tensor) -> list[Tensor]:
-        futures = []
-        for p, rows in enumerate(chunks):
-            key = (metric_id, p)
-            payload = (None, None, None) if p in built else (policy, params, rows)
-            futures.append(pool.submit(_fisher_block_job, key, *payload, v, key=key))
-        out = []
-        for p, fut in enumerate(futures):
+        def submit(g: int, build: bool) -> Any:
+            payload = (policy, params, [chunks[p] for p in groups[g]]) if build else (None, None, None)
+            return pool.submit(_fisher_block_job, metric_id, groups[g], *payload, v, key=(metric_id, g))
+
+        futures = [submit(g, g not in built) for g in range(len(groups))]
+        out: list[Any] = [None] * parts
+        for g, fut in enumerate(futures):
             try:
-                out.append(fut.result())
-            except FisherBlockMissing:
-                key = (metric_id, p)
-                out.append(
-                    pool.submit(_fisher_block_job, key, policy, params, chunks[p], v, key=key).result()
-                )
-            built.add(p)
+                got = fut.result()
+            except FisherBlockMissing:  # its worker died and a fresh one took the job
+                got = submit(g, True).result()
+            built.add(g)
+            for p, product in zip(groups[g], got, strict=True):
+                out[p] = product
         return out
 
     return products
