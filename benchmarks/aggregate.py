@@ -369,17 +369,23 @@ def plot_learning(rows: list[dict[str, Any]], out: Path, limits: dict[str, float
         groups[r["env"], r["method"]].append(
             {**r, "task_id": r["iteration"], "ep_ret": r["ret_pre"], "ep_cost": r["cost_pre"]}
         )
+    bands = _seed_bands(groups, "iteration")
+    _plot_bands(bands, "meta-iteration", "episode cost (total, training tasks)", out / "learning.png", limits)
+
+
+def _seed_bands(groups: dict[tuple[str, str], list[dict[str, Any]]], x: str) -> dict[tuple, tuple]:
+    """Per (env, method), rows tagged ``task_id`` by their position on the curve: ``x`` (as numbers)
+    and, for return and cost, the mean over seeds and its 95 % band at each position every seed
+    reached (a bootstrap over seeds)."""
     bands = {}
     for key, mine in groups.items():
         ci = {
             k: [stratified_bootstrap_ci(col, reps=500) for col in _matrix(mine, k).T]
             for k in ("ep_ret", "ep_cost")
         }
-        bands[key] = (
-            [int(float(v)) for v in _matrix(mine, "task_id")[0]],
-            {k: list(zip(*v, strict=True)) for k, v in ci.items()},
-        )
-    _plot_bands(bands, "meta-iteration", "episode cost (total, training tasks)", out / "learning.png", limits)
+        xs = [float(v) for v in _matrix(mine, x)[0]]
+        bands[key] = (xs, {k: list(zip(*v, strict=True)) for k, v in ci.items()})
+    return bands
 
 
 def plot_curves(
@@ -393,16 +399,7 @@ def plot_curves(
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for c in curves:
         groups[c["env"], c["method"]].append({**c, "task_id": c["iteration"]})  # seeds x iterations
-    bands = {}
-    for key, mine in groups.items():
-        ci = {
-            k: [stratified_bootstrap_ci(col, reps=500) for col in _matrix(mine, k).T]
-            for k in ("ep_ret", "ep_cost")
-        }
-        bands[key] = (
-            list(_matrix(mine, "env_steps")[0]),
-            {k: list(zip(*v, strict=True)) for k, v in ci.items()},
-        )
+    bands = _seed_bands(groups, "env_steps")
     _plot_bands(bands, "env steps", "episode cost", out / "curves.png", limits, reference)
 
 
