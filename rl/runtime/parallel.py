@@ -309,8 +309,6 @@ def _recv(conn: Any) -> Any:
 
 
 def _picklable_error(err: BaseException) -> BaseException:
-    import pickle
-
     try:
         pickle.loads(pickle.dumps(err))
         return err
